@@ -1,0 +1,154 @@
+"""The ``infistream`` command: run a whole graph, or one stage by itself.
+
+    infistream run graph.yaml [--transport tcp] [--set stage.param=value ...]
+    infistream stage MODULE:CLASS --in URL --out URL [--param k=v ...]
+
+``stage`` is how a custom stage joins a graph, and how a stage runs on another host. Its
+exit code tells the launcher what happened: 0 ended cleanly, 1 failed while running,
+2 bad configuration, 3 setup failed (a missing file or camera, say).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+import zmq
+
+from pipeline.errors import ConfigError, EndpointError, InfistreamError, StageError
+from pipeline.graph import EXIT_CONFIG, EXIT_SETUP, GraphRun, load_graph, stage_table
+from pipeline.message import DEFAULT_MAX_MESSAGE_BYTES
+from pipeline.stage import RunOptions, build_stage, install_stop_signals, run_stage
+from pipeline.transport import SocketOptions, endpoints
+
+log = logging.getLogger("infistream")
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="infistream", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run every stage of a YAML graph as processes")
+    run.add_argument("graph", type=Path)
+    run.add_argument("--transport", choices=["ipc", "tcp"], help="override the graph's transport")
+    run.add_argument("--set", dest="overrides", action="append", default=[], type=_key_value,
+                     metavar="STAGE.PARAM=VALUE", help="set a stage parameter (repeatable)")
+    run.add_argument("--run-dir", type=Path, help="where sockets and per-stage metrics go (default: a temp dir)")
+    run.add_argument("--metrics-interval", type=float, default=10.0, help="seconds between progress logs")
+
+    stage = commands.add_parser("stage", help="run one stage by itself")
+    stage.add_argument("target", help="the stage class, as module.path:ClassName")
+    stage.add_argument("--name", help="the stage's name in logs and metrics (default: the class name)")
+    stage.add_argument("--in", dest="inputs", action="append", default=[], metavar="URL",
+                       help="endpoint to read from (connects unless prefixed with @; repeatable)")
+    stage.add_argument("--out", dest="outputs", action="append", default=[], metavar="URL",
+                       help="endpoint to write to (binds unless prefixed with >; repeatable)")
+    stage.add_argument("--param", dest="params", action="append", default=[], type=_key_value, metavar="K=V")
+    stage.add_argument("--params-json", default="{}", help="parameters as a JSON object (merged under --param)")
+    stage.add_argument("--in-pattern", choices=["pull", "sub"], default="pull")
+    stage.add_argument("--out-pattern", choices=["push", "pub"], default="push")
+    stage.add_argument("--hwm", type=int, default=SocketOptions.hwm, help="high-water mark of every socket")
+    stage.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    stage.add_argument("--sources", type=int, default=1,
+                       help="final end-of-stream markers to wait for before ending; 0 runs until stopped")
+    stage.add_argument("--metrics-json", type=Path, help="write the stage's metrics here at the end")
+    stage.add_argument("--metrics-interval", type=float, default=10.0, help="seconds between progress logs")
+    return parser
+
+
+def _configure_logging(level: str, name: str) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format=f"%(asctime)s {name} %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def run_one_stage(args: argparse.Namespace) -> int:
+    params = json.loads(args.params_json)
+    if not isinstance(params, dict):
+        raise ConfigError(f"--params-json must be a JSON object, got {args.params_json!r}")
+    params.update(dict(args.params))
+    stage = build_stage(args.target, params)
+    options = RunOptions(
+        name=args.name or args.target.rpartition(":")[2],
+        inputs=endpoints(args.inputs, bind_default=False),
+        outputs=endpoints(args.outputs, bind_default=True),
+        in_pattern=args.in_pattern,
+        out_pattern=args.out_pattern,
+        socket=SocketOptions(hwm=args.hwm, max_message_bytes=args.max_message_bytes),
+        sources=args.sources,
+        metrics_interval_s=args.metrics_interval,
+        metrics_path=args.metrics_json,
+    )
+    stop = threading.Event()
+    install_stop_signals(stop)
+    context = zmq.Context.instance()
+    try:
+        run_stage(stage, options, stop=stop, context=context)
+    finally:
+        # Terminating the context waits (up to LINGER) until ZeroMQ has sent what is queued
+        # and released the zero-copy frame buffers; exiting before that loses the tail.
+        context.term()
+    return 0
+
+
+def run_graph(args: argparse.Namespace) -> int:
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, value in args.overrides:
+        stage_name, sep, param = key.partition(".")
+        if not sep:
+            raise ConfigError(f"--set needs STAGE.PARAM=VALUE, got {key}={value}")
+        overrides.setdefault(stage_name, {})[param] = yaml.safe_load(value)
+    graph = load_graph(args.graph, overrides)
+    if args.transport:
+        graph.transport = args.transport
+    run = GraphRun(graph, args.run_dir, log_level=args.log_level, metrics_interval_s=args.metrics_interval)
+    try:
+        run.start()
+        code = run.wait()
+    finally:
+        run.close()
+    print(f"\nper-stage statistics ({graph.name}):")
+    print(stage_table(run.stage_metrics()), flush=True)
+    if run.failed:
+        print(f"graph {graph.name} failed: stage(s) {run.failed} ended with errors (see the log above)",
+              file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Custom stages are named module:Class relative to where the user runs the command,
+    # as with gunicorn or uvicorn; a console script does not put the directory on sys.path.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    name = getattr(args, "name", None) or ("launcher" if args.command == "run" else args.target.rpartition(":")[2])
+    _configure_logging(args.log_level, name)
+    try:
+        return run_graph(args) if args.command == "run" else run_one_stage(args)
+    except (ConfigError, EndpointError) as error:
+        log.error("configuration error: %s", error)
+        return EXIT_CONFIG
+    except StageError as error:
+        log.error("%s", error)
+        return EXIT_SETUP if error.step == "setup" else 1
+    except InfistreamError as error:
+        log.error("%s", error)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,382 @@
+"""Graphs: a YAML file naming stages and how they connect, launched as one process per stage.
+
+```yaml
+name: demo
+transport: ipc            # how stages wired by name talk: ipc (default) or tcp (127.0.0.1)
+hwm: 4                    # high-water mark of every socket (optional)
+stages:
+  - name: source
+    stage: stages.source:Source
+    params: {uri: "${assets}/traffic/intel_car_detection.mp4"}
+  - name: resize
+    stage: stages.relay:Resize
+    inputs: [source]      # stage names (wired automatically) or endpoint URLs
+    params: {width: 320}
+  - name: stats
+    stage: stages.sinks:StatsPrinter
+    inputs: [resize]
+```
+
+Per stage, optional: ``outputs`` (URLs to bind, when others outside the graph connect),
+``in_pattern`` (pull|sub), ``out_pattern`` (push|pub), ``sources`` (final end-of-stream
+markers to wait for; by default the number of source stages upstream, 0 = run until the
+graph ends), ``restart`` (``on-failure`` (default for non-sources) or ``no``) and
+``max_restarts`` (default 3). ``${assets}`` in a string parameter is the shared assets directory.
+
+Each stage runs as ``infistream stage ...`` in its own process, exactly as a user would run
+it by hand on another host. The launcher restarts a stage that crashes (its neighbours keep
+running and reconnect), ends the graph when every stage has ended, and on Ctrl-C stops the
+sources first so that end-of-stream flows through and every stage finishes its accounting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.assets import assets_dir
+from pipeline.errors import ConfigError
+from pipeline.metrics import format_table
+from pipeline.stage import SourceStage, load_stage_class
+
+log = logging.getLogger(__name__)
+
+_STAGE_KEYS = {"name", "stage", "params", "inputs", "outputs", "in_pattern", "out_pattern", "sources",
+               "restart", "max_restarts"}
+_GRAPH_KEYS = {"name", "transport", "hwm", "stages"}
+# Exit codes of `infistream stage` (see pipeline.cli): a bad configuration or a failed setup
+# would fail again, so only crashes and runtime errors are restarted.
+EXIT_CONFIG, EXIT_SETUP = 2, 3
+
+
+@dataclass
+class StageSpec:
+    """One stage of a graph, as written in the YAML file (inputs not yet resolved)."""
+
+    name: str
+    stage: str
+    params: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    in_pattern: str = "pull"
+    out_pattern: str = "push"
+    sources: int | None = None
+    restart: str | None = None
+    max_restarts: int = 3
+    is_source: bool = False
+
+
+@dataclass
+class GraphSpec:
+    name: str
+    stages: list[StageSpec]
+    transport: str = "ipc"
+    hwm: int | None = None
+
+    def stage(self, name: str) -> StageSpec:
+        for spec in self.stages:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("${assets}", str(assets_dir()))
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    return value
+
+
+def load_graph(path: Path | str, overrides: dict[str, dict[str, Any]] | None = None) -> GraphSpec:
+    """Read and check a graph file; `overrides` maps stage name to parameters to set."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"graph file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"graph file {path} is not valid YAML: {error}") from None
+    return parse_graph(document, str(path), overrides or {})
+
+
+def parse_graph(document: Any, where: str = "graph", overrides: dict[str, dict[str, Any]] | None = None) -> GraphSpec:
+    """Build a `GraphSpec` from a parsed YAML document, checking every key and reference."""
+    if not isinstance(document, dict) or not isinstance(document.get("stages"), list) or not document["stages"]:
+        raise ConfigError(f"{where}: expected a mapping with a non-empty 'stages' list")
+    unknown = set(document) - _GRAPH_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown graph key(s) {sorted(unknown)}; allowed: {sorted(_GRAPH_KEYS)}")
+    transport = document.get("transport", "ipc")
+    if transport not in ("ipc", "tcp"):
+        raise ConfigError(f"{where}: transport must be 'ipc' or 'tcp', got {transport!r}")
+    stages: list[StageSpec] = []
+    for index, entry in enumerate(document["stages"]):
+        if not isinstance(entry, dict) or "name" not in entry or "stage" not in entry:
+            raise ConfigError(f"{where}: stages[{index}] must be a mapping with 'name' and 'stage'")
+        unknown = set(entry) - _STAGE_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: stage {entry['name']!r} has unknown key(s) {sorted(unknown)}; "
+                              f"allowed: {sorted(_STAGE_KEYS)}")
+        spec = StageSpec(**{k: v for k, v in entry.items()})
+        spec.params = _expand(dict(spec.params or {}))
+        spec.inputs = list(spec.inputs or [])
+        spec.outputs = list(spec.outputs or [])
+        if any(s.name == spec.name for s in stages):
+            raise ConfigError(f"{where}: two stages are named {spec.name!r}")
+        spec.is_source = issubclass(load_stage_class(spec.stage), SourceStage)
+        if spec.restart is None:
+            spec.restart = "no" if spec.is_source else "on-failure"
+        if spec.restart not in ("no", "on-failure"):
+            raise ConfigError(f"{where}: stage {spec.name!r} restart must be 'no' or 'on-failure', got {spec.restart!r}")
+        stages.append(spec)
+    graph = GraphSpec(document.get("name", Path(where).stem), stages, transport, document.get("hwm"))
+    names = {s.name for s in stages}
+    for stage_name, params in (overrides or {}).items():
+        if stage_name not in names:
+            raise ConfigError(f"{where}: --set names stage {stage_name!r}, which is not in the graph {sorted(names)}")
+        graph.stage(stage_name).params.update(params)
+    for spec in stages:
+        if spec.is_source and spec.inputs:
+            raise ConfigError(f"{where}: source stage {spec.name!r} cannot have inputs")
+        if not spec.is_source and not spec.inputs:
+            raise ConfigError(f"{where}: stage {spec.name!r} needs 'inputs' (stage names or URLs)")
+        for reference in spec.inputs:
+            if "://" not in reference and reference not in names:
+                raise ConfigError(f"{where}: stage {spec.name!r} reads from {reference!r}, which is neither "
+                                  f"a stage of this graph {sorted(names)} nor an endpoint URL")
+        if spec.sources is None:
+            spec.sources = _count_sources(graph, spec, set())
+    return graph
+
+
+def _count_sources(graph: GraphSpec, spec: StageSpec, seen: set[str]) -> int:
+    """Source stages upstream of `spec` (an input URL from outside counts as one source)."""
+    if spec.is_source:
+        return 1
+    if spec.name in seen:
+        raise ConfigError(f"graph {graph.name!r} has a cycle through stage {spec.name!r}")
+    total = 0
+    for reference in spec.inputs:
+        total += 1 if "://" in reference else _count_sources(graph, graph.stage(reference), seen | {spec.name})
+    return total
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wire(graph: GraphSpec, run_dir: Path) -> dict[str, dict[str, list[str]]]:
+    """Endpoints per stage: ``{name: {"inputs": [...], "outputs": [...]}}``, URLs with @ or >.
+
+    A stage read by name gets an output endpoint of its own (ipc socket in `run_dir`, or a
+    free 127.0.0.1 port), bound by it and connected to by its readers.
+    """
+    out_urls: dict[str, list[str]] = {}
+    readers = {ref for spec in graph.stages for ref in spec.inputs if "://" not in ref}
+    for spec in graph.stages:
+        urls = [u if u[0] in "@>" else "@" + u for u in spec.outputs]
+        if spec.name in readers and not spec.outputs:
+            if graph.transport == "ipc":
+                urls.append(f"@ipc://{run_dir / (spec.name + '.sock')}")
+            else:
+                urls.append(f"@tcp://127.0.0.1:{_free_tcp_port()}")
+        out_urls[spec.name] = urls
+    wiring = {}
+    for spec in graph.stages:
+        inputs = []
+        for reference in spec.inputs:
+            if "://" in reference:
+                inputs.append(reference if reference[0] in "@>" else ">" + reference)
+            else:
+                upstream = out_urls[reference]
+                if not upstream:
+                    raise ConfigError(f"stage {reference!r} has no output for {spec.name!r} to read")
+                bound = upstream[0][1:] if upstream[0][0] == "@" else upstream[0]
+                inputs.append(">" + bound.replace("tcp://*:", "tcp://127.0.0.1:"))
+        wiring[spec.name] = {"inputs": inputs, "outputs": out_urls[spec.name]}
+    return wiring
+
+
+@dataclass
+class _Running:
+    spec: StageSpec
+    command: list[str]
+    process: subprocess.Popen
+    restarts: int = 0
+    exit_code: int | None = None
+
+
+class GraphRun:
+    """Runs every stage of a graph as a process and watches them until the graph ends."""
+
+    POLL_S = 0.1
+
+    def __init__(self, graph: GraphSpec, run_dir: Path | None = None, log_level: str = "INFO",
+                 stop_grace_s: float = 15.0, metrics_interval_s: float = 10.0):
+        self.graph = graph
+        self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix=f"infistream-{graph.name}-"))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_level = log_level
+        self.stop_grace_s = stop_grace_s
+        self.metrics_interval_s = metrics_interval_s
+        self.wiring = wire(graph, self.run_dir)
+        self.running: dict[str, _Running] = {}
+        self._stop_requested_at: float | None = None
+        self.failed: list[str] = []
+
+    def metrics_path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.metrics.json"
+
+    def command(self, spec: StageSpec) -> list[str]:
+        wiring = self.wiring[spec.name]
+        command = [sys.executable, "-m", "pipeline.cli", "--log-level", self.log_level, "stage", spec.stage,
+                   "--name", spec.name, "--params-json", json.dumps(spec.params),
+                   "--in-pattern", spec.in_pattern, "--out-pattern", spec.out_pattern,
+                   "--sources", str(spec.sources), "--metrics-json", str(self.metrics_path(spec.name)),
+                   "--metrics-interval", str(self.metrics_interval_s)]
+        for url in wiring["inputs"]:
+            command += ["--in", url]
+        for url in wiring["outputs"]:
+            command += ["--out", url]
+        if self.graph.hwm:
+            command += ["--hwm", str(self.graph.hwm)]
+        return command
+
+    def start(self) -> None:
+        for spec in self.graph.stages:
+            command = self.command(spec)
+            log.debug("starting %s: %s", spec.name, " ".join(command))
+            self.running[spec.name] = _Running(spec, command, subprocess.Popen(command))
+        log.info("graph %s: %d stages started (run dir %s)", self.graph.name, len(self.running), self.run_dir)
+
+    def request_stop(self) -> None:
+        """Stop gracefully: sources end their streams, everything downstream drains and ends."""
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
+            log.info("graph %s: stopping sources", self.graph.name)
+            for stage in self.running.values():
+                if stage.spec.is_source and stage.exit_code is None:
+                    stage.process.send_signal(signal.SIGINT)
+
+    def kill_stage(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to one stage's process (used by tests and by operators)."""
+        self.running[name].process.send_signal(sig)
+
+    def pid(self, name: str) -> int:
+        return self.running[name].process.pid
+
+    def poll(self) -> bool:
+        """Check every stage once; returns True while the graph is still running."""
+        for stage in self.running.values():
+            if stage.exit_code is not None:
+                continue
+            code = stage.process.poll()
+            if code is None:
+                continue
+            if code == 0:
+                stage.exit_code = 0
+                continue
+            restartable = (stage.spec.restart == "on-failure" and stage.restarts < stage.spec.max_restarts
+                           and code not in (EXIT_CONFIG, EXIT_SETUP) and self._stop_requested_at is None)
+            if restartable:
+                stage.restarts += 1
+                log.warning("stage %s exited with %s; restarting (%d of %d)", stage.spec.name, _describe(code),
+                            stage.restarts, stage.spec.max_restarts)
+                stage.process = subprocess.Popen(stage.command)
+                continue
+            stage.exit_code = code
+            self.failed.append(stage.spec.name)
+            log.error("stage %s exited with %s; stopping the graph", stage.spec.name, _describe(code))
+            self.request_stop()
+        pending = [s for s in self.running.values() if s.exit_code is None]
+        if not pending:
+            return False
+        # Stages that run until stopped (sources: 0) end when everything else has ended.
+        if all(s.spec.sources == 0 for s in pending):
+            for stage in pending:
+                stage.process.send_signal(signal.SIGTERM)
+            self._wait_all(pending, 10.0)
+            return False
+        if self._stop_requested_at is not None and time.monotonic() - self._stop_requested_at > self.stop_grace_s:
+            log.warning("graph %s: stages %s did not finish within %.0f s of the stop; terminating them",
+                        self.graph.name, [s.spec.name for s in pending], self.stop_grace_s)
+            for stage in pending:
+                stage.process.send_signal(signal.SIGTERM)
+            self._wait_all(pending, 10.0)
+            return False
+        return True
+
+    def _wait_all(self, stages: list[_Running], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for stage in stages:
+            try:
+                stage.exit_code = stage.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                stage.process.kill()
+                stage.exit_code = stage.process.wait()
+
+    def wait(self) -> int:
+        """Watch the graph until it ends; 0 when every stage ended cleanly."""
+        try:
+            while self.poll():
+                time.sleep(self.POLL_S)
+        except KeyboardInterrupt:
+            self.request_stop()
+            while self.poll():
+                time.sleep(self.POLL_S)
+        return 1 if self.failed else 0
+
+    def stage_metrics(self) -> list[dict]:
+        rows = []
+        for name, stage in self.running.items():
+            path = self.metrics_path(name)
+            snapshot = json.loads(path.read_text()) if path.exists() else {"stage": name}
+            snapshot["restarts"] = stage.restarts
+            snapshot["exit"] = _describe(stage.exit_code) if stage.exit_code is not None else "running"
+            rows.append(snapshot)
+        return rows
+
+    def close(self) -> None:
+        for stage in self.running.values():
+            if stage.process.poll() is None:
+                stage.process.kill()
+                stage.process.wait()
+
+
+def _describe(code: int | None) -> str:
+    if code is None:
+        return "running"
+    if code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def stage_table(rows: list[dict]) -> str:
+    """Per-stage statistics as a table for people."""
+    flat = []
+    for row in rows:
+        process = row.get("process_ms", {})
+        flat.append({
+            "stage": row.get("stage"), "exit": row.get("exit"), "restarts": row.get("restarts", 0),
+            "inputs": row.get("inputs"), "outputs": row.get("outputs"), "in/s": row.get("inputs_per_s"),
+            "out/s": row.get("outputs_per_s"), "p50 ms": process.get("p50"), "p95 ms": process.get("p95"),
+            "dropped": sum(row.get("dropped", {}).values()), "rejected": sum(row.get("rejected", {}).values()),
+            "errors": row.get("errors"),
+        })
+    return format_table(flat)

@@ -1,0 +1,280 @@
+"""ZeroMQ transport: endpoints as URLs, and sockets that send and receive `Message`s.
+
+Endpoints are ``inproc://name``, ``ipc:///path`` or ``tcp://host:port``. A leading ``@``
+binds and a leading ``>`` connects (CZMQ's convention); without one, a stage binds its
+outputs and connects its inputs, so a restarted stage re-binds its own output and its
+neighbours' sockets reconnect by themselves. TCP binds to 127.0.0.1 unless the host is
+given (``tcp://0.0.0.0:5555`` or ``tcp://*:5555`` to listen on every interface).
+
+Every socket has a high-water mark, a LINGER and a send/receive timeout, so nothing waits
+forever and nothing grows without bound. Receivers reject malformed or oversized messages
+with a logged, counted reason and go on receiving.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from pipeline.errors import EndpointError, MessageError
+from pipeline.message import DEFAULT_MAX_MESSAGE_BYTES, Message, decode, encode
+
+log = logging.getLogger(__name__)
+
+SendPattern = Literal["push", "pub"]
+ReceivePattern = Literal["pull", "sub"]
+_SOCKET_TYPES = {"push": zmq.PUSH, "pub": zmq.PUB, "pull": zmq.PULL, "sub": zmq.SUB}
+_SCHEMES = ("inproc", "ipc", "tcp")
+_TCP_ADDRESS = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[^:/\[\]]*):(?P<port>\d+|\*)$")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A ZeroMQ address and whether this side binds it or connects to it."""
+
+    url: str
+    bind: bool
+
+    @classmethod
+    def parse(cls, text: str, *, bind_default: bool) -> Endpoint:
+        """Parse ``[@|>]scheme://address``; ``@`` binds, ``>`` connects, else `bind_default`.
+
+        A TCP bind with no host, or with ``localhost``, binds 127.0.0.1 only.
+        """
+        if not isinstance(text, str) or not text:
+            raise EndpointError(f"endpoint must be a non-empty URL string, got {text!r}")
+        bind = bind_default
+        if text[0] in "@>":
+            bind, text = text[0] == "@", text[1:]
+        scheme, sep, address = text.partition("://")
+        if not sep or scheme not in _SCHEMES:
+            raise EndpointError(f"endpoint must look like inproc://name, ipc:///path or tcp://host:port, got {text!r}")
+        if not address:
+            raise EndpointError(f"endpoint {text!r} has no address after {scheme}://")
+        if scheme == "tcp":
+            match = _TCP_ADDRESS.match(address)
+            if not match:
+                raise EndpointError(f"tcp endpoint must be tcp://host:port, got {text!r}")
+            host, port = match["host"], match["port"]
+            if port != "*" and not 0 < int(port) < 65536:
+                raise EndpointError(f"tcp port must be 1..65535, got {port} in {text!r}")
+            if port == "*" and not bind:
+                raise EndpointError(f"cannot connect to a wildcard port: {text!r}")
+            if host in ("", "localhost"):
+                if not bind and host == "":
+                    raise EndpointError(f"connecting needs a host: {text!r}")
+                host = "127.0.0.1"
+            elif host == "0.0.0.0":
+                host = "*"
+            text = f"tcp://{host}:{port}"
+        return cls(text, bind)
+
+    def __str__(self) -> str:
+        return ("@" if self.bind else ">") + self.url
+
+
+def endpoints(texts: Iterable[str] | str, *, bind_default: bool) -> list[Endpoint]:
+    """Parse one URL or several into `Endpoint`s."""
+    if isinstance(texts, str):
+        texts = [texts]
+    return [Endpoint.parse(text, bind_default=bind_default) for text in texts]
+
+
+@dataclass(frozen=True)
+class SocketOptions:
+    """Settings every socket gets. Defaults suit 640x480 frames on one host.
+
+    hwm: messages queued per peer in each direction before a sender blocks (PUSH) or drops
+        (PUB). Small on purpose: a queue of large frames adds latency and memory, not speed.
+    linger_ms: how long `close` waits to deliver what is still queued.
+    send_timeout_ms / recv_timeout_ms: the longest one `send` / `recv` call waits; callers
+        loop, so a stop request is seen within this time.
+    max_message_bytes: larger messages are rejected by receivers (logged, counted).
+    buffer_bytes: kernel socket buffer size for tcp (0 keeps the OS default).
+    """
+
+    hwm: int = 4
+    linger_ms: int = 2000
+    send_timeout_ms: int = 200
+    recv_timeout_ms: int = 200
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    buffer_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("hwm", "send_timeout_ms", "recv_timeout_ms", "max_message_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SocketOptions.{name} must be >= 1, got {getattr(self, name)}")
+        if self.linger_ms < 0 or self.buffer_bytes < 0:
+            raise ValueError("SocketOptions.linger_ms and buffer_bytes must be >= 0")
+
+
+def _open_socket(context: zmq.Context, pattern: str, targets: list[Endpoint], options: SocketOptions) -> zmq.Socket:
+    socket = context.socket(_SOCKET_TYPES[pattern])
+    try:
+        # Options must be set before bind/connect to apply to the pipes those create.
+        socket.setsockopt(zmq.SNDHWM, options.hwm)
+        socket.setsockopt(zmq.RCVHWM, options.hwm)
+        socket.setsockopt(zmq.LINGER, options.linger_ms)
+        socket.setsockopt(zmq.SNDTIMEO, options.send_timeout_ms)
+        socket.setsockopt(zmq.RCVTIMEO, options.recv_timeout_ms)
+        # Reconnect quickly after a neighbour restarts, backing off to 1 s if it stays away.
+        socket.setsockopt(zmq.RECONNECT_IVL, 50)
+        socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if options.buffer_bytes:
+            socket.setsockopt(zmq.SNDBUF, options.buffer_bytes)
+            socket.setsockopt(zmq.RCVBUF, options.buffer_bytes)
+        for target in targets:
+            if target.bind:
+                if target.url.startswith("ipc://"):
+                    Path(target.url[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True)
+                socket.bind(target.url)
+            else:
+                socket.connect(target.url)
+    except zmq.ZMQError as error:
+        socket.close(linger=0)
+        where = ", ".join(str(t) for t in targets)
+        raise EndpointError(f"cannot open {pattern} socket on {where}: {error}") from None
+    return socket
+
+
+class Sender:
+    """Sends messages on a PUSH (load-balanced, blocking when full) or PUB (fan-out) socket.
+
+    PUSH blocks when every peer's queue is full, so a recorded source never loses a frame;
+    PUB never blocks and ZeroMQ drops for subscribers that fall behind.
+    """
+
+    def __init__(self, targets: Iterable[Endpoint], *, pattern: SendPattern = "push",
+                 options: SocketOptions = SocketOptions(), context: zmq.Context | None = None):
+        if pattern not in ("push", "pub"):
+            raise ValueError(f"send pattern must be 'push' or 'pub', got {pattern!r}")
+        self.targets = list(targets)
+        if not self.targets:
+            raise EndpointError("a Sender needs at least one endpoint")
+        self.pattern = pattern
+        self.options = options
+        context = context or zmq.Context.instance()
+        self.socket = _open_socket(context, pattern, self.targets, options)
+        # Peers come and go (a restarted neighbour); the monitor tells us which, so that at
+        # the end we can wait for them to leave, which they do once they have read everything.
+        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED
+                                                       | zmq.EVENT_DISCONNECTED)
+        self.peers = 0
+        self.sent = 0
+
+    def send(self, message: Message) -> bool:
+        """Send `message`; False when no peer took it within the send timeout (nothing sent)."""
+        try:
+            self.socket.send_multipart(encode(message), copy=False)
+        except zmq.Again:
+            return False
+        self.sent += 1
+        return True
+
+    def _update_peers(self, timeout_ms: int) -> None:
+        while self._monitor.poll(timeout_ms):
+            event = recv_monitor_message(self._monitor)["event"]
+            self.peers += 1 if event in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED) else -1
+            timeout_ms = 0
+
+    def wait_for_peers_to_leave(self, timeout: float) -> bool:
+        """Wait until every connected peer has disconnected; False if some remain after `timeout` s.
+
+        ZeroMQ drops messages still in flight when a sender closes while its receiver is at
+        its high-water mark, LINGER notwithstanding. A receiver disconnects only after it has
+        read the final end-of-stream marker, so waiting for that makes the end lossless.
+        """
+        deadline = time.monotonic() + timeout
+        self._update_peers(0)
+        while self.peers > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._update_peers(int(min(remaining, 0.2) * 1000) + 1)
+        return True
+
+    def close(self, linger_ms: int | None = None) -> None:
+        self.socket.disable_monitor()
+        self._monitor.close(linger=0)
+        self.socket.close(linger=self.options.linger_ms if linger_ms is None else linger_ms)
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Receiver:
+    """Receives messages on a PULL (fan-in) or SUB socket, one socket for all its endpoints.
+
+    Bad messages are dropped with a logged reason and counted in `rejected`; `recv` then
+    goes on waiting, so a bad peer never stops a stage.
+    """
+
+    # Log the first few rejections of each reason, then one in this many, so a flood of bad
+    # messages cannot flood the log too.
+    LOG_EVERY = 100
+
+    def __init__(self, sources: Iterable[Endpoint], *, pattern: ReceivePattern = "pull",
+                 options: SocketOptions = SocketOptions(), context: zmq.Context | None = None,
+                 topic: bytes = b""):
+        if pattern not in ("pull", "sub"):
+            raise ValueError(f"receive pattern must be 'pull' or 'sub', got {pattern!r}")
+        self.sources = list(sources)
+        if not self.sources:
+            raise EndpointError("a Receiver needs at least one endpoint")
+        self.pattern = pattern
+        self.options = options
+        self.socket = _open_socket(context or zmq.Context.instance(), pattern, self.sources, options)
+        if pattern == "sub":
+            self.socket.setsockopt(zmq.SUBSCRIBE, topic)
+        self.received = 0
+        self.rejected: Counter[str] = Counter()
+
+    def recv(self, timeout: float | None = None) -> Message | None:
+        """The next well-formed message, or None when none came within `timeout` seconds.
+
+        `timeout` None waits up to the socket's receive timeout once.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                parts = self.socket.recv_multipart(copy=False)
+            except zmq.Again:
+                if deadline is None or time.monotonic() >= deadline:
+                    return None
+                continue
+            try:
+                message = decode(parts, self.options.max_message_bytes)
+            except MessageError as error:
+                self._reject(error)
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                continue
+            self.received += 1
+            return message
+
+    def _reject(self, error: MessageError) -> None:
+        self.rejected[error.reason] += 1
+        count = self.rejected[error.reason]
+        if count <= 3 or count % self.LOG_EVERY == 0:
+            where = ",".join(str(s) for s in self.sources)
+            log.warning("rejected message #%d on %s (%s): %s", count, where, error.reason, error.detail)
+
+    def close(self, linger_ms: int | None = None) -> None:
+        self.socket.close(linger=self.options.linger_ms if linger_ms is None else linger_ms)
+
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,277 @@
+"""PyAV plumbing shared by the file sources: opening with our errors, probing, and one decode loop.
+
+`decode_messages` is the single place where recorded media becomes messages: video frames
+(BGR) and audio windows (16 kHz mono) decoded from one pass over one container, interleaved in
+demux order. `VideoFileSource`, `AudioFileSource` and the Hollywood2 reader all use it, so they
+handle truncated and corrupt input the same way:
+
+* a packet the decoder rejects is counted, logged and skipped;
+* a read error in the middle of the file (truncated, damaged) ends the streams cleanly with a
+  warning, after everything that decoded;
+* an input from which nothing at all decodes raises `SourceFormatError` naming the path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import av
+import av.error
+import numpy as np
+
+from pipeline.errors import SourceError, SourceFormatError, SourceNotFoundError
+from pipeline.message import Message, eos
+from stages.sources.base import AUDIO_SAMPLE_RATE, audio_message, video_message
+from stages.sources.windows import WindowSpec, Windower
+
+logger = logging.getLogger(__name__)
+
+# Log the first few rejected packets of an input in full, then only count them: a damaged
+# file can have thousands, and the log must stay readable.
+_LOGGED_PACKET_ERRORS = 3
+
+
+def open_input(path: Path, expected: str) -> av.container.InputContainer:
+    """Open a media file for reading, turning every failure into our errors with the path.
+
+    Args:
+        path: the file.
+        expected: what the caller wants, for messages, e.g. ``"video"`` or ``"audio"``.
+
+    Raises:
+        SourceNotFoundError: the path does not exist.
+        SourceFormatError: a directory, an empty file, or data FFmpeg cannot parse.
+        SourceError: any other failure to open (permissions, I/O).
+    """
+    if not path.exists():
+        raise SourceNotFoundError(f"{expected} file not found: {path}")
+    if path.is_dir():
+        raise SourceFormatError(f"expected a {expected} file, got a directory: {path}")
+    if path.stat().st_size == 0:
+        raise SourceFormatError(f"expected a {expected} file, got an empty file (0 bytes): {path}")
+    try:
+        return av.open(str(path), mode="r", metadata_errors="ignore")
+    except av.error.FileNotFoundError:
+        raise SourceNotFoundError(f"{expected} file not found: {path}") from None
+    except av.error.InvalidDataError as error:
+        raise SourceFormatError(
+            f"expected a {expected} file in a format FFmpeg reads, got data it cannot parse "
+            f"({error.strerror}; not a media file, or truncated before its headers or index): {path}"
+        ) from None
+    except (av.error.FFmpegError, OSError) as error:
+        raise SourceError(f"cannot open {expected} file {path}: {type(error).__name__}: {error}") from None
+
+
+def picture_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """The first video stream that is moving picture (cover art in audio files is not)."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    return None
+
+
+@dataclass(frozen=True)
+class MediaProbe:
+    """What a media file holds: whether it has moving picture and sound."""
+
+    path: Path
+    has_video: bool
+    has_audio: bool
+
+
+def probe(path: Path) -> MediaProbe:
+    """Open `path` briefly and report its streams (errors as in `open_input`)."""
+    container = open_input(path, "media")
+    try:
+        return MediaProbe(path, picture_stream(container) is not None, bool(container.streams.audio))
+    finally:
+        container.close()
+
+
+def frame_rate(stream: av.video.stream.VideoStream) -> float:
+    """The stream's frame rate in frames per second (0.0 when the container does not say)."""
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
+class Pacer:
+    """Sleeps so that media time advances no faster than wall time (real-time playback)."""
+
+    def __init__(self) -> None:
+        self._origin: tuple[float, float] | None = None  # (wall, media) at the first call
+
+    def wait_until(self, media_time: float) -> None:
+        now = time.monotonic()
+        if self._origin is None:
+            self._origin = (now, media_time)
+            return
+        delay = (self._origin[0] + media_time - self._origin[1]) - now
+        if delay > 0:
+            time.sleep(delay)
+
+
+class AudioResampling:
+    """Decoded audio frames -> 16 kHz mono float32 windows (resampler flushed at the end)."""
+
+    def __init__(self, windows: WindowSpec) -> None:
+        if windows.sample_rate != AUDIO_SAMPLE_RATE:
+            raise ValueError(f"audio windows are cut at {AUDIO_SAMPLE_RATE} Hz, got {windows.sample_rate}")
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_SAMPLE_RATE)
+        self._windower = Windower(windows.window_samples, windows.hop_samples)
+        self._start_time: float | None = None
+
+    @property
+    def total_samples(self) -> int:
+        return self._windower.total_samples
+
+    def window_pts(self, start: int) -> float:
+        """Presentation time of the window starting at sample `start`."""
+        return (self._start_time or 0.0) + start / AUDIO_SAMPLE_RATE
+
+    def _resample(self, frame: av.AudioFrame | None) -> list[av.AudioFrame]:
+        try:
+            return self._resampler.resample(frame)
+        except ValueError:
+            # PyAV's resampler is set up by the first frame and refuses frames whose format,
+            # layout or rate differ (streams may change mid-file). Drain it, start a new one.
+            if frame is None:
+                raise
+            drained = self._resampler.resample(None)
+            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_SAMPLE_RATE)
+            return [*drained, *self._resampler.resample(frame)]
+
+    def push(self, frame: av.AudioFrame | None) -> Iterator[tuple[float, np.ndarray, int]]:
+        """Yield ``(pts, samples, valid)`` per completed window; `None` flushes everything."""
+        if frame is not None and self._start_time is None and frame.time is not None:
+            self._start_time = float(frame.time)
+        for out in self._resample(frame):
+            # flt + mono is packed: one plane, shape (1, n).
+            for window in self._windower.push(out.to_ndarray().reshape(-1)):
+                yield self.window_pts(window.start), window.samples, window.valid
+        if frame is None:
+            for window in self._windower.flush():
+                yield self.window_pts(window.start), window.samples, window.valid
+
+
+def _packets(container: av.container.InputContainer, streams: list[Any],
+             problems: list[str]) -> Iterator[av.Packet]:
+    """Demux `streams`; a read error ends the iteration and is recorded in `problems`."""
+    demuxer = container.demux(streams)
+    try:
+        while True:
+            try:
+                packet = next(demuxer)
+            except StopIteration:
+                return
+            except (av.error.FFmpegError, OSError) as error:
+                problems.append(f"read error after the last good packet ({type(error).__name__}: {error})")
+                return
+            yield packet
+    finally:
+        demuxer.close()
+
+
+def decode_messages(container: av.container.InputContainer, location: Path, *,
+                    video_id: str | None, audio_id: str | None, windows: WindowSpec,
+                    meta: dict[str, Any] | None = None, max_frames: int | None = None,
+                    realtime: bool = False) -> Iterator[Message]:
+    """Yield the messages of one container: video frames, audio windows, then an eos per stream.
+
+    Args:
+        container: an open input container (the caller closes it).
+        location: the file, for messages.
+        video_id: stream id for the video frames, or None to ignore video.
+        audio_id: stream id for the audio windows, or None to ignore audio. A container
+            without the asked-for stream simply does not produce it (no eos either).
+        windows: audio window length and hop.
+        meta: copied into every data message's ``meta``.
+        max_frames: stop after this many video frames (audio decoded so far is flushed).
+        realtime: sleep so that messages come out at the media's own pace.
+
+    Raises:
+        SourceFormatError: nothing at all could be decoded from the asked-for streams.
+    """
+    video = picture_stream(container) if video_id is not None else None
+    audio = container.streams.audio[0] if audio_id is not None and container.streams.audio else None
+    streams = [s for s in (video, audio) if s is not None]
+    if not streams:
+        wanted = " and ".join(k for k, v in (("video", video_id), ("audio", audio_id)) if v is not None)
+        found = ", ".join(s.type for s in container.streams) or "no streams"
+        raise SourceFormatError(f"expected a file with {wanted}, got {found}: {location}")
+    fps = 0.0
+    if video is not None:
+        video.thread_type = "AUTO"  # frame + slice threads; packets still go in file order
+        fps = frame_rate(video)
+    resampling = AudioResampling(windows) if audio is not None else None
+    pacer = Pacer() if realtime else None
+    meta = dict(meta or {})
+    problems: list[str] = []
+    rejected = 0
+    video_packets = video_count = audio_count = 0
+    stopped_early = False
+    packets = _packets(container, streams, problems)
+    try:
+        for packet in packets:
+            is_video = packet.stream is video
+            if is_video and packet.size:
+                video_packets += 1
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as error:
+                rejected += 1
+                if rejected <= _LOGGED_PACKET_ERRORS:
+                    logger.warning("%s: skipping a %s packet the decoder rejects (pts %s): %s",
+                                   location, packet.stream.type, packet.pts, error)
+                continue
+            for frame in frames:
+                if is_video:
+                    if max_frames is not None and video_count >= max_frames:
+                        stopped_early = True
+                        break
+                    pts = float(frame.time) if frame.time is not None else video_count / (fps or 1.0)
+                    image = frame.to_ndarray(format="bgr24")  # a fresh buffer per frame
+                    if pacer is not None:
+                        pacer.wait_until(pts)
+                    yield video_message(video_id, video_count, image, pts, fps, meta)
+                    video_count += 1
+                else:
+                    for pts, samples, valid in resampling.push(frame):
+                        if pacer is not None:
+                            pacer.wait_until(pts + valid / AUDIO_SAMPLE_RATE)
+                        yield audio_message(audio_id, audio_count, samples, pts,
+                                            _window_meta(meta, valid, samples.size))
+                        audio_count += 1
+            if stopped_early:
+                break
+    finally:
+        packets.close()  # release the demuxer before the caller closes the container
+    if resampling is not None:
+        for pts, samples, valid in resampling.push(None):
+            yield audio_message(audio_id, audio_count, samples, pts, _window_meta(meta, valid, samples.size))
+            audio_count += 1
+    if video_count == 0 and audio_count == 0:
+        detail = "; ".join(problems) or "the streams hold no decodable frames"
+        raise SourceFormatError(f"expected decodable {' and '.join(s.type for s in streams)} in {location}, "
+                                f"got nothing that decodes: {detail}")
+    declared = video.frames if video is not None else 0
+    if video is not None and not stopped_early and declared and video_packets < declared:
+        problems.append(f"the container declares {declared} video frames but only {video_packets} "
+                        f"could be read; the file looks truncated")
+    for problem in problems:
+        logger.warning("%s: %s; ending the streams after %d video frames and %d audio windows",
+                       location, problem, video_count, audio_count)
+    if rejected:
+        logger.warning("%s: %d packets were rejected by the decoder and skipped", location, rejected)
+    if video is not None:
+        yield eos(video_id, video_count)
+    if audio is not None:
+        yield eos(audio_id, audio_count)
+
+
+def _window_meta(meta: dict[str, Any], valid: int, size: int) -> dict[str, Any]:
+    # Only the zero-padded last window says how much of it is real input.
+    return meta if valid == size else {**meta, "valid_samples": valid}

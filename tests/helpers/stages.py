@@ -1,0 +1,63 @@
+"""Stages used only by tests: a synthetic frame source and a relay that can be made slow.
+
+The synthetic source stands in for decoded media where the test is about the runtime,
+not about decoding; every frame carries its seq in its pixels so receivers can check content.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import numpy as np
+
+from pipeline.message import Message, eos
+from pipeline.stage import SourceStage, Stage
+
+
+def numbered_frame(seq: int, height: int, width: int) -> np.ndarray:
+    """A frame whose first 8 bytes spell `seq` (little-endian), the rest a seq-dependent value."""
+    frame = np.full((height, width, 3), seq % 251, dtype=np.uint8)
+    frame.reshape(-1)[:8] = np.frombuffer(np.int64(seq).tobytes(), dtype=np.uint8)
+    return frame
+
+
+def frame_seq(frame: np.ndarray) -> int:
+    return int(np.frombuffer(frame.reshape(-1)[:8].tobytes(), dtype=np.int64)[0])
+
+
+class CountingSource(SourceStage):
+    """Emits `count` numbered frames per stream on `streams` streams, `interval_ms` apart."""
+
+    def __init__(self, count: int = 100, streams: int = 1, width: int = 64, height: int = 48,
+                 interval_ms: float = 0.0, live: bool = False, prefix: str = "synthetic"):
+        self.count, self.streams, self.width, self.height = count, streams, width, height
+        self.interval_s = interval_ms / 1000
+        self.live = live
+        self.prefix = prefix
+
+    def produce(self) -> Iterator[Message]:
+        names = [f"{self.prefix}{i}" for i in range(self.streams)]
+        for seq in range(self.count):
+            for name in names:
+                yield Message("video", name, seq, pts=seq / 25, media={"fps": 25.0, "width": self.width,
+                              "height": self.height, "pixel_format": "bgr24"},
+                              arrays=(numbered_frame(seq, self.height, self.width),))
+            if self.interval_s:
+                time.sleep(self.interval_s)
+        for name in names:
+            yield eos(name, self.count)
+
+
+class SlowRelay(Stage):
+    """Forwards messages after sleeping `delay_ms` each; checks each frame's pixels match its seq."""
+
+    def __init__(self, delay_ms: float = 0.0):
+        self.delay_s = delay_ms / 1000
+
+    def process(self, message: Message) -> Message:
+        if message.arrays and frame_seq(message.arrays[0]) != message.seq:
+            raise ValueError(f"frame pixels say seq {frame_seq(message.arrays[0])}, header says {message.seq}")
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return message
