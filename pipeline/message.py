@@ -61,7 +61,7 @@ class Message:
     """One input (a video frame, an audio window), one result, or an end-of-stream marker.
 
     Checked when built: a malformed message is never constructed, so it is never sent.
-    Arrays received from the wire are read-only views of the ZeroMQ frames.
+    Arrays received from the wire are read-only views of the ZeroMQ frames (no copy).
     """
 
     kind: str
@@ -251,7 +251,11 @@ def decode(parts: Sequence[Any], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> 
         if expected != view.nbytes:
             raise MessageError("size-mismatch", f"buffers[{index}] {dtype.str}{list(shape)} needs "
                                f"{expected} bytes, part {index + 1} has {view.nbytes}")
-        arrays.append(np.frombuffer(view, dtype=dtype).reshape(shape))
+        array = np.frombuffer(view, dtype=dtype).reshape(shape)
+        # Read-only: over inproc this is the sender's own array, so writing would reach
+        # back into another stage. A stage that draws on a frame copies it first.
+        array.flags.writeable = False
+        arrays.append(array)
     return Message(
         kind=_require(header, "kind", str),
         stream=_require(header, "stream", str),

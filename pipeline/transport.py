@@ -72,7 +72,9 @@ class Endpoint:
                 if not bind and host == "":
                     raise EndpointError(f"connecting needs a host: {text!r}")
                 host = "127.0.0.1"
-            elif host == "0.0.0.0":
+            elif host in ("*", "0.0.0.0"):
+                if not bind:
+                    raise EndpointError(f"cannot connect to every interface; name a host: {text!r}")
                 host = "*"
             text = f"tcp://{host}:{port}"
         return cls(text, bind)

@@ -96,8 +96,15 @@ class MicrophoneSource(MediaSource):
                                       f"present: {_input_devices(sd)}") from None
         self.device_name = str(info["name"])
         try:
+            # Each read (one hop) spans two PortAudio blocks, and PortAudio's buffer is one
+            # block. Other shapes (a read of exactly one block, or a buffer of a read or more)
+            # silently lose whole blocks on ALSA devices without a clock, such as the
+            # file-backed test device (tests/media/alsa_fakemic.conf); this one is exact there.
+            # On a real device it only means an input latency of half a hop.
+            block = max(1, self.windows.hop_samples // 2)
             self._input = sd.InputStream(device=self.device, samplerate=AUDIO_SAMPLE_RATE, channels=1,
-                                         dtype="float32", blocksize=self.windows.hop_samples)
+                                         dtype="float32", blocksize=block,
+                                         latency=block / AUDIO_SAMPLE_RATE)
             self._input.start()
         except (ValueError, sd.PortAudioError) as error:
             raise SourceError(f"microphone {self.device_name!r} ({self.location}) refused 16 kHz mono "

@@ -1,0 +1,63 @@
+"""Shared fixtures: endpoints for every transport, and the shared assets (skipped when absent)."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from pathlib import Path
+
+import pytest
+
+from pipeline.assets import ENV_VAR, assets_dir
+
+TRANSPORTS = ("inproc", "ipc", "tcp")
+_names = itertools.count()
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def make_url(tmp_path: Path):
+    """make_url(transport) -> a fresh endpoint URL (no @/> prefix) on that transport."""
+
+    def make(transport: str) -> str:
+        name = f"t{next(_names)}"
+        if transport == "inproc":
+            return f"inproc://{name}"
+        if transport == "ipc":
+            return f"ipc://{tmp_path / (name + '.sock')}"
+        if transport == "tcp":
+            return f"tcp://127.0.0.1:{free_tcp_port()}"
+        raise ValueError(transport)
+
+    return make
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=("ipc", "tcp"))
+def process_transport(request) -> str:
+    """Transports that cross processes (inproc cannot)."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    directory = assets_dir()
+    if not directory.is_dir():
+        pytest.skip(f"shared assets not found at {directory}; set {ENV_VAR} to run this test")
+    return directory
+
+
+def asset_or_skip(assets: Path, relative: str) -> Path:
+    path = assets / relative
+    if not path.exists():
+        pytest.skip(f"asset {relative} not found under {assets}")
+    return path

@@ -1,0 +1,167 @@
+"""Graphs across processes: YAML wiring, end of stream through every stage, crashes and restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.errors import ConfigError
+from pipeline.graph import GraphRun, parse_graph
+from tests.conftest import free_tcp_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = "tests.helpers.stages:CountingSource"
+
+
+def four_stage_graph(tmp_path: Path, transport: str, count: int, interval_ms: float = 0.0) -> dict:
+    return {"name": "four", "transport": transport, "stages": [
+        {"name": "source", "stage": SOURCE, "params": {"count": count, "streams": 2, "interval_ms": interval_ms}},
+        {"name": "check", "stage": "tests.helpers.stages:SlowRelay", "inputs": ["source"]},
+        {"name": "relay", "stage": "stages.relay:Relay", "inputs": ["check"]},
+        {"name": "sink", "stage": "stages.sinks:JsonlSink", "inputs": ["relay"],
+         "params": {"path": str(tmp_path / "out.jsonl"), "flush_every": 1}},
+    ]}
+
+
+def read_jsonl(path: Path) -> tuple[dict[str, list[int]], dict[str, dict]]:
+    """Seqs received per stream, and each stream's end-of-stream record."""
+    seqs: dict[str, list[int]] = {}
+    ends: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] == "eos":
+            ends[record["stream"]] = record
+        else:
+            seqs.setdefault(record["stream"], []).append(record["seq"])
+    return seqs, ends
+
+
+@pytest.mark.timeout(120)
+def test_cli_runs_a_four_stage_graph_end_to_end(tmp_path, process_transport):
+    graph = tmp_path / "graph.yaml"
+    graph.write_text(yaml.safe_dump(four_stage_graph(tmp_path, process_transport, count=250)))
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(graph), "--run-dir", str(tmp_path / "run")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seqs, ends = read_jsonl(tmp_path / "out.jsonl")
+    assert {s: sorted(v) for s, v in seqs.items()} == {"synthetic0": list(range(250)), "synthetic1": list(range(250))}
+    assert {s: e["seq"] for s, e in ends.items()} == {"synthetic0": 250, "synthetic1": 250}
+    assert [e["final"] for e in ends.values()].count(True) == 1
+    # Every stage saw both ends of stream and ended by itself (exit code 0), and the table says so.
+    for stage in ("source", "check", "relay", "sink"):
+        metrics = json.loads((tmp_path / "run" / f"{stage}.metrics.json").read_text())
+        assert metrics["errors"] == 0
+        if stage != "source":
+            assert metrics["eos"] == 2 and metrics["inputs"] == 500
+    assert "per-stage statistics" in done.stdout and done.stdout.count("exit code 0") == 4
+
+
+@pytest.mark.timeout(120)
+def test_middle_stage_killed_is_restarted_while_the_graph_keeps_running(tmp_path):
+    count = 1500
+    graph = parse_graph(four_stage_graph(tmp_path, "ipc", count=count, interval_ms=2))
+    run = GraphRun(graph, tmp_path / "run", log_level="WARNING")
+    try:
+        run.start()
+        neighbours = {name: run.pid(name) for name in ("source", "relay", "sink")}
+        time.sleep(1.0)
+        before = len(read_jsonl(tmp_path / "out.jsonl")[0].get("synthetic0", []))
+        old_pid = run.pid("check")
+        run.kill_stage("check", signal.SIGKILL)
+        assert run.wait() == 0
+    finally:
+        run.close()
+    assert run.running["check"].restarts == 1 and run.pid("check") != old_pid
+    assert {name: run.pid(name) for name in neighbours} == neighbours          # neighbours never restarted
+    assert all(run.running[name].restarts == 0 for name in neighbours)
+    seqs, ends = read_jsonl(tmp_path / "out.jsonl")
+    for stream in ("synthetic0", "synthetic1"):
+        received = seqs[stream]
+        assert len(received) == len(set(received))                             # nothing twice
+        assert ends[stream]["seq"] == count                                    # the end arrived
+        assert max(received) == count - 1 and max(received) > before           # frames kept coming
+        lost = count - len(received)
+        # Only what sat in the killed stage's queues and socket buffers is lost, and the
+        # end-of-stream count tells the sink exactly how much that was.
+        assert 0 <= lost < 200, lost
+
+
+def stage_command(target: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", "--log-level", "WARNING", "stage", target, *args]
+
+
+@pytest.mark.timeout(120)
+def test_hand_started_stages_join_over_the_network_and_survive_a_restart(tmp_path, process_transport):
+    """`infistream stage` as a user runs it on separate hosts: source | relay | sink, relay restarted by hand."""
+    if process_transport == "tcp":
+        first, second = (f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(2))
+    else:
+        first, second = (f"ipc://{tmp_path}/{name}.sock" for name in ("a", "b"))
+    out = tmp_path / "out.jsonl"
+    sink = subprocess.Popen(stage_command("stages.sinks:JsonlSink", "--in", "@" + second, "--param", f"path={out}",
+                                          "--param", "flush_every=1"), cwd=ROOT)
+    relay_args = stage_command("stages.relay:Relay", "--in", first, "--out", ">" + second)
+    relay = subprocess.Popen(relay_args, cwd=ROOT)
+    source = subprocess.Popen(stage_command(SOURCE, "--out", first, "--param", "count=1000",
+                                            "--param", "interval_ms=3"), cwd=ROOT)
+    try:
+        time.sleep(1.0)
+        relay.send_signal(signal.SIGKILL)
+        relay.wait()
+        time.sleep(0.3)
+        relay = subprocess.Popen(relay_args, cwd=ROOT)
+        assert source.wait(timeout=60) == 0 and relay.wait(timeout=30) == 0 and sink.wait(timeout=30) == 0
+    finally:
+        for process in (source, relay, sink):
+            if process.poll() is None:
+                process.kill()
+    seqs, ends = read_jsonl(out)
+    received = seqs["synthetic0"]
+    assert ends["synthetic0"]["seq"] == 1000 and ends["synthetic0"]["final"] is True
+    assert len(received) == len(set(received)) and received == sorted(received) and max(received) == 999
+    assert 1000 - len(received) < 200
+
+
+def test_stage_exit_codes_tell_config_from_setup_failures(tmp_path):
+    bad_param = subprocess.run(stage_command(SOURCE, "--param", "colour=red"), cwd=ROOT, capture_output=True, text=True)
+    assert bad_param.returncode == 2 and "no parameter(s) ['colour']" in bad_param.stderr
+    bad_url = subprocess.run(stage_command("stages.relay:Relay", "--in", "udp://x:1"), cwd=ROOT, capture_output=True,
+                             text=True)
+    assert bad_url.returncode == 2 and "udp://x:1" in bad_url.stderr
+    no_file = subprocess.run(stage_command("stages.sinks:JsonlSink", "--in", "ipc:///tmp/none.sock",
+                                           "--param", "path=/proc/no/such/dir/x.jsonl"),
+                             cwd=ROOT, capture_output=True, text=True)
+    assert no_file.returncode == 3 and "failed in setup" in no_file.stderr
+
+
+@pytest.mark.parametrize("document, message", [
+    ({}, "non-empty 'stages' list"),
+    ({"stages": [{"name": "a"}]}, "'name' and 'stage'"),
+    ({"stages": [{"name": "a", "stage": SOURCE, "colour": 1}]}, r"unknown key\(s\) \['colour'\]"),
+    ({"stages": [{"name": "a", "stage": SOURCE}, {"name": "a", "stage": SOURCE}]}, "two stages are named 'a'"),
+    ({"stages": [{"name": "r", "stage": "stages.relay:Relay"}]}, "needs 'inputs'"),
+    ({"stages": [{"name": "r", "stage": "stages.relay:Relay", "inputs": ["ghost"]}]}, "'ghost'"),
+    ({"stages": [{"name": "s", "stage": SOURCE, "inputs": ["s"]}]}, "cannot have inputs"),
+    ({"transport": "udp", "stages": [{"name": "s", "stage": SOURCE}]}, "transport must be"),
+    ({"stages": [{"name": "a", "stage": "stages.relay:Relay", "inputs": ["b"]},
+                 {"name": "b", "stage": "stages.relay:Relay", "inputs": ["a"]}]}, "cycle"),
+])
+def test_graph_files_are_checked_before_anything_starts(document, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_graph(document)
+
+
+def test_fan_in_stage_waits_for_every_upstream_source():
+    graph = parse_graph({"stages": [
+        {"name": "a", "stage": SOURCE}, {"name": "b", "stage": SOURCE},
+        {"name": "merge", "stage": "stages.relay:Relay", "inputs": ["a", "b"]},
+        {"name": "sink", "stage": "stages.sinks:StatsPrinter", "inputs": ["merge", "tcp://127.0.0.1:7000"]}]})
+    assert graph.stage("merge").sources == 2 and graph.stage("sink").sources == 3

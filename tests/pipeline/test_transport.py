@@ -1,0 +1,144 @@
+"""ZeroMQ transport over inproc, ipc and tcp: delivery, zero copy, limits and bad peers."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from pipeline.errors import EndpointError
+from pipeline.message import Message, encode
+from pipeline.transport import Endpoint, Receiver, Sender, SocketOptions, endpoints
+
+FAST = SocketOptions(hwm=4, send_timeout_ms=100, recv_timeout_ms=100, linger_ms=0)
+
+
+def frame_message(seq: int, stream: str = "s") -> Message:
+    return Message("video", stream, seq, arrays=(np.full((48, 64, 3), seq % 256, np.uint8),))
+
+
+@pytest.mark.parametrize("text, bind_default, url, bind", [
+    ("tcp://127.0.0.1:5555", False, "tcp://127.0.0.1:5555", False),
+    ("tcp://:5555", True, "tcp://127.0.0.1:5555", True),             # no host: loopback only
+    ("tcp://localhost:5555", True, "tcp://127.0.0.1:5555", True),
+    ("tcp://0.0.0.0:5555", True, "tcp://*:5555", True),              # all interfaces when asked
+    ("@tcp://*:5555", False, "tcp://*:5555", True),
+    (">tcp://10.0.0.2:5555", True, "tcp://10.0.0.2:5555", False),
+    ("ipc:///tmp/x.sock", True, "ipc:///tmp/x.sock", True),
+    ("inproc://frames", False, "inproc://frames", False),
+])
+def test_endpoint_parsing(text, bind_default, url, bind):
+    assert Endpoint.parse(text, bind_default=bind_default) == Endpoint(url, bind)
+
+
+@pytest.mark.parametrize("text", ["", "frames", "udp://1.2.3.4:5", "tcp://host", "tcp://h:0", "tcp://h:70000",
+                                  ">tcp://*:5555", ">tcp://:5555", "ipc://", "tcp://[::1:5"])
+def test_bad_endpoints_are_rejected_with_the_text(text):
+    with pytest.raises(EndpointError):
+        Endpoint.parse(text, bind_default=False)
+
+
+def test_tcp_binds_loopback_unless_told_otherwise():
+    with Sender(endpoints("tcp://:*", bind_default=True), options=FAST) as sender:
+        bound = sender.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+    assert bound.startswith("tcp://127.0.0.1:")
+
+
+def test_round_trip_in_order_without_copying(transport, make_url):
+    url = make_url(transport)
+    with Sender([Endpoint(url, True)], options=FAST) as sender, \
+            Receiver([Endpoint(url, False)], options=FAST) as receiver:
+        received = []
+
+        def consume():
+            while len(received) < 50:
+                message = receiver.recv(timeout=5)
+                assert message is not None
+                received.append(message)
+
+        consumer = threading.Thread(target=consume)
+        consumer.start()
+        for seq in range(50):
+            assert sender.send(frame_message(seq)) or sender.send(frame_message(seq))
+        consumer.join(10)
+    assert [m.seq for m in received] == list(range(50))
+    assert all(int(m.arrays[0][0, 0, 0]) == m.seq for m in received)
+    # The pixels are a read-only view of ZeroMQ's buffer, not a copy.
+    assert not received[-1].arrays[0].flags.writeable and received[-1].arrays[0].base is not None
+
+
+def test_sender_times_out_instead_of_blocking_forever(transport, make_url):
+    url = make_url(transport)
+    with Sender([Endpoint(url, True)], options=FAST) as sender:
+        started = time.monotonic()
+        assert sender.send(frame_message(0)) is False      # nobody connected: not sent
+        assert time.monotonic() - started < 1.0
+
+
+def test_high_water_mark_bounds_the_queue(make_url):
+    """With nobody reading, a PUSH sender accepts only about hwm messages per peer, then blocks."""
+    url = make_url("ipc")
+    options = SocketOptions(hwm=2, send_timeout_ms=50, recv_timeout_ms=50, linger_ms=0)
+    with Sender([Endpoint(url, True)], options=options) as sender, \
+            Receiver([Endpoint(url, False)], options=options) as receiver:
+        time.sleep(0.2)  # let the receiver connect
+        # Large frames so the kernel socket buffers cannot hide the bound.
+        big = [Message("video", "s", i, arrays=(np.zeros(4 << 20, np.uint8),)) for i in range(20)]
+        accepted = sum(sender.send(m) for m in big)
+        assert 2 <= accepted <= 8, accepted
+        assert receiver.recv(timeout=2).seq == 0
+
+
+def _raw_push(url: str) -> zmq.Socket:
+    socket = zmq.Context.instance().socket(zmq.PUSH)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(url)
+    return socket
+
+
+@pytest.mark.parametrize("bad_parts, reason", [
+    ([b"garbage"], "bad-header"),
+    ([json.dumps({"v": 1, "kind": "video", "stream": "s", "seq": 0,
+                  "buffers": [{"dtype": "|u1", "shape": [10]}]}).encode()], "buffer-count"),
+    ([json.dumps({"v": 1, "kind": "video", "stream": "s", "seq": 0,
+                  "buffers": [{"dtype": "|u1", "shape": [10]}]}).encode(), b"short"], "size-mismatch"),
+    ([json.dumps({"v": 99}).encode()], "bad-version"),
+    (encode(Message("video", "s", 0, arrays=(np.zeros(2048, np.uint8),))), "oversize"),
+])
+def test_receiver_rejects_bad_messages_and_keeps_receiving(transport, make_url, bad_parts, reason):
+    url = make_url(transport)
+    options = SocketOptions(hwm=4, send_timeout_ms=100, recv_timeout_ms=100, linger_ms=0, max_message_bytes=1024)
+    with Receiver([Endpoint(url, True)], options=options) as receiver:
+        bad_peer = _raw_push(url)
+        with Sender([Endpoint(url, False)], options=options) as good_peer:
+            bad_peer.send_multipart(bad_parts)
+            time.sleep(0.05)
+            assert good_peer.send(Message("video", "s", 1, arrays=(np.zeros(10, np.uint8),)))
+            message = receiver.recv(timeout=5)
+        bad_peer.close()
+    assert message is not None and message.seq == 1
+    assert receiver.rejected == {reason: 1}
+
+
+def test_pub_sub_fans_out_to_every_subscriber(make_url):
+    url = make_url("ipc")
+    with Sender([Endpoint(url, True)], pattern="pub", options=FAST) as publisher, \
+            Receiver([Endpoint(url, False)], pattern="sub", options=FAST) as first, \
+            Receiver([Endpoint(url, False)], pattern="sub", options=FAST) as second:
+        time.sleep(0.3)  # PUB drops for subscribers that have not joined yet (slow joiner)
+        publisher.send(Message("result", "s", 0, result={"count": 3}))
+        assert first.recv(timeout=2).result == {"count": 3}
+        assert second.recv(timeout=2).result == {"count": 3}
+
+
+def test_one_receiver_fans_in_from_several_endpoints(make_url):
+    urls = [make_url("ipc"), make_url("tcp")]
+    with Receiver([Endpoint(u, True) for u in urls], options=FAST) as receiver, \
+            Sender([Endpoint(urls[0], False)], options=FAST) as a, Sender([Endpoint(urls[1], False)], options=FAST) as b:
+        assert a.send(frame_message(0, "a")) and b.send(frame_message(0, "b"))
+        streams = {receiver.recv(timeout=2).stream, receiver.recv(timeout=2).stream}
+    assert streams == {"a", "b"}
