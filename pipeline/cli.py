@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     stage.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
     stage.add_argument("--sources", type=int, default=1,
                        help="final end-of-stream markers to wait for before ending; 0 runs until stopped")
+    stage.add_argument("--end-wait", type=float, default=RunOptions.end_wait_s, metavar="SECONDS",
+                       help="after the final end-of-stream, how long to wait for readers to leave")
     stage.add_argument("--metrics-json", type=Path, help="write the stage's metrics here at the end")
     stage.add_argument("--metrics-interval", type=float, default=10.0, help="seconds between progress logs")
     return parser
@@ -90,6 +92,7 @@ def run_one_stage(args: argparse.Namespace) -> int:
         out_pattern=args.out_pattern,
         socket=SocketOptions(hwm=args.hwm, max_message_bytes=args.max_message_bytes),
         sources=args.sources,
+        end_wait_s=args.end_wait,
         metrics_interval_s=args.metrics_interval,
         metrics_path=args.metrics_json,
     )

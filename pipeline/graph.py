@@ -226,6 +226,7 @@ class GraphRun:
     """Runs every stage of a graph as a process and watches them until the graph ends."""
 
     POLL_S = 0.1
+    SINKS_DONE_GRACE_S = 2.0
 
     def __init__(self, graph: GraphSpec, run_dir: Path | None = None, log_level: str = "INFO",
                  stop_grace_s: float = 15.0, metrics_interval_s: float = 10.0):
@@ -238,6 +239,9 @@ class GraphRun:
         self.wiring = wire(graph, self.run_dir)
         self.running: dict[str, _Running] = {}
         self._stop_requested_at: float | None = None
+        self._sinks_done_at: float | None = None
+        readers = {ref for spec in graph.stages for ref in spec.inputs}
+        self._sinks = {spec.name for spec in graph.stages if spec.name not in readers and not spec.outputs}
         self.failed: list[str] = []
 
     def metrics_path(self, name: str) -> Path:
@@ -307,12 +311,16 @@ class GraphRun:
         pending = [s for s in self.running.values() if s.exit_code is None]
         if not pending:
             return False
-        # Stages that run until stopped (sources: 0) end when everything else has ended.
-        if all(s.spec.sources == 0 for s in pending):
-            for stage in pending:
-                stage.process.send_signal(signal.SIGTERM)
-            self._wait_all(pending, 10.0)
-            return False
+        # Once every sink has ended cleanly, all data has arrived: what still runs is a
+        # service (sources: 0) or a stage waiting for such a reader to leave. Stop them.
+        sinks = [s for s in self.running.values() if s.spec.name in self._sinks]
+        if sinks and all(s.exit_code == 0 for s in sinks) or all(s.spec.sources == 0 for s in pending):
+            self._sinks_done_at = self._sinks_done_at or time.monotonic()
+            if time.monotonic() - self._sinks_done_at > self.SINKS_DONE_GRACE_S:
+                for stage in pending:
+                    stage.process.send_signal(signal.SIGTERM)
+                self._wait_all(pending, 10.0)
+                return False
         if self._stop_requested_at is not None and time.monotonic() - self._stop_requested_at > self.stop_grace_s:
             log.warning("graph %s: stages %s did not finish within %.0f s of the stop; terminating them",
                         self.graph.name, [s.spec.name for s in pending], self.stop_grace_s)

@@ -95,7 +95,8 @@ class RunOptions:
         ends by itself; 0 runs until stopped (a worker serving a pool).
     live_queue: inputs a live source may hold while the pipeline is busy before it drops the oldest.
     drain_timeout_s: after a stop request, how long a pending send may still wait for a peer.
-    end_wait_s: after the final end-of-stream, how long to wait for readers to take it and leave.
+    end_wait_s: after the final end-of-stream, how long to wait for readers to take it and leave
+        (a reader that is a long-running service never leaves; this bounds the wait for it).
     """
 
     name: str
@@ -107,7 +108,7 @@ class RunOptions:
     sources: int = 1
     live_queue: int = 8
     drain_timeout_s: float = 5.0
-    end_wait_s: float = 60.0
+    end_wait_s: float = 10.0
     metrics_interval_s: float = 10.0
     metrics_path: Path | None = None
 
@@ -151,7 +152,7 @@ class _Outputs:
     def wait_for_readers(self, timeout: float) -> None:
         """After the final end-of-stream: wait until downstream has read it (see Sender)."""
         for sender in self.senders:
-            if sender.pattern == "push" and not sender.wait_for_peers_to_leave(timeout):
+            if sender.pattern == "push" and not sender.wait_for_peers_to_leave(timeout, self.stop.is_set):
                 log.warning("[%s] %d reader(s) of %s still connected %.0f s after the end of stream; "
                             "closing anyway", self.metrics.stage, sender.peers, sender.targets[0], timeout)
 

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Callable, Iterable, Literal
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -187,18 +187,19 @@ class Sender:
             self.peers += 1 if event in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED) else -1
             timeout_ms = 0
 
-    def wait_for_peers_to_leave(self, timeout: float) -> bool:
+    def wait_for_peers_to_leave(self, timeout: float, stop: Callable[[], bool] = lambda: False) -> bool:
         """Wait until every connected peer has disconnected; False if some remain after `timeout` s.
 
         ZeroMQ drops messages still in flight when a sender closes while its receiver is at
         its high-water mark, LINGER notwithstanding. A receiver disconnects only after it has
         read the final end-of-stream marker, so waiting for that makes the end lossless.
+        `stop` is checked every 0.2 s and ends the wait early when it returns True.
         """
         deadline = time.monotonic() + timeout
         self._update_peers(0)
         while self.peers > 0:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or stop():
                 return False
             self._update_peers(int(min(remaining, 0.2) * 1000) + 1)
         return True

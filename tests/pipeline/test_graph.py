@@ -165,3 +165,20 @@ def test_fan_in_stage_waits_for_every_upstream_source():
         {"name": "merge", "stage": "stages.relay:Relay", "inputs": ["a", "b"]},
         {"name": "sink", "stage": "stages.sinks:StatsPrinter", "inputs": ["merge", "tcp://127.0.0.1:7000"]}]})
     assert graph.stage("merge").sources == 2 and graph.stage("sink").sources == 3
+
+
+@pytest.mark.timeout(60)
+def test_graph_with_a_service_stage_ends_when_its_sink_has_everything(tmp_path):
+    """A stage that runs until stopped (sources: 0, e.g. a worker in a pool) must not hold the graph open."""
+    document = four_stage_graph(tmp_path, "ipc", count=100)
+    document["stages"][2]["sources"] = 0
+    run = GraphRun(parse_graph(document), tmp_path / "run", log_level="WARNING")
+    started = time.monotonic()
+    try:
+        run.start()
+        assert run.wait() == 0
+    finally:
+        run.close()
+    assert time.monotonic() - started < 20
+    seqs, ends = read_jsonl(tmp_path / "out.jsonl")
+    assert sorted(seqs["synthetic0"]) == list(range(100)) and ends["synthetic1"]["seq"] == 100

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Prepare .venv with everything infistream needs; safe to run again (it only adds what is missing).
+# System packages: PortAudio for sounddevice (microphone source). Installed with apt-get when
+# run as root; otherwise we name them and stop.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+SYSTEM_PACKAGES=(libportaudio2 libzmq3-dev)
+
+missing=()
+ldconfig -p 2>/dev/null | grep -q "libportaudio.so.2" || missing+=(libportaudio2)
+# libzmq3-dev only builds the C example stage (docs/examples); its test skips without it.
+[ -e /usr/include/zmq.h ] || missing+=(libzmq3-dev)
+if ((${#missing[@]})); then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing Debian packages: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "setup: missing system package(s) ${missing[*]}; install them with:" >&2
+        echo "    sudo apt-get install -y ${SYSTEM_PACKAGES[*]}" >&2
+        exit 1
+    fi
+fi
+
+"$PYTHON" - <<'PY' || { echo "setup: infistream needs Python >= 3.10" >&2; exit 1; }
+import sys; sys.exit(sys.version_info < (3, 10))
+PY
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+echo "setup: installing Python packages into $VENV (a few minutes the first time)"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test,bench]" 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" || true
+"$VENV/bin/python" -c "import pipeline, stages, zmq, av, cv2, sounddevice" \
+    || { echo "setup: the environment in $VENV does not import; see the pip output above" >&2; exit 1; }
+echo "setup: ready ($VENV)"
