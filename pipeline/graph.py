@@ -227,6 +227,7 @@ class GraphRun:
 
     POLL_S = 0.1
     SINKS_DONE_GRACE_S = 2.0
+    FAILED_STAGE_GRACE_S = 3.0
 
     def __init__(self, graph: GraphSpec, run_dir: Path | None = None, log_level: str = "INFO",
                  stop_grace_s: float = 15.0, metrics_interval_s: float = 10.0):
@@ -239,6 +240,7 @@ class GraphRun:
         self.wiring = wire(graph, self.run_dir)
         self.running: dict[str, _Running] = {}
         self._stop_requested_at: float | None = None
+        self._stop_grace_s = stop_grace_s
         self._sinks_done_at: float | None = None
         readers = {ref for spec in graph.stages for ref in spec.inputs}
         self._sinks = {spec.name for spec in graph.stages if spec.name not in readers and not spec.outputs}
@@ -269,10 +271,14 @@ class GraphRun:
             self.running[spec.name] = _Running(spec, command, subprocess.Popen(command))
         log.info("graph %s: %d stages started (run dir %s)", self.graph.name, len(self.running), self.run_dir)
 
-    def request_stop(self) -> None:
-        """Stop gracefully: sources end their streams, everything downstream drains and ends."""
+    def request_stop(self, grace_s: float | None = None) -> None:
+        """Stop gracefully: sources end their streams, everything downstream drains and ends.
+
+        Stages still running `grace_s` seconds later (default `stop_grace_s`) are terminated.
+        """
         if self._stop_requested_at is None:
             self._stop_requested_at = time.monotonic()
+            self._stop_grace_s = self.stop_grace_s if grace_s is None else grace_s
             log.info("graph %s: stopping sources", self.graph.name)
             for stage in self.running.values():
                 if stage.spec.is_source and stage.exit_code is None:
@@ -307,7 +313,8 @@ class GraphRun:
             stage.exit_code = code
             self.failed.append(stage.spec.name)
             log.error("stage %s exited with %s; stopping the graph", stage.spec.name, _describe(code))
-            self.request_stop()
+            # Its readers will never see its end of stream: give the rest a short grace only.
+            self.request_stop(grace_s=self.FAILED_STAGE_GRACE_S)
         pending = [s for s in self.running.values() if s.exit_code is None]
         if not pending:
             return False
@@ -321,9 +328,9 @@ class GraphRun:
                     stage.process.send_signal(signal.SIGTERM)
                 self._wait_all(pending, 10.0)
                 return False
-        if self._stop_requested_at is not None and time.monotonic() - self._stop_requested_at > self.stop_grace_s:
+        if self._stop_requested_at is not None and time.monotonic() - self._stop_requested_at > self._stop_grace_s:
             log.warning("graph %s: stages %s did not finish within %.0f s of the stop; terminating them",
-                        self.graph.name, [s.spec.name for s in pending], self.stop_grace_s)
+                        self.graph.name, [s.spec.name for s in pending], self._stop_grace_s)
             for stage in pending:
                 stage.process.send_signal(signal.SIGTERM)
             self._wait_all(pending, 10.0)

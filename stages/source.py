@@ -6,7 +6,7 @@ from typing import Iterator
 
 from pipeline.message import Message
 from pipeline.stage import SourceStage
-from stages.sources import MediaSource, open_source
+from stages.sources import DEFAULT_HOP_S, DEFAULT_WINDOW_S, MediaSource, open_source
 
 
 class Source(SourceStage):
@@ -16,19 +16,26 @@ class Source(SourceStage):
     ``/dev/videoN``, ``mic`` or ``mic:NAME``, or a network stream URL (rtsp, http, udp, tcp).
     Cameras, microphones and network streams are live: when the pipeline falls behind, the
     oldest inputs are dropped and counted. `realtime` paces a recorded file at its own frame
-    rate, as if it were live.
+    rate, as if it were live. `media` picks what a file gives: ``auto`` (its picture, or its
+    sound when it has no picture), ``video``, ``audio`` (16 kHz mono windows of `window_s`
+    seconds every `hop_s`), or ``both`` as two streams. ``hollywood2:ROOT[:LIST]`` reads clips.
     """
 
-    def __init__(self, uri: str, stream: str | None = None, realtime: bool = False,
-                 window_s: float = 2.0, hop_s: float = 1.0):
+    def __init__(self, uri: str, stream: str | None = None, media: str = "auto", realtime: bool = False,
+                 max_frames: int | None = None, max_seconds: float | None = None,
+                 window_s: float = DEFAULT_WINDOW_S, hop_s: float = DEFAULT_HOP_S):
         if not uri:
             raise ValueError("uri must name a file, camera, microphone or URL")
-        self.uri, self.stream, self.realtime = uri, stream, realtime
+        if media not in ("auto", "video", "audio", "both"):
+            raise ValueError(f"media must be auto, video, audio or both, got {media!r}")
+        self.uri, self.stream, self.media, self.realtime = uri, stream, media, realtime
+        self.max_frames, self.max_seconds = max_frames, max_seconds
         self.window_s, self.hop_s = window_s, hop_s
         self.source: MediaSource | None = None
 
     def setup(self) -> None:
-        self.source = open_source(self.uri, stream=self.stream, realtime=self.realtime,
+        self.source = open_source(self.uri, stream=self.stream, media=self.media, realtime=self.realtime,
+                                  max_frames=self.max_frames, max_seconds=self.max_seconds,
                                   window_s=self.window_s, hop_s=self.hop_s)
         self.source.open()
         self.live = self.source.live

@@ -1,0 +1,89 @@
+"""The Source stage inside real graphs: decoded media through processes, and inputs that fail."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from pipeline.graph import GraphRun, parse_graph
+from stages.sinks import StatsPrinter
+from stages.source import Source
+from tests.conftest import asset_or_skip
+from tests.pipeline.test_stage import chain, join_all
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def stage_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", "--log-level", "WARNING", "stage", "stages.source:Source", *args]
+
+
+def container_frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for packet in container.demux(video=0) if packet.size)
+
+
+@pytest.mark.timeout(120)
+def test_a_recorded_clip_goes_through_three_processes_without_loss(tmp_path, assets):
+    clip = asset_or_skip(assets, "traffic/highway_topdown.avi")
+    graph = parse_graph({"name": "clip", "stages": [
+        {"name": "source", "stage": "stages.source:Source", "params": {"uri": str(clip)}},
+        {"name": "resize", "stage": "stages.relay:Resize", "inputs": ["source"], "params": {"width": 160}},
+        {"name": "stats", "stage": "stages.sinks:StatsPrinter", "inputs": ["resize"],
+         "params": {"summary_path": str(tmp_path / "summary.json")}}]})
+    run = GraphRun(graph, tmp_path / "run", log_level="WARNING")
+    try:
+        run.start()
+        assert run.wait() == 0
+    finally:
+        run.close()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    expected = container_frames(clip)
+    assert summary["totals"] == {"streams": 1, "produced": expected, "received": expected, "dropped_at_source": 0,
+                                 "lost": 0}
+
+
+def test_hollywood2_clip_list_gives_picture_and_sound_streams(tmp_path, make_url, assets):
+    clip = asset_or_skip(assets, "hollywood2/actioncliptrain00001.avi")
+    (tmp_path / "AVIClips").mkdir()
+    (tmp_path / "AVIClips" / clip.name).symlink_to(clip)
+    (tmp_path / "list_test.txt").write_text("actioncliptrain00001\n")
+    sink = StatsPrinter()
+    join_all(chain(make_url, "inproc", [("source", Source(f"hollywood2:{tmp_path}:{tmp_path / 'list_test.txt'}")),
+                                        ("sink", sink)]), timeout=60)
+    rows = {row["stream"]: row for row in sink.summary()["streams"]}
+    assert set(rows) == {"actioncliptrain00001/video", "actioncliptrain00001/audio"}
+    assert rows["actioncliptrain00001/video"]["received"] == container_frames(clip)
+    assert rows["actioncliptrain00001/audio"]["received"] > 0 and all(r["lost"] == 0 for r in rows.values())
+
+
+@pytest.mark.parametrize("uri, words", [
+    ("/no/such/clip.mp4", "/no/such/clip.mp4"),
+    ("cam7", "cam7"),
+])
+def test_a_source_that_cannot_open_exits_3_naming_it(uri, words, tmp_path):
+    started = time.monotonic()
+    done = subprocess.run(stage_command("--out", f"ipc://{tmp_path}/x.sock", "--param", f"uri={uri}"), cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert "failed in setup" in done.stderr and words in done.stderr
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.timeout(60)
+def test_graph_stops_with_an_error_when_its_source_cannot_open(tmp_path):
+    graph = tmp_path / "graph.yaml"
+    graph.write_text(json.dumps({"name": "broken", "stages": [
+        {"name": "source", "stage": "stages.source:Source", "params": {"uri": str(tmp_path / "missing.mp4")}},
+        {"name": "stats", "stage": "stages.sinks:StatsPrinter", "inputs": ["source"]}]}))
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(graph)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=50)
+    assert done.returncode == 1 and time.monotonic() - started < 15   # the sink is not left waiting
+    assert "missing.mp4" in done.stderr and "stage(s) ['source'] ended with errors" in done.stderr
