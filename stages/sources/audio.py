@@ -23,7 +23,8 @@ class AudioFileSource(MediaSource):
 
     Any format FFmpeg reads works (.wav, .flac, .mp3, the AC3 or AAC track of a video file).
     The track is resampled by libswresample (``av.AudioResampler(format="flt", layout="mono",
-    rate=16000)``; stereo is down-mixed, the resampler is flushed at the end) and cut by the
+    rate=16000)``; more channels are down-mixed with FFmpeg's default matrix, e.g.
+    (L + R) / sqrt(2), then clipped to [-1, 1]; the resampler is flushed at the end) and cut by the
     shared `stages.sources.windows.Windower`: windows of ``window_s`` seconds every ``hop_s``
     seconds, the last one zero-padded to full length with ``meta["valid_samples"]`` saying how
     many samples are real. Every sample lies in at least one window; the count is

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import glob
-import os
 import logging
+import os
 import re
 import sys
 import threading

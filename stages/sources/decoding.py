@@ -98,6 +98,57 @@ def frame_rate(stream: av.video.stream.VideoStream) -> float:
     return float(rate) if rate else 0.0
 
 
+class FrameClock:
+    """Presentation times in seconds for decoded video frames: best effort, strictly increasing.
+
+    Frame pts are not always trustworthy: AVI stores no presentation times, and with XviD's
+    packed B-frames (traffic/highway_cctv.avi) the pts that reach the frames come out of order
+    while their dts are monotonic. This applies FFmpeg's own heuristic (``guess_correct_pts``
+    in libavcodec/decode.c, the "best effort timestamp" that ffmpeg, ffplay and OpenCV use):
+    count how often pts and dts each went backwards and trust the one that did so less. What
+    is left (a repeat at the moment it switches, frames with no timestamp at all) is moved to
+    half a frame after the previous frame, so pts strictly increase.
+
+    Frames drained with ``decode(None)`` carry a pts but no time base; the stream's applies.
+    """
+
+    def __init__(self, stream: Any, fps: float) -> None:
+        self._time_base = stream.time_base
+        self._step = 1.0 / fps if fps > 0 else 0.04
+        self._faulty_pts = self._faulty_dts = 0
+        self._last_pts: int | None = None
+        self._last_dts: int | None = None
+        self._last_seconds: float | None = None
+
+    def _best_effort(self, pts: int | None, dts: int | None) -> int | None:
+        if dts is not None:
+            self._faulty_dts += self._last_dts is not None and dts <= self._last_dts
+            self._last_dts = dts
+        elif pts is not None:
+            self._last_dts = pts
+        if pts is not None:
+            self._faulty_pts += self._last_pts is not None and pts <= self._last_pts
+            self._last_pts = pts
+        elif dts is not None:
+            self._last_pts = dts
+        if pts is not None and (self._faulty_pts <= self._faulty_dts or dts is None):
+            return pts
+        return dts
+
+    def seconds(self, frame: av.VideoFrame) -> float:
+        """The frame's presentation time in seconds (call once per frame, in output order)."""
+        value = self._best_effort(frame.pts, frame.dts)
+        time_base = frame.time_base or self._time_base
+        seconds = float(value * time_base) if value is not None and time_base else None
+        last = self._last_seconds
+        if seconds is None:
+            seconds = 0.0 if last is None else last + self._step
+        elif last is not None and seconds <= last:
+            seconds = last + self._step / 2
+        self._last_seconds = seconds
+        return seconds
+
+
 class Pacer:
     """Sleeps so that media time advances no faster than wall time (real-time playback)."""
 
@@ -115,7 +166,11 @@ class Pacer:
 
 
 class AudioResampling:
-    """Decoded audio frames -> 16 kHz mono float32 windows (resampler flushed at the end)."""
+    """Decoded audio frames -> 16 kHz mono float32 windows (resampler flushed at the end).
+
+    Mono is libswresample's default down-mix (for stereo (L + R) / sqrt(2); other layouts by
+    its default matrix), clipped to [-1, 1].
+    """
 
     def __init__(self, windows: WindowSpec) -> None:
         if windows.sample_rate != AUDIO_SAMPLE_RATE:
@@ -146,11 +201,15 @@ class AudioResampling:
 
     def push(self, frame: av.AudioFrame | None) -> Iterator[tuple[float, np.ndarray, int]]:
         """Yield ``(pts, samples, valid)`` per completed window; `None` flushes everything."""
-        if frame is not None and self._start_time is None and frame.time is not None:
-            self._start_time = float(frame.time)
+        if frame is not None and self._start_time is None and frame.pts is not None and frame.time_base:
+            self._start_time = float(frame.pts * frame.time_base)
         for out in self._resample(frame):
-            # flt + mono is packed: one plane, shape (1, n).
-            for window in self._windower.push(out.to_ndarray().reshape(-1)):
+            # flt + mono is packed: one plane, shape (1, n). libswresample down-mixes with
+            # FFmpeg's default matrix (stereo: (L + R) / sqrt(2)) without normalising, so
+            # loud, correlated channels can exceed 1; clip as FFmpeg's own s16 output would
+            # (`ffmpeg -ac 1`, which Whisper's loader uses), keeping the [-1, 1] contract.
+            samples = np.clip(out.to_ndarray().reshape(-1), -1.0, 1.0)
+            for window in self._windower.push(samples):
                 yield self.window_pts(window.start), window.samples, window.valid
         if frame is None:
             for window in self._windower.flush():
@@ -158,8 +217,14 @@ class AudioResampling:
 
 
 def _packets(container: av.container.InputContainer, streams: list[Any],
-             problems: list[str]) -> Iterator[av.Packet]:
-    """Demux `streams`; a read error ends the iteration and is recorded in `problems`."""
+             problems: list[str]) -> Iterator[tuple[Any, av.Packet | None]]:
+    """``(stream, packet)`` pairs in file order; ``(stream, None)`` asks to flush that decoder.
+
+    The demuxer ends with an empty flush packet per stream. When reading fails instead
+    (truncated or damaged file), the error is recorded in `problems` and the flushes are
+    sent here, so that frames still inside the decoder (frame threads, reordering delay) come
+    out rather than being lost.
+    """
     demuxer = container.demux(streams)
     try:
         while True:
@@ -169,8 +234,10 @@ def _packets(container: av.container.InputContainer, streams: list[Any],
                 return
             except (av.error.FFmpegError, OSError) as error:
                 problems.append(f"read error after the last good packet ({type(error).__name__}: {error})")
+                for stream in streams:
+                    yield stream, None
                 return
-            yield packet
+            yield packet.stream, packet
     finally:
         demuxer.close()
 
@@ -206,6 +273,7 @@ def decode_messages(container: av.container.InputContainer, location: Path, *,
     if video is not None:
         video.thread_type = "AUTO"  # frame + slice threads; packets still go in file order
         fps = frame_rate(video)
+        clock = FrameClock(video, fps)
     resampling = AudioResampling(windows) if audio is not None else None
     pacer = Pacer() if realtime else None
     meta = dict(meta or {})
@@ -215,24 +283,24 @@ def decode_messages(container: av.container.InputContainer, location: Path, *,
     stopped_early = False
     packets = _packets(container, streams, problems)
     try:
-        for packet in packets:
-            is_video = packet.stream is video
-            if is_video and packet.size:
+        for stream, packet in packets:
+            is_video = stream is video
+            if is_video and packet is not None and packet.size:
                 video_packets += 1
             try:
-                frames = packet.decode()
+                frames = stream.decode(packet)
             except av.error.FFmpegError as error:
                 rejected += 1
                 if rejected <= _LOGGED_PACKET_ERRORS:
                     logger.warning("%s: skipping a %s packet the decoder rejects (pts %s): %s",
-                                   location, packet.stream.type, packet.pts, error)
+                                   location, stream.type, getattr(packet, "pts", None), error)
                 continue
             for frame in frames:
                 if is_video:
                     if max_frames is not None and video_count >= max_frames:
                         stopped_early = True
                         break
-                    pts = float(frame.time) if frame.time is not None else video_count / (fps or 1.0)
+                    pts = clock.seconds(frame)
                     image = frame.to_ndarray(format="bgr24")  # a fresh buffer per frame
                     if pacer is not None:
                         pacer.wait_until(pts)
