@@ -6,7 +6,7 @@ from typing import Iterator
 
 from pipeline.message import Message
 from pipeline.stage import SourceStage
-from stages.sources import DEFAULT_HOP_S, DEFAULT_WINDOW_S, MediaSource, open_source
+from stages.sources import DEFAULT_HOP_S, DEFAULT_WINDOW_S, MediaSource, ReconnectPolicy, open_source
 
 
 class Source(SourceStage):
@@ -19,11 +19,12 @@ class Source(SourceStage):
     rate, as if it were live. `media` picks what a file gives: ``auto`` (its picture, or its
     sound when it has no picture), ``video``, ``audio`` (16 kHz mono windows of `window_s`
     seconds every `hop_s`), or ``both`` as two streams. ``hollywood2:ROOT[:LIST]`` reads clips.
+    A network stream that ends is reopened up to `reconnect_attempts` times, with back-off.
     """
 
     def __init__(self, uri: str, stream: str | None = None, media: str = "auto", realtime: bool = False,
                  max_frames: int | None = None, max_seconds: float | None = None,
-                 window_s: float = DEFAULT_WINDOW_S, hop_s: float = DEFAULT_HOP_S):
+                 window_s: float = DEFAULT_WINDOW_S, hop_s: float = DEFAULT_HOP_S, reconnect_attempts: int = 3):
         if not uri:
             raise ValueError("uri must name a file, camera, microphone or URL")
         if media not in ("auto", "video", "audio", "both"):
@@ -31,12 +32,13 @@ class Source(SourceStage):
         self.uri, self.stream, self.media, self.realtime = uri, stream, media, realtime
         self.max_frames, self.max_seconds = max_frames, max_seconds
         self.window_s, self.hop_s = window_s, hop_s
+        self.reconnect = ReconnectPolicy(attempts=reconnect_attempts)
         self.source: MediaSource | None = None
 
     def setup(self) -> None:
         self.source = open_source(self.uri, stream=self.stream, media=self.media, realtime=self.realtime,
                                   max_frames=self.max_frames, max_seconds=self.max_seconds,
-                                  window_s=self.window_s, hop_s=self.hop_s)
+                                  window_s=self.window_s, hop_s=self.hop_s, reconnect=self.reconnect)
         self.source.open()
         self.live = self.source.live
 

@@ -87,3 +87,22 @@ def test_graph_stops_with_an_error_when_its_source_cannot_open(tmp_path):
                           text=True, timeout=50)
     assert done.returncode == 1 and time.monotonic() - started < 15   # the sink is not left waiting
     assert "missing.mp4" in done.stderr and "stage(s) ['source'] ended with errors" in done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_live_network_stream_drops_oldest_frames_when_the_pipeline_is_slow(make_url):
+    """A real H.264 stream over loopback TCP is live: a slow stage makes the source drop, and count."""
+    from tests.helpers.stages import SlowRelay
+    from tests.sources.conftest import TcpStreamServer
+
+    sink = StatsPrinter()
+    with TcpStreamServer([300]) as server:
+        source = Source(server.url, reconnect_attempts=0)
+        threads = chain(make_url, "inproc", [("camera", source), ("slow", SlowRelay(delay_ms=15, verify=False)),
+                                             ("sink", sink)], live_queue=2)
+        join_all(threads, timeout=50)
+    assert source.live
+    totals = sink.summary()["totals"]
+    dropped = threads[0].metrics["dropped"]["live-queue"]
+    assert dropped > 0 and totals["dropped_at_source"] == dropped
+    assert totals["produced"] == 300 and totals["received"] + dropped == 300 and totals["lost"] == 0
