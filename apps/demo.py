@@ -38,11 +38,7 @@ def main() -> int:
     print(f"demo: decoding {source} through {len(graph.stages)} processes "
           f"({' -> '.join(s.name for s in graph.stages)}) over {graph.transport}")
     run = GraphRun(graph, log_level="WARNING")
-    try:
-        run.start()
-        code = run.wait()
-    finally:
-        run.close()
+    code = run.run()
     print(f"\nper-stage statistics:\n{stage_table(run.stage_metrics())}")
     return code
 

@@ -2,6 +2,7 @@
 
     infistream run graph.yaml [--transport tcp] [--set stage.param=value ...]
     infistream stage MODULE:CLASS --in URL --out URL [--param k=v ...]
+    infistream keys NAME [--dir certificates]
 
 ``stage`` is how a custom stage joins a graph, and how a stage runs on another host. Its
 exit code tells the launcher what happened: 0 ended cleanly, 1 failed while running,
@@ -25,6 +26,7 @@ import zmq
 from pipeline.errors import ConfigError, EndpointError, InfistreamError, StageError
 from pipeline.graph import EXIT_CONFIG, EXIT_SETUP, GraphRun, load_graph, stage_table
 from pipeline.message import DEFAULT_MAX_MESSAGE_BYTES
+from pipeline.security import CurveConfig, create_keys, stop_authenticators
 from pipeline.stage import RunOptions, build_stage, install_stop_signals, run_stage
 from pipeline.transport import SocketOptions, endpoints
 
@@ -66,16 +68,40 @@ def _parser() -> argparse.ArgumentParser:
     stage.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
     stage.add_argument("--sources", type=int, default=1,
                        help="final end-of-stream markers to wait for before ending; 0 runs until stopped")
+    stage.add_argument("--curve-secret", type=Path, metavar="FILE",
+                       help="encrypt every link with CurveZMQ using this stage's NAME.key_secret (infistream keys)")
+    stage.add_argument("--curve-server", type=Path, metavar="FILE",
+                       help="public NAME.key of the stage this one connects to (with --curve-secret)")
+    stage.add_argument("--curve-clients", type=Path, metavar="DIR",
+                       help="accept only clients whose public .key is in DIR (with --curve-secret)")
     stage.add_argument("--end-wait", type=float, default=RunOptions.end_wait_s, metavar="SECONDS",
                        help="after the final end-of-stream, how long to wait for readers to leave")
     stage.add_argument("--metrics-json", type=Path, help="write the stage's metrics here at the end")
     stage.add_argument("--metrics-interval", type=float, default=10.0, help="seconds between progress logs")
+    keys = commands.add_parser("keys", help="create a CurveZMQ certificate pair for a stage")
+    keys.add_argument("name", help="certificate name, e.g. the stage's or host's name")
+    keys.add_argument("--dir", type=Path, default=Path("certificates"), help="where to write them")
     return parser
 
 
 def _configure_logging(level: str, name: str) -> None:
     logging.basicConfig(level=level, stream=sys.stderr,
                         format=f"%(asctime)s {name} %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def _curve(args: argparse.Namespace) -> CurveConfig | None:
+    if args.curve_secret is None:
+        if args.curve_server or args.curve_clients:
+            raise ConfigError("--curve-server and --curve-clients need --curve-secret (this stage's own key)")
+        return None
+    return CurveConfig(args.curve_secret, args.curve_server, args.curve_clients)
+
+
+def make_keys(args: argparse.Namespace) -> int:
+    public, secret = create_keys(args.dir, args.name)
+    print(f"public certificate (copy to the stages that connect to this one): {public}")
+    print(f"secret certificate (keep on this host, pass as --curve-secret):     {secret}")
+    return 0
 
 
 def run_one_stage(args: argparse.Namespace) -> int:
@@ -90,7 +116,7 @@ def run_one_stage(args: argparse.Namespace) -> int:
         outputs=endpoints(args.outputs, bind_default=True),
         in_pattern=args.in_pattern,
         out_pattern=args.out_pattern,
-        socket=SocketOptions(hwm=args.hwm, max_message_bytes=args.max_message_bytes),
+        socket=SocketOptions(hwm=args.hwm, max_message_bytes=args.max_message_bytes, curve=_curve(args)),
         sources=args.sources,
         end_wait_s=args.end_wait,
         metrics_interval_s=args.metrics_interval,
@@ -102,6 +128,7 @@ def run_one_stage(args: argparse.Namespace) -> int:
     try:
         run_stage(stage, options, stop=stop, context=context)
     finally:
+        stop_authenticators()
         # Terminating the context waits (up to LINGER) until ZeroMQ has sent what is queued
         # and released the zero-copy frame buffers; exiting before that loses the tail.
         context.term()
@@ -119,11 +146,7 @@ def run_graph(args: argparse.Namespace) -> int:
     if args.transport:
         graph.transport = args.transport
     run = GraphRun(graph, args.run_dir, log_level=args.log_level, metrics_interval_s=args.metrics_interval)
-    try:
-        run.start()
-        code = run.wait()
-    finally:
-        run.close()
+    code = run.run()
     print(f"\nper-stage statistics ({graph.name}):")
     print(stage_table(run.stage_metrics()), flush=True)
     if run.failed:
@@ -138,10 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # as with gunicorn or uvicorn; a console script does not put the directory on sys.path.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    name = getattr(args, "name", None) or ("launcher" if args.command == "run" else args.target.rpartition(":")[2])
+    name = {"run": "launcher", "keys": "keys"}.get(args.command) or args.name or args.target.rpartition(":")[2]
     _configure_logging(args.log_level, name)
     try:
-        return run_graph(args) if args.command == "run" else run_one_stage(args)
+        commands = {"run": run_graph, "stage": run_one_stage, "keys": make_keys}
+        return commands[args.command](args)
     except (ConfigError, EndpointError) as error:
         log.error("configuration error: %s", error)
         return EXIT_CONFIG

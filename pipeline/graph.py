@@ -357,6 +357,14 @@ class GraphRun:
                 time.sleep(self.POLL_S)
         return 1 if self.failed else 0
 
+    def run(self) -> int:
+        """Start every stage, watch until the graph ends, and clean up; 0 when all ended cleanly."""
+        try:
+            self.start()
+            return self.wait()
+        finally:
+            self.close()
+
     def stage_metrics(self) -> list[dict]:
         rows = []
         for name, stage in self.running.items():

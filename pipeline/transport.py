@@ -26,6 +26,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from pipeline.errors import EndpointError, MessageError
 from pipeline.message import DEFAULT_MAX_MESSAGE_BYTES, Message, decode, encode
+from pipeline.security import CurveConfig, secure
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,8 @@ class SocketOptions:
         loop, so a stop request is seen within this time.
     max_message_bytes: larger messages are rejected by receivers (logged, counted).
     buffer_bytes: kernel socket buffer size for tcp (0 keeps the OS default).
+    curve: certificates to encrypt (and authenticate) every link with CurveZMQ; see
+        `pipeline.security`. Both ends of a link must be secured, or neither.
     """
 
     hwm: int = 4
@@ -109,6 +112,7 @@ class SocketOptions:
     recv_timeout_ms: int = 200
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     buffer_bytes: int = 0
+    curve: CurveConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("hwm", "send_timeout_ms", "recv_timeout_ms", "max_message_bytes"):
@@ -133,6 +137,10 @@ def _open_socket(context: zmq.Context, pattern: str, targets: list[Endpoint], op
         if options.buffer_bytes:
             socket.setsockopt(zmq.SNDBUF, options.buffer_bytes)
             socket.setsockopt(zmq.RCVBUF, options.buffer_bytes)
+        if options.curve is not None:
+            if len({t.bind for t in targets}) > 1:
+                raise EndpointError("a CurveZMQ socket either binds or connects, not both")
+            secure(socket, options.curve, bind=targets[0].bind)
         for target in targets:
             if target.bind:
                 if target.url.startswith("ipc://"):
@@ -144,6 +152,9 @@ def _open_socket(context: zmq.Context, pattern: str, targets: list[Endpoint], op
         socket.close(linger=0)
         where = ", ".join(str(t) for t in targets)
         raise EndpointError(f"cannot open {pattern} socket on {where}: {error}") from None
+    except BaseException:
+        socket.close(linger=0)
+        raise
     return socket
 
 

@@ -1,0 +1,97 @@
+"""CurveZMQ for links that cross hosts: encryption, and optionally client authentication.
+
+Every stage has a certificate pair made once with ``infistream keys NAME`` (``NAME.key`` is
+public and may be copied anywhere; ``NAME.key_secret`` stays with the stage). On a secured
+stage, sockets that bind are CURVE servers and sockets that connect are CURVE clients:
+
+* a connecting socket must know the public certificate of the stage it connects to
+  (``--curve-server``), so it cannot be fooled into talking to another;
+* a binding socket accepts only clients whose public certificate is in ``--curve-clients``
+  (a directory of ``*.key`` files), when that is given; otherwise any client that knows the
+  server's public key may connect, still encrypted.
+
+Authentication runs in ZeroMQ's ZAP handler thread (`zmq.auth.thread.ThreadAuthenticator`),
+one per process and context.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from pipeline.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CurveConfig:
+    """Certificates for one stage. `secret` is this stage's own ``.key_secret`` file."""
+
+    secret: Path
+    server_public: Path | None = None     # for connecting sockets: the peer's public ``.key``
+    clients_dir: Path | None = None       # for binding sockets: allowed clients' ``.key`` files
+
+    def __post_init__(self) -> None:
+        for name in ("secret", "server_public"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"CurveZMQ {name.replace('_', ' ')} certificate not found: {path}")
+        if self.clients_dir is not None and not Path(self.clients_dir).is_dir():
+            raise ConfigError(f"CurveZMQ clients directory not found: {self.clients_dir}")
+
+
+def create_keys(directory: Path, name: str) -> tuple[Path, Path]:
+    """Write ``NAME.key`` (public) and ``NAME.key_secret`` into `directory`; return both paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(directory), name)
+    return Path(public), Path(secret)
+
+
+def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
+    try:
+        public_key, secret_key = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read CurveZMQ certificate {path}: {error}") from None
+    if secret and secret_key is None:
+        raise ConfigError(f"{path} is a public certificate; this needs the stage's .key_secret file")
+    return public_key, secret_key
+
+
+_authenticators: dict[int, ThreadAuthenticator] = {}
+_authenticators_lock = threading.Lock()
+
+
+def _authenticator(context: zmq.Context, clients_dir: Path) -> None:
+    with _authenticators_lock:
+        if id(context) not in _authenticators:
+            authenticator = ThreadAuthenticator(context)
+            authenticator.start()
+            _authenticators[id(context)] = authenticator
+        _authenticators[id(context)].configure_curve(domain="*", location=str(clients_dir))
+
+
+def secure(socket: zmq.Socket, config: CurveConfig, bind: bool) -> None:
+    """Make `socket` a CURVE server (`bind`) or client; call before bind/connect."""
+    public_key, secret_key = _load(config.secret, secret=True)
+    socket.curve_publickey = public_key
+    socket.curve_secretkey = secret_key
+    if bind:
+        if config.clients_dir is not None:
+            _authenticator(socket.context, config.clients_dir)
+        socket.curve_server = True
+    else:
+        if config.server_public is None:
+            raise ConfigError("a connecting CurveZMQ socket needs the server's public certificate (--curve-server)")
+        socket.curve_serverkey = _load(config.server_public, secret=False)[0]
+
+
+def stop_authenticators() -> None:
+    """Stop every ZAP handler thread (before the context is terminated)."""
+    with _authenticators_lock:
+        for authenticator in _authenticators.values():
+            authenticator.stop()
+        _authenticators.clear()

@@ -1,0 +1,97 @@
+"""CurveZMQ: encrypted links deliver; wrong keys, unlisted clients and plaintext peers get nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.message import Message
+from pipeline.security import CurveConfig, create_keys, stop_authenticators
+from pipeline.transport import Endpoint, Receiver, Sender, SocketOptions
+from tests.conftest import free_tcp_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def keys(tmp_path):
+    """Certificates for a server and two clients; only `allowed` is in the server's clients dir."""
+    made = {name: create_keys(tmp_path / name, name) for name in ("server", "allowed", "stranger")}
+    clients = tmp_path / "clients"
+    clients.mkdir()
+    (clients / "allowed.key").write_bytes(made["allowed"][0].read_bytes())
+    yield {"clients": clients, **{name: {"public": p, "secret": s} for name, (p, s) in made.items()}}
+    stop_authenticators()
+
+
+def options(curve: CurveConfig | None) -> SocketOptions:
+    return SocketOptions(hwm=4, send_timeout_ms=300, recv_timeout_ms=100, linger_ms=0, curve=curve)
+
+
+def deliver(server_curve: CurveConfig | None, client_curve: CurveConfig | None) -> Message | None:
+    url = f"tcp://127.0.0.1:{free_tcp_port()}"
+    frame = np.arange(1000, dtype=np.uint8)
+    with Receiver([Endpoint(url, True)], options=options(server_curve)) as receiver, \
+            Sender([Endpoint(url, False)], options=options(client_curve)) as sender:
+        sender.send(Message("video", "cam", 0, arrays=(frame,)))
+        return receiver.recv(timeout=1.5)
+
+
+def test_encrypted_link_delivers_to_an_allowed_client(keys):
+    server = CurveConfig(keys["server"]["secret"], clients_dir=keys["clients"])
+    client = CurveConfig(keys["allowed"]["secret"], server_public=keys["server"]["public"])
+    message = deliver(server, client)
+    assert message is not None and message.arrays[0].sum() == np.arange(1000, dtype=np.uint8).sum()
+
+
+@pytest.mark.parametrize("case", ["unlisted client", "wrong server key", "plaintext client"])
+def test_peers_without_the_right_keys_get_nothing_through(keys, case):
+    server = CurveConfig(keys["server"]["secret"], clients_dir=keys["clients"])
+    client = {
+        "unlisted client": CurveConfig(keys["stranger"]["secret"], server_public=keys["server"]["public"]),
+        "wrong server key": CurveConfig(keys["allowed"]["secret"], server_public=keys["stranger"]["public"]),
+        "plaintext client": None,
+    }[case]
+    assert deliver(server, client) is None
+
+
+def test_without_a_clients_dir_any_client_knowing_the_server_key_may_connect(keys):
+    server = CurveConfig(keys["server"]["secret"])
+    client = CurveConfig(keys["stranger"]["secret"], server_public=keys["server"]["public"])
+    assert deliver(server, client) is not None
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda k: CurveConfig(Path("/no/such.key_secret")), "secret certificate not found"),
+    (lambda k: CurveConfig(k["server"]["secret"], clients_dir=Path("/no/dir")), "clients directory not found"),
+])
+def test_missing_certificates_are_configuration_errors(keys, build, message):
+    with pytest.raises(ConfigError, match=message):
+        build(keys)
+
+
+def test_public_certificate_given_as_secret_is_refused(keys):
+    with pytest.raises(ConfigError, match="is a public certificate"):
+        deliver(CurveConfig(keys["server"]["public"]), None)
+
+
+@pytest.mark.timeout(60)
+def test_stages_in_separate_processes_talk_over_an_encrypted_link(keys, tmp_path):
+    url = f"tcp://127.0.0.1:{free_tcp_port()}"
+    out = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "pipeline.cli", "--log-level", "WARNING", "stage"]
+    sink = subprocess.Popen(command + ["stages.sinks:JsonlSink", "--in", url, "--param", f"path={out}",
+                                       "--curve-secret", str(keys["allowed"]["secret"]),
+                                       "--curve-server", str(keys["server"]["public"])], cwd=ROOT)
+    source = subprocess.run(command + ["tests.helpers.stages:CountingSource", "--out", url, "--param", "count=30",
+                                       "--curve-secret", str(keys["server"]["secret"]),
+                                       "--curve-clients", str(keys["clients"])], cwd=ROOT, timeout=40)
+    assert source.returncode == 0 and sink.wait(timeout=20) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["seq"] for r in records] == list(range(30)) + [30]
