@@ -34,11 +34,11 @@ def test_c_stage_adds_results_between_python_stages(tmp_path, brightness_stage):
     python = [sys.executable, "-m", "pipeline.cli", "--log-level", "WARNING", "stage"]
     sink = subprocess.Popen(python + ["stages.sinks:JsonlSink", "--in", second, "--param", f"path={out}"], cwd=ROOT)
     c_stage = subprocess.Popen([str(brightness_stage), first, second])
-    source = subprocess.run(python + ["tests.helpers.stages:CountingSource", "--out", first,
-                                      "--param", "count=40", "--param", "width=32", "--param", "height=24",
-                                      "--end-wait", "2"],
-                            cwd=ROOT, timeout=30)
     try:
+        source = subprocess.run(python + ["tests.helpers.stages:CountingSource", "--out", first,
+                                          "--param", "count=40", "--param", "width=32", "--param", "height=24",
+                                          "--end-wait", "2"],
+                                cwd=ROOT, timeout=30)
         assert source.returncode == 0 and sink.wait(timeout=30) == 0
     finally:
         c_stage.send_signal(signal.SIGTERM)
