@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Literal
@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Literal
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from pipeline import inproc
 from pipeline.errors import EndpointError, MessageError
 from pipeline.message import DEFAULT_MAX_MESSAGE_BYTES, Message, decode, encode
 from pipeline.security import CurveConfig, secure
@@ -157,11 +158,26 @@ def _open_socket(context: zmq.Context, pattern: str, targets: list[Endpoint], op
     return socket
 
 
+def _inproc_channel(targets: list[Endpoint]) -> inproc.Channel | None:
+    """The in-process channel for an inproc endpoint, or None for ipc/tcp (ZeroMQ sockets)."""
+    kinds = {t.url.startswith("inproc://") for t in targets}
+    if kinds == {False}:
+        return None
+    if len(targets) > 1:
+        raise EndpointError(f"an inproc endpoint must be a socket's only endpoint, got {[str(t) for t in targets]}; "
+                            f"use one stage per inproc link, or ipc")
+    return inproc.channel(targets[0].url)
+
+
+_DETACHED = inproc.Channel("inproc://(closed)")  # a closed inproc receiver's channel
+
+
 class Sender:
     """Sends messages on a PUSH (load-balanced, blocking when full) or PUB (fan-out) socket.
 
     PUSH blocks when every peer's queue is full, so a recorded source never loses a frame;
-    PUB never blocks and ZeroMQ drops for subscribers that fall behind.
+    PUB never blocks and ZeroMQ drops for subscribers that fall behind. An inproc endpoint is
+    an in-process channel with the same behaviour (`pipeline.inproc`), without serializing.
     """
 
     def __init__(self, targets: Iterable[Endpoint], *, pattern: SendPattern = "push",
@@ -173,14 +189,23 @@ class Sender:
             raise EndpointError("a Sender needs at least one endpoint")
         self.pattern = pattern
         self.options = options
+        self.sent = 0
+        self._channel = _inproc_channel(self.targets)
+        if self._channel is not None:
+            self.socket = None
+            return
         context = context or zmq.Context.instance()
         self.socket = _open_socket(context, pattern, self.targets, options)
         # Peers come and go (a restarted neighbour); the monitor tells us which, so that at
         # the end we can wait for them to leave, which they do once they have read everything.
         self._monitor = self.socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED
                                                        | zmq.EVENT_DISCONNECTED)
-        self.peers = 0
-        self.sent = 0
+        self._peers = 0
+
+    @property
+    def peers(self) -> int:
+        """Readers connected now (as far as the last look at the monitor tells)."""
+        return self._channel.readers if self._channel is not None else self._peers
 
     def send(self, message: Message) -> bool:
         """Send `message`; False when no peer took it within the send timeout (nothing sent).
@@ -189,6 +214,13 @@ class Sender:
         ZMQ_SNDTIMEO instead cost about a quarter of the throughput of 640x480 frames here.
         A multipart message is queued whole or not at all, so a retry never sends half.
         """
+        if self._channel is not None:
+            if self.pattern == "pub":
+                inproc.publish(self._channel, message, self.options.hwm)
+            elif not inproc.put(self._channel, message, 2 * self.options.hwm, self.options.send_timeout_ms / 1000):
+                return False
+            self.sent += 1
+            return True
         parts = encode(message)
         try:
             self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
@@ -205,7 +237,7 @@ class Sender:
     def _update_peers(self, timeout_ms: int) -> None:
         while self._monitor.poll(timeout_ms):
             event = recv_monitor_message(self._monitor)["event"]
-            self.peers += 1 if event in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED) else -1
+            self._peers += 1 if event in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED) else -1
             timeout_ms = 0
 
     def wait_for_peers_to_leave(self, timeout: float, stop: Callable[[], bool] = lambda: False) -> bool:
@@ -216,9 +248,11 @@ class Sender:
         read the final end-of-stream marker, so waiting for that makes the end lossless.
         `stop` is checked every 0.2 s and ends the wait early when it returns True.
         """
+        if self._channel is not None:
+            return inproc.wait_for_readers_to_leave(self._channel, timeout, stop)
         deadline = time.monotonic() + timeout
         self._update_peers(0)
-        while self.peers > 0:
+        while self._peers > 0:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or stop():
                 return False
@@ -226,6 +260,8 @@ class Sender:
         return True
 
     def close(self, linger_ms: int | None = None) -> None:
+        if self._channel is not None:
+            return
         self.socket.disable_monitor()
         self._monitor.close(linger=0)
         self.socket.close(linger=self.options.linger_ms if linger_ms is None else linger_ms)
@@ -258,17 +294,25 @@ class Receiver:
             raise EndpointError("a Receiver needs at least one endpoint")
         self.pattern = pattern
         self.options = options
+        self.received = 0
+        self.rejected: Counter[str] = Counter()
+        self._channel = _inproc_channel(self.sources)
+        if self._channel is not None:
+            self.socket = None
+            self._subscription = deque() if pattern == "sub" else None
+            inproc.attach(self._channel, self._subscription)
+            return
         self.socket = _open_socket(context or zmq.Context.instance(), pattern, self.sources, options)
         if pattern == "sub":
             self.socket.setsockopt(zmq.SUBSCRIBE, topic)
-        self.received = 0
-        self.rejected: Counter[str] = Counter()
 
     def recv(self, timeout: float | None = None) -> Message | None:
         """The next well-formed message, or None when none came within `timeout` seconds.
 
         `timeout` None waits up to the socket's receive timeout once.
         """
+        if self._channel is not None:
+            return self._recv_inproc(self.options.recv_timeout_ms / 1000 if timeout is None else timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
@@ -287,6 +331,20 @@ class Receiver:
             self.received += 1
             return message
 
+    def _recv_inproc(self, timeout_s: float) -> Message | None:
+        deadline = time.monotonic() + timeout_s
+        queue = self._channel.queue if self._subscription is None else self._subscription
+        while True:
+            message = inproc.take(self._channel, queue, max(0.0, deadline - time.monotonic()))
+            if message is None:
+                return None
+            if message.nbytes > self.options.max_message_bytes:
+                self._reject(MessageError("oversize", f"message must be at most {self.options.max_message_bytes} "
+                                                      f"bytes, got {message.nbytes}"))
+                continue
+            self.received += 1
+            return inproc.read_only(message)
+
     def _reject(self, error: MessageError) -> None:
         self.rejected[error.reason] += 1
         count = self.rejected[error.reason]
@@ -295,6 +353,11 @@ class Receiver:
             log.warning("rejected message #%d on %s (%s): %s", count, where, error.reason, error.detail)
 
     def close(self, linger_ms: int | None = None) -> None:
+        if self._channel is not None:
+            if self._channel is not _DETACHED:
+                inproc.detach(self._channel, self._subscription)
+                self._channel = _DETACHED
+            return
         self.socket.close(linger=self.options.linger_ms if linger_ms is None else linger_ms)
 
     def __enter__(self) -> Receiver:

@@ -109,8 +109,9 @@ def _raw_push(url: str) -> zmq.Socket:
     ([json.dumps({"v": 99}).encode()], "bad-version"),
     (encode(Message("video", "s", 0, arrays=(np.zeros(2048, np.uint8),))), "oversize"),
 ])
-def test_receiver_rejects_bad_messages_and_keeps_receiving(transport, make_url, bad_parts, reason):
-    url = make_url(transport)
+def test_receiver_rejects_bad_messages_and_keeps_receiving(process_transport, make_url, bad_parts, reason):
+    """Raw bytes from a foreign peer (inproc is an in-process channel of typed messages: no such peer)."""
+    url = make_url(process_transport)
     options = SocketOptions(hwm=4, send_timeout_ms=100, recv_timeout_ms=100, linger_ms=0, max_message_bytes=1024)
     with Receiver([Endpoint(url, True)], options=options) as receiver:
         bad_peer = _raw_push(url)
@@ -142,3 +143,22 @@ def test_one_receiver_fans_in_from_several_endpoints(make_url):
         assert a.send(frame_message(0, "a")) and b.send(frame_message(0, "b"))
         streams = {receiver.recv(timeout=2).stream, receiver.recv(timeout=2).stream}
     assert streams == {"a", "b"}
+
+
+def test_inproc_rejects_oversize_and_hands_over_read_only_views(make_url):
+    url = make_url("inproc")
+    options = SocketOptions(hwm=2, send_timeout_ms=100, recv_timeout_ms=100, max_message_bytes=1024)
+    frame = np.zeros(100, np.uint8)
+    with Receiver([Endpoint(url, False)], options=options) as receiver, \
+            Sender([Endpoint(url, True)], options=options) as sender:
+        assert sender.send(Message("video", "s", 0, arrays=(np.zeros(2048, np.uint8),)))
+        assert sender.send(Message("video", "s", 1, arrays=(frame,)))
+        received = receiver.recv(timeout=2)
+    assert received.seq == 1 and receiver.rejected == {"oversize": 1}
+    assert np.shares_memory(received.arrays[0], frame) and not received.arrays[0].flags.writeable
+    assert frame.flags.writeable  # the sender's own array is untouched
+
+
+def test_inproc_cannot_share_a_socket_with_other_transports(make_url):
+    with pytest.raises(EndpointError, match="must be a socket's only endpoint"):
+        Receiver([Endpoint(make_url("inproc"), False), Endpoint(make_url("ipc"), True)], options=FAST)
