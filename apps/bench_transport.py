@@ -1,36 +1,32 @@
 """Transport and decode benchmark: how fast frames move between stages, and how fast clips decode.
 
-What is measured, and how:
-
-1. One hop of 640x480x3 uint8 frames with infistream's own `Sender` -> `Receiver` (PUSH/PULL):
-   the sender builds a real `Message` per frame (cycling through 8 random frames), the receiver
-   decodes every message (zero-copy: arrays are views of the ZeroMQ frames) and checks that the
-   sequence numbers arrive in order. ipc and tcp (127.0.0.1) run sender and receiver in two
-   spawned processes; inproc runs them as two threads sharing `zmq.Context.instance()`.
-   The baseline is imagezmq's default REQ/REP (`ImageSender.send_image` -> `ImageHub.recv_image`
-   + `send_reply`) over tcp and ipc, in the same run, with the same frames and frame count
-   (imagezmq gives every sender and hub its own context, so it cannot use inproc).
-   The receiver times the frames after a warm-up of `WARMUP`; the sender closes only when the
-   receiver says it has everything (a multiprocessing Event), so no frame is lost at the end.
-   Repetitions interleave every configuration, so machine noise hits ours and imagezmq's alike;
-   ratios ours/imagezmq are taken within each repetition and their median is reported.
-   Each run also reports CPU time per frame of both sides and the receiver's page faults per
-   frame (process-wide, io threads included), which explain most differences between settings.
-2. `--sweep`: our hop over ipc and tcp for high-water marks 1..16 and kernel buffer sizes, plus
-   other knobs at the default high-water mark: 2 io threads, copying on send (pyzmq's
-   `copy_threshold` above the frame size) and copying on receive; imagezmq runs alongside.
-3. Decode frames/s on each clip under `<assets>/traffic/`: PyAV with threaded decode to BGR arrays,
-   OpenCV `VideoCapture.read`, and infistream's `VideoFileSource` (which yields `Message`s).
+1. One hop of 640x480x3 uint8 frames through our `Sender` -> `Receiver` (PUSH/PULL): a real
+   `Message` per frame (8 random frames in turn); the receiver decodes each one (arrays stay
+   views of the ZeroMQ frames) and checks the sequence. ipc and tcp (127.0.0.1) run the sides
+   as two spawned processes, inproc (the in-process channel) as two threads, `INPROC_SCALE`
+   times as many frames. Baseline in the same run: imagezmq's default REQ/REP (`send_image`,
+   `recv_image` + `send_reply`) over ipc and tcp, same frames (imagezmq's ends each have their
+   own context, so no inproc). Rows marked keep-heap have glibc keep freed buffers (`keep_heap`);
+   send-copy, pyzmq copy frames on send instead of lending them. The receiver times the frames
+   after `WARMUP`; our sender closes only once the receiver signals it has them all. Runs are
+   interleaved so that noise hits every configuration alike, and ratios ours/imagezmq are taken
+   within each repetition. CPU time and page faults per frame of each side (whole processes)
+   explain most differences.
+2. `--sweep`: ipc and tcp with high-water marks 1..16 x kernel buffer sizes, the same marks with
+   keep-heap, 2 io threads, copies on send or receive, inproc high-water marks, and imagezmq.
+3. Decode frames/s of each clip in `<assets>/traffic/`: our `VideoFileSource`, PyAV decoding with
+   threads to BGR arrays, and OpenCV `VideoCapture.read`.
 
     python apps/bench_transport.py [--json PATH] [--frames N] [--repeats R] [--quick] [--sweep]
 
-With --json, writes every raw measurement, medians, ratios, machine facts and a timestamp, and
-a PNG plot beside it (same stem): median frames/s per transport, ours against imagezmq.
+--json PATH writes every raw measurement, medians, ratios, machine facts and a timestamp, and a
+PNG beside it (same stem): median frames/s per transport, ours against imagezmq.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -54,8 +50,9 @@ from pipeline.transport import Endpoint, Receiver, Sender, SocketOptions
 
 FRAME_SHAPE = (480, 640, 3)
 FRAME_BYTES = int(np.prod(FRAME_SHAPE))
-WARMUP = 100  # frames received before the clock starts (connection set-up, first allocations)
-TIMEOUT = 60.0  # seconds any one run may take before it counts as failed
+WARMUP = 100  # frames received before the clock starts (connecting, first allocations)
+INPROC_SCALE = 5  # inproc runs move this many times more frames, or a run would last ~0.1 s
+TIMEOUT = 60.0  # seconds one run may take before it counts as failed
 SPAWN = multiprocessing.get_context("spawn")
 MEDIA = {"fps": 25.0, "width": FRAME_SHAPE[1], "height": FRAME_SHAPE[0], "pixel_format": "bgr24"}
 
@@ -69,29 +66,39 @@ class Hop:
     hwm: int = SocketOptions().hwm
     buffer_bytes: int = SocketOptions().buffer_bytes
     io_threads: int = 1  # libzmq io threads per context (processes only)
-    send_copy: bool = False  # copy each frame into ZeroMQ on send instead of sharing it
-    recv_copy: bool = False  # receive into bytes (a copy) instead of zmq.Frame views
-    keep_heap: bool = False  # glibc keeps freed frame buffers instead of unmapping them (mallopt)
+    send_copy: bool = False  # pyzmq copies each frame into ZeroMQ instead of lending it
+    recv_copy: bool = False  # receive bytes (a copy) instead of zmq.Frame views
+    keep_heap: bool = False  # glibc keeps freed buffers (see `keep_heap`); processes only
 
-    @property
-    def knobs(self) -> str:
-        """The settings beyond hwm and buffer size that differ from the defaults, as text."""
-        return "".join([f" io={self.io_threads}" * (self.io_threads != 1), " send-copy" * self.send_copy,
-                        " recv-copy" * self.recv_copy,
-                        " keep-heap" * self.keep_heap])
-
-    @property
-    def name(self) -> str:
-        return f"{self.library} {self.transport}{self.knobs}"
-
-    def sweep_name(self) -> str:
-        """The name with hwm and kernel buffer size spelled out (for the sweep table)."""
+    def label(self, full: bool = False) -> str:
+        """Library and transport, then the settings that differ from the defaults (all if `full`)."""
         if self.library == "imagezmq":
-            return self.name
-        return f"ours {self.transport} hwm={self.hwm} buf={self.buffer_bytes >> 20}M{self.knobs}"
+            return f"imagezmq {self.transport}"
+        text = f"ours {self.transport}"
+        if full or self.hwm != Hop.hwm:
+            text += f" hwm={self.hwm}"
+        if full or self.buffer_bytes != Hop.buffer_bytes:
+            text += f" buf={self.buffer_bytes >> 20}M"
+        return text + "".join([f" io={self.io_threads}" * (self.io_threads != 1), " send-copy" * self.send_copy,
+                               " recv-copy" * self.recv_copy, " keep-heap" * self.keep_heap])
 
     def options(self) -> SocketOptions:
         return SocketOptions(hwm=self.hwm, buffer_bytes=self.buffer_bytes)
+
+
+def keep_heap() -> None:
+    """Make glibc keep freed frame-sized buffers for reuse instead of handing them back.
+
+    libzmq's io thread allocates every received frame and Python frees it. By default glibc
+    returns a freed 0.9 MB block to the kernel (munmap, or trimming the heap top), so the next
+    frame faults its 225 pages in afresh. A fixed mmap threshold and a high trim threshold keep
+    them mapped. (The same as MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=67108864.)
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks under 32 MiB come from the heap
+    libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD: keep up to 64 MiB free at the heap top
 
 
 def _frames() -> list[np.ndarray]:
@@ -112,24 +119,21 @@ def _url(transport: str, tag: str) -> str:
         return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
 
 
-def keep_heap() -> None:
-    """Make glibc keep freed large buffers for reuse instead of returning them to the kernel.
-
-    A received frame is allocated by the io thread and freed by Python; by default glibc gives
-    a freed 0.9 MB block back (munmap, or trimming the heap top) and the next frame faults its
-    225 pages in again. A fixed mmap threshold and a high trim threshold keep them mapped.
-    """
-    import ctypes
-
-    libc = ctypes.CDLL(None)
-    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks below 32 MiB come from the heap
-    libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MiB of free heap top
-
-
 def _usage() -> tuple[float, int]:
-    """(CPU seconds, minor page faults) of this whole process so far, all threads included."""
+    """(CPU seconds, minor page faults) of this whole process so far, every thread included."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime, usage.ru_minflt
+
+
+def _timed(count: int, step: Callable[[int], None], side: str) -> dict:
+    """Call `step(i)` for i in 0..count-1, timing the calls after the warm-up."""
+    for index in range(count):
+        if index == WARMUP:
+            started, (cpu0, faults0) = time.perf_counter(), _usage()
+        step(index)
+    elapsed, (cpu, faults), timed = time.perf_counter() - started, _usage(), count - WARMUP
+    result = {f"{side}_cpu_us": (cpu - cpu0) / timed * 1e6, f"{side}_faults": (faults - faults0) / timed}
+    return {**result, "fps": timed / elapsed} if side == "receiver" else result
 
 
 # --- the two sides of a hop ---------------------------------------------------------------
@@ -138,73 +142,60 @@ def send_ours(hop: Hop, url: str, count: int, done: Any, context: zmq.Context | 
     """Send `count` frame messages with our `Sender`; close once the receiver has them all."""
     own = context is None
     context = context or zmq.Context(io_threads=hop.io_threads)
-    frames = _frames()
     sender = Sender([Endpoint(url, bind=True)], options=hop.options(), context=context)
     if hop.send_copy:
-        sender.socket.copy_threshold = FRAME_BYTES + 1  # pyzmq copies frames below this size
-    deadline = time.monotonic() + TIMEOUT
-    cpu0 = None
-    for seq in range(count):
-        if seq == WARMUP:
-            cpu0 = _usage()[0]
+        sender.socket.copy_threshold = FRAME_BYTES + 1  # pyzmq copies frames smaller than this
+    frames, deadline = _frames(), time.monotonic() + TIMEOUT
+
+    def step(seq: int) -> None:
         message = Message("video", "bench", seq, pts=seq / 25, media=MEDIA, arrays=(frames[seq % 8],))
         while not sender.send(message):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{hop.name}: nobody took frame {seq} within {TIMEOUT:.0f} s")
-    cpu = _usage()[0] - cpu0
-    # ZeroMQ loses queued messages when a sender closes while its receiver is at its HWM.
-    done.wait(TIMEOUT)
+                raise TimeoutError(f"{hop.label()}: nobody took frame {seq} in {TIMEOUT:.0f} s")
+
+    result = _timed(count, step, "sender")
+    done.wait(TIMEOUT)  # a sender closing while its receiver is at its HWM loses what is queued
     sender.close()
     if own:
-        context.term()  # before exit: libzmq must not free zero-copy buffers under its io thread
-    return {"sender_cpu_us": cpu / (count - WARMUP) * 1e6}
-
-
-def _recv_copy(receiver: Receiver) -> Message | None:
-    """Like `Receiver.recv`, but receiving bytes (a copy of every frame) instead of zmq.Frames."""
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            return decode(receiver.socket.recv_multipart(copy=True))
-        except zmq.Again:
-            continue
-    return None
+        context.term()  # before exiting, or libzmq may free lent buffers under its io thread
+    return result
 
 
 def receive_ours(hop: Hop, url: str, count: int, done: Any, context: zmq.Context | None = None) -> dict:
-    """Receive and decode `count` messages, checking their order; return the timed rate."""
+    """Receive and decode `count` messages, checking their order, then tell the sender."""
     own = context is None
     context = context or zmq.Context(io_threads=hop.io_threads)
     receiver = Receiver([Endpoint(url, bind=False)], options=hop.options(), context=context)
-    for expected in range(count):
-        if expected == WARMUP:
-            started, (cpu0, faults0) = time.perf_counter(), _usage()
-        message = _recv_copy(receiver) if hop.recv_copy else receiver.recv(timeout=TIMEOUT)
+
+    def next_message() -> Message | None:
+        if not hop.recv_copy:
+            return receiver.recv(timeout=TIMEOUT)
+        for _ in range(int(TIMEOUT / 0.2)):  # bytes instead of zmq.Frame views: a copy per frame
+            with contextlib.suppress(zmq.Again):
+                return decode(receiver.socket.recv_multipart(copy=True))
+        return None
+
+    def step(expected: int) -> None:
+        message = next_message()
         if message is None or message.seq != expected or message.arrays[0].shape != FRAME_SHAPE:
-            raise RuntimeError(f"{hop.name}: expected frame {expected}, got {message and message.seq}")
-    elapsed = time.perf_counter() - started
-    cpu, faults = (now - then for now, then in zip(_usage(), (cpu0, faults0)))
+            raise RuntimeError(f"{hop.label()}: expected frame {expected}, got {message and message.seq}")
+
+    result = _timed(count, step, "receiver")
     done.set()
     receiver.close(linger_ms=0)
     if own:
         context.term()
-    timed = count - WARMUP
-    return {"fps": timed / elapsed, "receiver_cpu_us": cpu / timed * 1e6, "receiver_faults": faults / timed}
+    return result
 
 
 def send_imagezmq(hop: Hop, url: str, count: int, done: Any) -> dict:
-    """imagezmq's REQ sender: each frame waits for the hub's reply, so none is lost at close."""
+    """imagezmq's REQ sender: every frame waits for the hub's reply, so none is lost at close."""
     import imagezmq
 
-    frames = _frames()
-    sender = imagezmq.ImageSender(connect_to=url)
-    for seq in range(count):
-        if seq == WARMUP:
-            cpu0 = _usage()[0]
-        sender.send_image(str(seq), frames[seq % 8])
-    cpu = _usage()[0] - cpu0
+    frames, sender = _frames(), imagezmq.ImageSender(connect_to=url)
+    result = _timed(count, lambda seq: sender.send_image(str(seq), frames[seq % 8]), "sender")
     sender.close()
-    return {"sender_cpu_us": cpu / (count - WARMUP) * 1e6}
+    return result
 
 
 def receive_imagezmq(hop: Hop, url: str, count: int, done: Any) -> dict:
@@ -212,18 +203,16 @@ def receive_imagezmq(hop: Hop, url: str, count: int, done: Any) -> dict:
     import imagezmq
 
     hub = imagezmq.ImageHub(open_port=url)
-    for expected in range(count):
-        if expected == WARMUP:
-            started, (cpu0, faults0) = time.perf_counter(), _usage()
+
+    def step(expected: int) -> None:
         name, image = hub.recv_image()
         hub.send_reply(b"OK")
         if name != str(expected) or image.shape != FRAME_SHAPE:
-            raise RuntimeError(f"{hop.name}: expected frame {expected}, got {name}")
-    elapsed = time.perf_counter() - started
-    cpu, faults = (now - then for now, then in zip(_usage(), (cpu0, faults0)))
+            raise RuntimeError(f"{hop.label()}: expected frame {expected}, got {name}")
+
+    result = _timed(count, step, "receiver")
     hub.close()
-    timed = count - WARMUP
-    return {"fps": timed / elapsed, "receiver_cpu_us": cpu / timed * 1e6, "receiver_faults": faults / timed}
+    return result
 
 
 SIDES: dict[tuple[str, str], Callable[..., dict]] = {
@@ -236,27 +225,25 @@ def _process_main(role: str, hop: Hop, url: str, count: int, done: Any, pipe: An
     """Entry point of a spawned sender or receiver: run one side, send back its numbers."""
     if hop.keep_heap:
         keep_heap()
-    if os.environ.get("BENCH_PIN"):  # TEMP experiment
-        pins = os.environ["BENCH_PIN"].split(",")
-        os.sched_setaffinity(0, {int(c) for c in pins[0 if role == "send" else 1].split("+")})
     try:
         pipe.send(SIDES[hop.library, role](hop, url, count, done))
     except BaseException as error:
-        pipe.send({"error": f"{role}: {error!r}"})
+        pipe.send({"error": f"{hop.label()} {role}: {error!r}"})
         raise
 
 
 def run_hop(hop: Hop, frames: int, tag: str) -> dict:
     """Move `frames` timed frames (after the warm-up) through `hop` once; its rate and costs."""
     count, url = frames + WARMUP, _url(hop.transport, tag)
-    if hop.transport == "inproc":  # two threads; inproc needs one shared context
-        done, out = threading.Event(), {}
+    if hop.transport == "inproc":  # two threads (a ZeroMQ inproc pair needs one shared context)
+        count = frames * INPROC_SCALE + WARMUP
+        done, sent = threading.Event(), {}
         context = zmq.Context.instance()
-        thread = threading.Thread(target=lambda: out.update(send_ours(hop, url, count, done, context)))
+        thread = threading.Thread(target=lambda: sent.update(send_ours(hop, url, count, done, context)))
         thread.start()
         result = receive_ours(hop, url, count, done, context)
         thread.join(TIMEOUT)
-        return {**result, **out}
+        return {**result, **sent, "frames": count - WARMUP}
     done, result = SPAWN.Event(), {}
     pipes = [SPAWN.Pipe(duplex=False) for _ in range(2)]
     processes = [SPAWN.Process(target=_process_main, args=(role, hop, url, count, done, write), daemon=True)
@@ -264,55 +251,57 @@ def run_hop(hop: Hop, frames: int, tag: str) -> dict:
     for process in processes:
         process.start()
     for (read, _), process in zip(pipes, processes):
-        result.update(read.recv() if read.poll(TIMEOUT + 30) else {"error": f"{hop.name}: no answer"})
+        result.update(read.recv() if read.poll(TIMEOUT + 30) else {"error": f"{hop.label()}: no answer"})
     for process in processes:
         process.join(10)
         if process.is_alive():
             process.kill()
     if "error" in result:
         raise RuntimeError(result["error"])
-    return result
+    return {**result, "frames": frames}
 
 
 def sweep_grid() -> list[Hop]:
-    """The sweep: high-water marks x kernel buffer sizes over ipc and tcp; the same high-water
-    marks with glibc keeping freed buffers; other knobs at the defaults; inproc high-water marks;
-    and imagezmq, all in one interleaved run."""
+    """The `--sweep` configurations (see the module docstring)."""
     hwms = (1, 2, 4, 8, 16)
     grid = [Hop(transport=t, hwm=h, buffer_bytes=b) for t in ("ipc", "tcp") for h in hwms
             for b in (0, 1 << 20, 4 << 20)]
     grid += [Hop(transport=t, hwm=h, keep_heap=True) for t in ("ipc", "tcp") for h in hwms]
     grid += [replace(Hop(transport=t), **knob) for t in ("ipc", "tcp")
-             for knob in ({"io_threads": 2}, {"send_copy": True}, {"recv_copy": True})]
+             for knob in ({"io_threads": 2}, {"send_copy": True}, {"recv_copy": True},
+                          {"send_copy": True, "keep_heap": True})]
     grid += [Hop(transport="inproc", hwm=h) for h in (1, 2, 4, 16, 64)]
     return grid + [Hop("imagezmq", "ipc"), Hop("imagezmq", "tcp")]
 
 
-def measure(hops: list[Hop], frames: int, repeats: int, desc: str) -> dict[str, list[dict]]:
-    """Run every hop `repeats` times, interleaved (repetition by repetition); raw results per hop."""
+def measure(hops: list[Hop], frames: int, repeats: int, desc: str, full: bool = False) -> dict[str, list[dict]]:
+    """Run every hop `repeats` times, interleaved repetition by repetition; raw results per label."""
     from tqdm import tqdm
 
-    raw: dict[str, list[dict]] = {hop.sweep_name() if desc == "sweep" else hop.name: [] for hop in hops}
+    raw: dict[str, list[dict]] = {hop.label(full): [] for hop in hops}
     with tqdm(total=repeats * len(hops), desc=desc, unit="run", file=sys.stderr, leave=False) as bar:
         for repeat in range(repeats):
-            for index, (name, hop) in enumerate(zip(raw, hops)):
-                raw[name].append(run_hop(hop, frames, f"{desc}-{repeat}-{index}"))
+            for index, (label, hop) in enumerate(zip(raw, hops)):
+                raw[label].append(run_hop(hop, frames, f"{desc.replace(' ', '')}-{repeat}-{index}"))
                 bar.update()
     return raw
 
 
 # --- decoding -------------------------------------------------------------------------------
 
-def _count_pyav(path: Path) -> int:
-    import av
+def count_frames(decoder: str, path: Path) -> int:
+    """Decode every video frame of `path` into a BGR array with `decoder`; how many there were."""
+    if decoder == "VideoFileSource":  # infistream's own source: PyAV, threaded, yields Messages
+        from stages.sources.video import VideoFileSource
 
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        return sum(frame.to_ndarray(format="bgr24").ndim == 3 for frame in container.decode(stream))
+        return sum(message.kind == "video" for message in VideoFileSource(path))
+    if decoder == "PyAV threaded":
+        import av
 
-
-def _count_opencv(path: Path) -> int:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            return sum(frame.to_ndarray(format="bgr24").ndim == 3 for frame in container.decode(stream))
     import cv2
 
     capture, count = cv2.VideoCapture(str(path)), 0
@@ -322,37 +311,25 @@ def _count_opencv(path: Path) -> int:
     return count
 
 
-def _count_source(path: Path) -> int:
-    from stages.sources.video import VideoFileSource
+def measure_decode(clips: list[Path], repeats: int) -> tuple[dict[str, dict[str, list]], str]:
+    """(frames, frames/s) per clip, decoder and repetition; and a note on what was not timed."""
+    from tqdm import tqdm
 
-    return sum(message.kind == "video" for message in VideoFileSource(path))
-
-
-def decoders() -> tuple[dict[str, Callable[[Path], int]], str]:
-    """The decoders to time, and a note on what is missing."""
-    found = {"PyAV threaded": _count_pyav, "OpenCV read": _count_opencv}
+    decoders, note = ["VideoFileSource", "PyAV threaded", "OpenCV read"], ""
     try:
         from stages.sources.video import VideoFileSource  # noqa: F401
     except ImportError as error:
-        return found, f"VideoFileSource not timed ({error}); raw PyAV only"
-    return {"VideoFileSource": _count_source, **found}, ""
-
-
-def measure_decode(clips: list[Path], repeats: int) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """(frames, frames/s) per clip, decoder and repetition."""
-    from tqdm import tqdm
-
-    timed, _ = decoders()
-    raw: dict[str, dict[str, list]] = {clip.name: {name: [] for name in timed} for clip in clips}
-    with tqdm(total=repeats * len(clips), desc="decode", unit="run", file=sys.stderr, leave=False) as bar:
+        decoders, note = decoders[1:], f"VideoFileSource not timed ({error}): raw PyAV only"
+    raw: dict[str, dict[str, list]] = {clip.name: {name: [] for name in decoders} for clip in clips}
+    with tqdm(total=repeats * len(clips), desc="decode", unit="clip", file=sys.stderr, leave=False) as bar:
         for _ in range(repeats):
             for clip in clips:
-                for name, count_frames in timed.items():
+                for name in decoders:
                     started = time.perf_counter()
-                    count = count_frames(clip)
+                    count = count_frames(name, clip)
                     raw[clip.name][name].append((count, count / (time.perf_counter() - started)))
                 bar.update()
-    return raw
+    return raw, note
 
 
 # --- reporting ------------------------------------------------------------------------------
@@ -361,19 +338,20 @@ def summarize(samples: list[float]) -> dict:
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
 
 
+COSTS = ("sender_cpu_us", "receiver_cpu_us", "sender_faults", "receiver_faults")
+
+
 def hop_summary(runs: list[dict]) -> dict:
-    """Median/min/max frames/s and MB/s, and the median costs per frame, of one hop's runs."""
-    fps = [run["fps"] for run in runs]
-    row = {**summarize(fps), "mb_s": statistics.median(fps) * FRAME_BYTES / 1e6}
-    for key in ("sender_cpu_us", "receiver_cpu_us", "receiver_faults"):
-        row[key] = statistics.median(run[key] for run in runs)
-    return row
+    """Median/min/max frames/s, MB/s at the median, and the median costs per frame."""
+    row = summarize([run["fps"] for run in runs])
+    return {**row, "mb_s": row["median"] * FRAME_BYTES / 1e6, **{k: statistics.median(r[k] for r in runs) for k in COSTS}}
 
 
 def ratios(raw: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per-repetition ratios ours/imagezmq (and inproc/ipc) and their medians."""
-    pairs = {f"{t} ours/imagezmq": (f"ours {t}", f"imagezmq {t}") for t in ("tcp", "ipc")}
-    pairs["ours inproc/ipc"] = ("ours inproc", "ours ipc")
+    """Ratios of frames/s within each repetition (ours/imagezmq, inproc/ipc) and their medians."""
+    pairs = {f"{t} ours{k}/imagezmq": (f"ours {t}{k}", f"imagezmq {t}") for t in ("tcp", "ipc")
+             for k in ("", " keep-heap", " send-copy keep-heap")}
+    pairs["inproc/ipc ours"] = ("ours inproc", "ours ipc")
     out = {}
     for label, (top, bottom) in pairs.items():
         if top in raw and bottom in raw:
@@ -383,12 +361,12 @@ def ratios(raw: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def print_hops(title: str, summary: dict[str, dict]) -> None:
-    print(f"\n{title}")
-    print(f"{'configuration':40} {'median':>8} {'min':>8} {'max':>8} {'MB/s':>7} "
-          f"{'send µs':>8} {'recv µs':>8} {'faults':>7}")
+    print(f"\n{title}\n{'configuration':38} {'median':>7} {'min':>7} {'max':>7} {'MB/s':>6} "
+          f"{'cpu µs send':>11} {'recv':>4} {'faults send':>11} {'recv':>5}")
     for name, row in summary.items():
-        print(f"{name:40} {row['median']:8,.0f} {row['min']:8,.0f} {row['max']:8,.0f} {row['mb_s']:7,.0f} "
-              f"{row['sender_cpu_us']:8.0f} {row['receiver_cpu_us']:8.0f} {row['receiver_faults']:7.1f}")
+        print(f"{name:38} {row['median']:7,.0f} {row['min']:7,.0f} {row['max']:7,.0f} {row['mb_s']:6,.0f} "
+              f"{row['sender_cpu_us']:11.0f} {row['receiver_cpu_us']:4.0f} {row['sender_faults']:11.1f} "
+              f"{row['receiver_faults']:5.1f}")
 
 
 def machine_facts() -> dict:
@@ -396,35 +374,56 @@ def machine_facts() -> dict:
 
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "pyzmq": zmq.pyzmq_version(), "libzmq": zmq.zmq_version(), "av": av.__version__,
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg_at_start": os.getloadavg()}
 
 
 def plot(report: dict, path: Path) -> None:
-    """Bars of median frames/s per transport, ours beside imagezmq, with min-max whiskers."""
+    """Bars of median frames/s per transport, ours (with the proposed settings) and imagezmq's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(8, 4.5))
-    for offset, library, colour in ((-0.2, "ours", "tab:blue"), (0.2, "imagezmq", "tab:grey")):
+    figure, axis = plt.subplots(figsize=(9, 4.5))
+    series = (("ours", "", "tab:blue"), ("ours", " keep-heap", "tab:cyan"),
+              ("ours", " send-copy keep-heap", "tab:green"), ("imagezmq", "", "tab:grey"))
+    for offset, (library, knob, colour) in zip((-0.3, -0.1, 0.1, 0.3), series):
         for x, transport in enumerate(("inproc", "ipc", "tcp")):
-            row = report["hop"].get(f"{library} {transport}")
-            if row is None:
-                continue
-            whiskers = [[row["median"] - row["min"]], [row["max"] - row["median"]]]
-            axis.bar(x + offset, row["median"], 0.4, yerr=whiskers, capsize=4, color=colour,
-                     label=library if x == 1 else None)
-            axis.text(x + offset, row["max"], f"{row['median']:,.0f}", ha="center", va="bottom", fontsize=8)
+            row = report["hop"].get(f"{library} {transport}{knob}")
+            if row is not None:
+                whiskers = [[row["median"] - row["min"]], [row["max"] - row["median"]]]
+                axis.bar(x + offset, row["median"], 0.2, yerr=whiskers, capsize=3, color=colour,
+                         label=f"{library}{knob}" if transport == "ipc" else None)
+                axis.text(x + offset, row["max"], f"{row['median']:,.0f}", ha="center", va="bottom", fontsize=7)
     axis.set_xticks(range(3), ["inproc (threads)", "ipc (processes)", "tcp 127.0.0.1 (processes)"])
-    axis.set_yscale("log")
-    axis.set_ylabel("frames/s, 640x480x3 uint8 (log scale)")
+    axis.set_ylabel("frames/s, 640x480x3 uint8")
     axis.set_title(f"One hop: median of {report['repeats']} runs of {report['frames']} frames "
-                   f"(whiskers: min-max), {report['machine']['cpus']} CPUs")
-    axis.legend()
+                   f"(inproc x{INPROC_SCALE}; whiskers: min-max), {report['machine']['cpus']} CPUs", fontsize=10)
+    axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def run_decode(report: dict, quick: bool, repeats: int) -> None:
+    """Time every decoder on the shared traffic clips (one clip if `quick`) and print a table."""
+    clips_dir = assets_dir() / "traffic"
+    clips = sorted(p for p in clips_dir.glob("*") if p.suffix in (".mp4", ".avi", ".mkv", ".mov"))
+    if not clips:
+        report["decode_skipped"] = f"no clips under {clips_dir} (set {ENV_VAR} to the shared assets)"
+        print(f"\nDecode benchmark skipped: {report['decode_skipped']}")
+        return
+    raw, note = measure_decode(clips[:1] if quick else clips, repeats)
+    report.update(decode_raw=raw, decode_note=note, decode={})
+    print(f"\nDecode to BGR arrays, {repeats} runs (frames/s median [min-max]){'; ' + note if note else ''}")
+    for clip, per_decoder in raw.items():
+        counts = sorted({count for runs in per_decoder.values() for count, _ in runs})
+        rows = {name: summarize([rate for _, rate in runs]) for name, runs in per_decoder.items()}
+        report["decode"][clip] = {"frames": counts, "frames_match": len(counts) == 1, **rows}
+        cells = "  ".join(f"{name} {row['median']:5,.0f} [{row['min']:,.0f}-{row['max']:,.0f}]"
+                          for name, row in rows.items())
+        warning = "" if len(counts) == 1 else "  FRAME COUNTS DIFFER"
+        print(f"  {clip:24} {'/'.join(map(str, counts)):>4} frames  {cells}{warning}")
 
 
 def main() -> int:
@@ -437,46 +436,31 @@ def main() -> int:
     args = parser.parse_args()
     frames = args.frames or (400 if args.quick else 4000)
     repeats = args.repeats or (2 if args.quick else 5)
-    report: dict[str, Any] = {"frames": frames, "warmup": WARMUP, "repeats": repeats,
-                              "frame_shape": FRAME_SHAPE, "defaults": asdict(Hop()), "machine": machine_facts()}
+    if frames < 1 or repeats < 1:
+        parser.error("--frames and --repeats must be at least 1")
+    report: dict[str, Any] = {"frames": frames, "warmup": WARMUP, "repeats": repeats, "frame_shape": FRAME_SHAPE,
+                              "socket_defaults": asdict(Hop()), "machine": machine_facts()}
 
-    hops = [Hop(transport="inproc"), Hop(transport="ipc"), Hop("imagezmq", "ipc"),
-            Hop(transport="tcp"), Hop("imagezmq", "tcp")]
+    hops = [Hop(transport="inproc"), Hop(transport="ipc"), Hop(transport="ipc", keep_heap=True),
+            Hop(transport="ipc", send_copy=True, keep_heap=True), Hop("imagezmq", "ipc"),
+            Hop(transport="tcp"), Hop(transport="tcp", keep_heap=True), Hop("imagezmq", "tcp")]
     raw = measure(hops, frames, repeats, "one hop")
-    report["hop_raw"], report["ratios"] = raw, ratios(raw)
-    report["hop"] = {name: hop_summary(runs) for name, runs in raw.items()}
-    print_hops(f"One hop, {FRAME_SHAPE} uint8, {frames} frames x {repeats} runs, defaults hwm={Hop().hwm} "
-               f"buffer={Hop().buffer_bytes} (frames/s; CPU µs and receiver page faults per frame)",
-               report["hop"])
+    report.update(hop_raw=raw, ratios=ratios(raw), hop={name: hop_summary(runs) for name, runs in raw.items()})
+    print_hops(f"One hop, 640x480x3 uint8, {frames} frames x {repeats} runs, hwm={Hop.hwm} "
+               f"buffer_bytes={Hop.buffer_bytes}: frames/s, and CPU µs and page faults per frame of each\n"
+               f"side (inproc: of the one process)", report["hop"])
     for label, ratio in report["ratios"].items():
-        each = ", ".join(f"{r:.2f}" for r in ratio["each"])
-        print(f"  {label:22} {ratio['median']:5.2f}x median  (each run: {each})")
+        print(f"  {label:38} {ratio['median']:5.2f}x  (each run: {', '.join(f'{r:.2f}' for r in ratio['each'])})")
 
     if args.sweep:
-        sweep_raw = measure(sweep_grid(), frames, repeats, "sweep")
-        report["sweep_raw"] = sweep_raw
-        report["sweep"] = {name: hop_summary(runs) for name, runs in sweep_raw.items()}
-        print_hops("Sweep (frames/s; CPU µs and receiver page faults per frame)", report["sweep"])
+        grid = sweep_grid()
+        sweep_raw = measure(grid, frames, repeats, "sweep", full=True)
+        report.update(sweep_raw=sweep_raw, sweep={label: {**hop_summary(runs), "hop": asdict(hop)}
+                                                  for (label, runs), hop in zip(sweep_raw.items(), grid)})
+        print_hops("Sweep: frames/s, and CPU µs and page faults per frame of each side", report["sweep"])
 
-    clips_dir = assets_dir() / "traffic"
-    clips = sorted(p for p in clips_dir.glob("*") if p.suffix in (".mp4", ".avi", ".mkv", ".mov"))
-    if not clips:
-        report["decode_skipped"] = f"no clips under {clips_dir} (set {ENV_VAR})"
-        print(f"\nDecode benchmark skipped: {report['decode_skipped']}")
-    else:
-        timed, note = decoders()
-        decode_raw = measure_decode(clips[:1] if args.quick else clips, repeats)
-        report["decode_raw"], report["decode_note"], report["decode"] = decode_raw, note, {}
-        print(f"\nDecode to BGR arrays, {repeats} runs (frames/s median [min-max]){'; ' + note if note else ''}")
-        for clip, per_decoder in decode_raw.items():
-            counts = {count for runs in per_decoder.values() for count, _ in runs}
-            report["decode"][clip] = {"frames": sorted(counts), "frames_match": len(counts) == 1, **{
-                name: summarize([rate for _, rate in runs]) for name, runs in per_decoder.items()}}
-            cells = "  ".join(f"{name} {row['median']:6,.0f} [{row['min']:,.0f}-{row['max']:,.0f}]"
-                              for name, row in report["decode"][clip].items() if name in timed)
-            match = "" if len(counts) == 1 else "  FRAME COUNTS DIFFER"
-            print(f"  {clip:26} {'/'.join(map(str, sorted(counts))):>5} frames  {cells}{match}")
-
+    run_decode(report, args.quick, repeats)
+    report["machine"]["loadavg_at_end"] = os.getloadavg()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))

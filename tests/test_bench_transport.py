@@ -19,7 +19,7 @@ def test_quick_run_writes_json_and_plot(tmp_path: Path) -> None:
                          cwd=tmp_path, capture_output=True, text=True, timeout=110)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert set(report["hop"]) == {"ours inproc", "ours ipc", "ours tcp", "imagezmq ipc", "imagezmq tcp"}
+    assert {"ours inproc", "ours ipc", "ours tcp", "imagezmq ipc", "imagezmq tcp"} <= set(report["hop"])
     for name, row in report["hop"].items():
         assert row["median"] > 0 and row["min"] > 0, name
         assert len(report["hop_raw"][name]) == report["repeats"], name
