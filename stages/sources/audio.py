@@ -7,18 +7,17 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-import av
 
 from pipeline.errors import SourceFormatError
 from pipeline.message import Message
-from stages.sources.base import MediaSource, default_stream_id
-from stages.sources.decoding import decode_messages, open_input
+from stages.sources.base import default_stream_id
+from stages.sources.decoding import ContainerSource, decode_messages, open_input
 from stages.sources.windows import DEFAULT_HOP_S, DEFAULT_WINDOW_S, WindowSpec
 
 logger = logging.getLogger(__name__)
 
 
-class AudioFileSource(MediaSource):
+class AudioFileSource(ContainerSource):
     """Decodes the first audio track of a file into fixed, overlapping windows.
 
     Any format FFmpeg reads works (.wav, .flac, .mp3, the AC3 or AAC track of a video file).
@@ -51,7 +50,6 @@ class AudioFileSource(MediaSource):
         self.path = Path(path)
         self.windows = WindowSpec(window_s, hop_s)
         self.realtime = realtime
-        self._container: av.container.InputContainer | None = None
         self.input_sample_rate = 0
         self.input_channels = 0
 
@@ -69,11 +67,6 @@ class AudioFileSource(MediaSource):
         self.input_sample_rate = track.rate
         self.input_channels = track.channels
         self._container = container
-
-    def _close(self) -> None:
-        if self._container is not None:
-            self._container.close()
-            self._container = None
 
     def _messages(self) -> Iterator[Message]:
         yield from decode_messages(self._container, self.path, video_id=None, audio_id=self.stream,

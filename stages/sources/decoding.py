@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline.errors import SourceError, SourceFormatError, SourceNotFoundError
 from pipeline.message import Message, eos
-from stages.sources.base import AUDIO_SAMPLE_RATE, audio_message, video_message
+from stages.sources.base import AUDIO_SAMPLE_RATE, MediaSource, audio_message, video_message
 from stages.sources.windows import WindowSpec, Windower
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,17 @@ def open_input(path: Path, expected: str) -> av.container.InputContainer:
         ) from None
     except (av.error.FFmpegError, OSError) as error:
         raise SourceError(f"cannot open {expected} file {path}: {type(error).__name__}: {error}") from None
+
+
+class ContainerSource(MediaSource):
+    """A source that reads one PyAV container, opened by the subclass's `_open`."""
+
+    _container: av.container.InputContainer | None = None
+
+    def _close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
 
 
 def picture_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:

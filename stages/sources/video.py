@@ -7,18 +7,17 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-import av
 
 from pipeline.errors import SourceFormatError
 from pipeline.message import Message
-from stages.sources.base import MediaSource, default_stream_id
-from stages.sources.decoding import decode_messages, frame_rate, open_input, picture_stream
+from stages.sources.base import default_stream_id
+from stages.sources.decoding import ContainerSource, decode_messages, frame_rate, open_input, picture_stream
 from stages.sources.windows import DEFAULT_HOP_S, DEFAULT_WINDOW_S, WindowSpec
 
 logger = logging.getLogger(__name__)
 
 
-class VideoFileSource(MediaSource):
+class VideoFileSource(ContainerSource):
     """Decodes a video file (any container and codec FFmpeg reads) into BGR frame messages.
 
     Frames carry ``pts`` from the container's timestamps (``frame.time``), so variable frame
@@ -56,7 +55,6 @@ class VideoFileSource(MediaSource):
         self.max_frames = max_frames
         self.audio = audio
         self.windows = WindowSpec(window_s, hop_s)
-        self._container: av.container.InputContainer | None = None
         self.fps = 0.0
         self.width = 0
         self.height = 0
@@ -84,11 +82,6 @@ class VideoFileSource(MediaSource):
         if self.audio and not container.streams.audio:
             logger.info("%s has no audio track; emitting video only", self.path)
         self._container = container
-
-    def _close(self) -> None:
-        if self._container is not None:
-            self._container.close()
-            self._container = None
 
     def _messages(self) -> Iterator[Message]:
         video_id, audio_id = (self.stream, None) if not self.audio else self.stream_ids
