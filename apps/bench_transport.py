@@ -321,14 +321,12 @@ def measure_decode(clips: list[Path], repeats: int) -> tuple[dict[str, dict[str,
     except ImportError as error:
         decoders, note = decoders[1:], f"VideoFileSource not timed ({error}): raw PyAV only"
     raw: dict[str, dict[str, list]] = {clip.name: {name: [] for name in decoders} for clip in clips}
-    with tqdm(total=repeats * len(clips), desc="decode", unit="clip", file=sys.stderr, leave=False) as bar:
-        for _ in range(repeats):
-            for clip in clips:
-                for name in decoders:
-                    started = time.perf_counter()
-                    count = count_frames(name, clip)
-                    raw[clip.name][name].append((count, count / (time.perf_counter() - started)))
-                bar.update()
+    for _ in tqdm(range(repeats), desc="decode", unit="round", file=sys.stderr, leave=False):
+        for clip in clips:
+            for name in decoders:
+                started = time.perf_counter()
+                count = count_frames(name, clip)
+                raw[clip.name][name].append((count, count / (time.perf_counter() - started)))
     return raw, note
 
 
@@ -344,7 +342,8 @@ COSTS = ("sender_cpu_us", "receiver_cpu_us", "sender_faults", "receiver_faults")
 def hop_summary(runs: list[dict]) -> dict:
     """Median/min/max frames/s, MB/s at the median, and the median costs per frame."""
     row = summarize([run["fps"] for run in runs])
-    return {**row, "mb_s": row["median"] * FRAME_BYTES / 1e6, **{k: statistics.median(r[k] for r in runs) for k in COSTS}}
+    costs = {key: statistics.median(run[key] for run in runs) for key in COSTS}
+    return {**row, "mb_s": row["median"] * FRAME_BYTES / 1e6, **costs}
 
 
 def ratios(raw: dict[str, list[dict]]) -> dict[str, dict]:

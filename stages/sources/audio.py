@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-
 from pipeline.errors import SourceFormatError
 from pipeline.message import Message
 from stages.sources.base import default_stream_id
