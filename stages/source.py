@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Iterator
+
+from tqdm import tqdm
 
 from pipeline.message import Message
 from pipeline.stage import SourceStage
@@ -20,11 +23,14 @@ class Source(SourceStage):
     sound when it has no picture), ``video``, ``audio`` (16 kHz mono windows of `window_s`
     seconds every `hop_s`), or ``both`` as two streams. ``hollywood2:ROOT[:LIST]`` reads clips.
     A network stream that ends is reopened up to `reconnect_attempts` times, with back-off.
+    Recorded media shows a progress bar on stderr: when it is a terminal (`progress` None),
+    always (True) or never (False).
     """
 
     def __init__(self, uri: str, stream: str | None = None, media: str = "auto", realtime: bool = False,
                  max_frames: int | None = None, max_seconds: float | None = None,
-                 window_s: float = DEFAULT_WINDOW_S, hop_s: float = DEFAULT_HOP_S, reconnect_attempts: int = 3):
+                 window_s: float = DEFAULT_WINDOW_S, hop_s: float = DEFAULT_HOP_S, reconnect_attempts: int = 3,
+                 progress: bool | None = None):
         if not uri:
             raise ValueError("uri must name a file, camera, microphone or URL")
         if media not in ("auto", "video", "audio", "both"):
@@ -33,6 +39,7 @@ class Source(SourceStage):
         self.max_frames, self.max_seconds = max_frames, max_seconds
         self.window_s, self.hop_s = window_s, hop_s
         self.reconnect = ReconnectPolicy(attempts=reconnect_attempts)
+        self.progress = progress
         self.source: MediaSource | None = None
 
     def setup(self) -> None:
@@ -43,7 +50,17 @@ class Source(SourceStage):
         self.live = self.source.live
 
     def produce(self) -> Iterator[Message]:
-        yield from self.source
+        if self.live or self.progress is False:
+            yield from self.source
+            return
+        # Recorded media: a progress bar on stderr, by default only when it is a terminal.
+        total = getattr(self.source, "expected_frames", None) if self.media in ("auto", "video") else None
+        with tqdm(total=total, unit="frame" if total else "input", desc=self.source.stream, file=sys.stderr,
+                  disable=None if self.progress is None else False, mininterval=0.5, dynamic_ncols=True) as bar:
+            for message in self.source:
+                if not message.is_eos:
+                    bar.update()
+                yield message
 
     def teardown(self) -> None:
         if self.source is not None:

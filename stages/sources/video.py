@@ -54,6 +54,7 @@ class VideoFileSource(ContainerSource):
         self.max_frames = max_frames
         self.audio = audio
         self.windows = WindowSpec(window_s, hop_s)
+        self.expected_frames: int | None = None
         self.fps = 0.0
         self.width = 0
         self.height = 0
@@ -76,6 +77,8 @@ class VideoFileSource(ContainerSource):
             found = ", ".join(s.type for s in container.streams) or "no streams"
             container.close()
             raise SourceFormatError(f"expected a file with a video stream, got {found}: {self.path}")
+        # The container's own count (0 when it does not say): a total for progress bars.
+        self.expected_frames = video.frames or None
         self.fps = frame_rate(video)
         self.width, self.height = video.codec_context.width, video.codec_context.height
         if self.audio and not container.streams.audio:

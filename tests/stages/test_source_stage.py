@@ -106,3 +106,10 @@ def test_live_network_stream_drops_oldest_frames_when_the_pipeline_is_slow(make_
     dropped = threads[0].metrics["dropped"]["live-queue"]
     assert dropped > 0 and totals["dropped_at_source"] == dropped
     assert totals["produced"] == 300 and totals["received"] + dropped == 300 and totals["lost"] == 0
+
+
+def test_recorded_media_shows_progress_against_the_container_count(make_url, assets, capsys):
+    clip = asset_or_skip(assets, "traffic/highway_topdown.avi")
+    join_all(chain(make_url, "inproc", [("source", Source(str(clip), progress=True)), ("sink", StatsPrinter())]))
+    expected = container_frames(clip)
+    assert f"{expected}/{expected}" in capsys.readouterr().err
