@@ -256,6 +256,8 @@ def run_hop(hop: Hop, frames: int, tag: str) -> dict:
         process.join(10)
         if process.is_alive():
             process.kill()
+    if hop.transport == "ipc":  # libzmq leaves the socket file behind unless unbound first
+        Path(url[len("ipc://"):]).unlink(missing_ok=True)
     if "error" in result:
         raise RuntimeError(result["error"])
     return {**result, "frames": frames}

@@ -28,7 +28,7 @@ from pipeline.graph import EXIT_CONFIG, EXIT_SETUP, GraphRun, load_graph, stage_
 from pipeline.message import DEFAULT_MAX_MESSAGE_BYTES
 from pipeline.security import CurveConfig, create_keys, stop_authenticators
 from pipeline.stage import RunOptions, build_stage, install_stop_signals, run_stage
-from pipeline.transport import SocketOptions, endpoints
+from pipeline.transport import SocketOptions, endpoints, keep_freed_buffers
 
 log = logging.getLogger("infistream")
 
@@ -105,6 +105,7 @@ def make_keys(args: argparse.Namespace) -> int:
 
 
 def run_one_stage(args: argparse.Namespace) -> int:
+    keep_freed_buffers()  # before the first frame: no page faults per received frame
     params = json.loads(args.params_json)
     if not isinstance(params, dict):
         raise ConfigError(f"--params-json must be a JSON object, got {args.params_json!r}")
