@@ -6,8 +6,9 @@
    as two spawned processes, inproc (the in-process channel) as two threads, `INPROC_SCALE`
    times as many frames. Baseline in the same run: imagezmq's default REQ/REP (`send_image`,
    `recv_image` + `send_reply`) over ipc and tcp, same frames (imagezmq's ends each have their
-   own context, so no inproc). Rows marked keep-heap have glibc keep freed buffers (`keep_heap`);
-   send-copy, pyzmq copy frames on send instead of lending them. The receiver times the frames
+   own context, so no inproc). Rows marked keep-heap have glibc keep freed buffers
+   (`pipeline.transport.keep_freed_buffers`, as stage processes do); send-copy, pyzmq copy
+   frames on send instead of lending them (ipc senders always copy). The receiver times the frames
    after `WARMUP`; our sender closes only once the receiver signals it has them all. Runs are
    interleaved so that noise hits every configuration alike, and ratios ours/imagezmq are taken
    within each repetition. CPU time and page faults per frame of each side (whole processes)
@@ -46,7 +47,7 @@ import zmq
 
 from pipeline.assets import ENV_VAR, assets_dir
 from pipeline.message import Message, decode
-from pipeline.transport import Endpoint, Receiver, Sender, SocketOptions
+from pipeline.transport import Endpoint, Receiver, Sender, SocketOptions, keep_freed_buffers
 
 FRAME_SHAPE = (480, 640, 3)
 FRAME_BYTES = int(np.prod(FRAME_SHAPE))
@@ -68,7 +69,7 @@ class Hop:
     io_threads: int = 1  # libzmq io threads per context (processes only)
     send_copy: bool = False  # pyzmq copies each frame into ZeroMQ instead of lending it
     recv_copy: bool = False  # receive bytes (a copy) instead of zmq.Frame views
-    keep_heap: bool = False  # glibc keeps freed buffers (see `keep_heap`); processes only
+    keep_heap: bool = False  # glibc keeps freed buffers (`keep_freed_buffers`); processes only
 
     def label(self, full: bool = False) -> str:
         """Library and transport, then the settings that differ from the defaults (all if `full`)."""
@@ -84,21 +85,6 @@ class Hop:
 
     def options(self) -> SocketOptions:
         return SocketOptions(hwm=self.hwm, buffer_bytes=self.buffer_bytes)
-
-
-def keep_heap() -> None:
-    """Make glibc keep freed frame-sized buffers for reuse instead of handing them back.
-
-    libzmq's io thread allocates every received frame and Python frees it. By default glibc
-    returns a freed 0.9 MB block to the kernel (munmap, or trimming the heap top), so the next
-    frame faults its 225 pages in afresh. A fixed mmap threshold and a high trim threshold keep
-    them mapped. (The same as MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=67108864.)
-    """
-    import ctypes
-
-    libc = ctypes.CDLL(None)
-    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks under 32 MiB come from the heap
-    libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD: keep up to 64 MiB free at the heap top
 
 
 def _frames() -> list[np.ndarray]:
@@ -224,7 +210,7 @@ SIDES: dict[tuple[str, str], Callable[..., dict]] = {
 def _process_main(role: str, hop: Hop, url: str, count: int, done: Any, pipe: Any) -> None:
     """Entry point of a spawned sender or receiver: run one side, send back its numbers."""
     if hop.keep_heap:
-        keep_heap()
+        keep_freed_buffers()  # exactly what every stage process does (pipeline/cli.py)
     try:
         pipe.send(SIDES[hop.library, role](hop, url, count, done))
     except BaseException as error:
@@ -351,7 +337,7 @@ def hop_summary(runs: list[dict]) -> dict:
 def ratios(raw: dict[str, list[dict]]) -> dict[str, dict]:
     """Ratios of frames/s within each repetition (ours/imagezmq, inproc/ipc) and their medians."""
     pairs = {f"{t} ours{k}/imagezmq": (f"ours {t}{k}", f"imagezmq {t}") for t in ("tcp", "ipc")
-             for k in ("", " keep-heap", " send-copy keep-heap")}
+             for k in ("", " keep-heap")}
     pairs["inproc/ipc ours"] = ("ours inproc", "ours ipc")
     out = {}
     for label, (top, bottom) in pairs.items():
@@ -386,14 +372,13 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(9, 4.5))
-    series = (("ours", "", "tab:blue"), ("ours", " keep-heap", "tab:cyan"),
-              ("ours", " send-copy keep-heap", "tab:green"), ("imagezmq", "", "tab:grey"))
-    for offset, (library, knob, colour) in zip((-0.3, -0.1, 0.1, 0.3), series):
+    series = (("ours", "", "tab:blue"), ("ours", " keep-heap", "tab:cyan"), ("imagezmq", "", "tab:grey"))
+    for offset, (library, knob, colour) in zip((-0.25, 0.0, 0.25), series):
         for x, transport in enumerate(("inproc", "ipc", "tcp")):
             row = report["hop"].get(f"{library} {transport}{knob}")
             if row is not None:
                 whiskers = [[row["median"] - row["min"]], [row["max"] - row["median"]]]
-                axis.bar(x + offset, row["median"], 0.2, yerr=whiskers, capsize=3, color=colour,
+                axis.bar(x + offset, row["median"], 0.25, yerr=whiskers, capsize=3, color=colour,
                          label=f"{library}{knob}" if transport == "ipc" else None)
                 axis.text(x + offset, row["max"], f"{row['median']:,.0f}", ha="center", va="bottom", fontsize=7)
     axis.set_xticks(range(3), ["inproc (threads)", "ipc (processes)", "tcp 127.0.0.1 (processes)"])
@@ -442,8 +427,8 @@ def main() -> int:
     report: dict[str, Any] = {"frames": frames, "warmup": WARMUP, "repeats": repeats, "frame_shape": FRAME_SHAPE,
                               "socket_defaults": asdict(Hop()), "machine": machine_facts()}
 
-    hops = [Hop(transport="inproc"), Hop(transport="ipc"), Hop(transport="ipc", keep_heap=True),
-            Hop(transport="ipc", send_copy=True, keep_heap=True), Hop("imagezmq", "ipc"),
+    # Sender copies frames over ipc by itself (pipeline/transport.py), so no send-copy row here.
+    hops = [Hop(transport="inproc"), Hop(transport="ipc"), Hop(transport="ipc", keep_heap=True), Hop("imagezmq", "ipc"),
             Hop(transport="tcp"), Hop(transport="tcp", keep_heap=True), Hop("imagezmq", "tcp")]
     raw = measure(hops, frames, repeats, "one hop")
     report.update(hop_raw=raw, ratios=ratios(raw), hop={name: hop_summary(runs) for name, runs in raw.items()})

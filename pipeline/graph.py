@@ -324,18 +324,20 @@ class GraphRun:
         if sinks and all(s.exit_code == 0 for s in sinks) or all(s.spec.sources == 0 for s in pending):
             self._sinks_done_at = self._sinks_done_at or time.monotonic()
             if time.monotonic() - self._sinks_done_at > self.SINKS_DONE_GRACE_S:
-                for stage in pending:
-                    stage.process.send_signal(signal.SIGTERM)
-                self._wait_all(pending, 10.0)
+                self._terminate(pending)
                 return False
         if self._stop_requested_at is not None and time.monotonic() - self._stop_requested_at > self._stop_grace_s:
             log.warning("graph %s: stages %s did not finish within %.0f s of the stop; terminating them",
                         self.graph.name, [s.spec.name for s in pending], self._stop_grace_s)
-            for stage in pending:
-                stage.process.send_signal(signal.SIGTERM)
-            self._wait_all(pending, 10.0)
+            self._terminate(pending)
             return False
         return True
+
+    def _terminate(self, stages: list[_Running]) -> None:
+        """SIGTERM `stages` (they stop gracefully), and kill those still running 10 s later."""
+        for stage in stages:
+            stage.process.send_signal(signal.SIGTERM)
+        self._wait_all(stages, 10.0)
 
     def _wait_all(self, stages: list[_Running], timeout: float) -> None:
         deadline = time.monotonic() + timeout
