@@ -41,7 +41,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -348,22 +348,30 @@ class GraphRun:
                 stage.process.kill()
                 stage.exit_code = stage.process.wait()
 
-    def wait(self) -> int:
-        """Watch the graph until it ends; 0 when every stage ended cleanly."""
+    def wait(self, watch: Callable[[], None] | None = None) -> int:
+        """Watch the graph until it ends; 0 when every stage ended cleanly.
+
+        `watch` is called between checks (every `POLL_S`) and once at the end, e.g. to follow
+        a results file and show progress.
+        """
         try:
             while self.poll():
+                if watch:
+                    watch()
                 time.sleep(self.POLL_S)
         except KeyboardInterrupt:
             self.request_stop()
             while self.poll():
                 time.sleep(self.POLL_S)
+        if watch:
+            watch()
         return 1 if self.failed else 0
 
-    def run(self) -> int:
+    def run(self, watch: Callable[[], None] | None = None) -> int:
         """Start every stage, watch until the graph ends, and clean up; 0 when all ended cleanly."""
         try:
             self.start()
-            return self.wait()
+            return self.wait(watch)
         finally:
             self.close()
 

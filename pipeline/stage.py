@@ -15,7 +15,12 @@ A stage is a small class. Its lifecycle, which the runtime guarantees:
    goes on with the next message.
 4. ``end_of_stream(message)`` runs for every end-of-stream marker before the runtime forwards
    the marker; a stage flushes per-stream state here and may return final messages.
-5. ``teardown()`` runs once after the loop ends for any reason, including errors and
+   A stage that sets ``forwards_end_of_stream = False`` forwards markers itself, by returning
+   them from any hook when it is ready (an aggregator waits for results still in flight on
+   other workers of a pool); the runtime then counts the final markers the stage sends.
+5. ``tick()`` runs about every `TICK_S` seconds between messages, whether or not any arrive,
+   for stages that act on time (a reorder timeout, a held end-of-stream marker).
+6. ``teardown()`` runs once after the loop ends for any reason, including errors and
    SIGINT/SIGTERM, provided ``setup`` returned. It is not run on SIGKILL.
 
 A source stage implements ``produce()`` instead of ``process``: a generator of data messages
@@ -51,12 +56,18 @@ log = logging.getLogger(__name__)
 
 Outputs = Union[Message, Iterable[Message], None]
 
+#: How often a stage's `tick` runs (seconds); the receive timeout (200 ms) bounds it from below
+#: when no message arrives.
+TICK_S = 0.2
+
 
 class Stage:
     """A processing step: receives messages, returns messages. See the module docstring."""
 
     #: Set by the runtime to the stage's name in the graph (used in logs and metrics).
     name: str = ""
+    #: False: the stage returns end-of-stream markers itself when it is ready (see module docstring).
+    forwards_end_of_stream: bool = True
 
     def setup(self) -> None:
         """Open what the stage needs (devices, models). May block."""
@@ -67,6 +78,10 @@ class Stage:
 
     def end_of_stream(self, message: Message) -> Outputs:
         """A stream ended (`message.seq` inputs in all); flush its state. The marker is forwarded after."""
+        return None
+
+    def tick(self) -> Outputs:
+        """Called about every `TICK_S` seconds between messages; return what is now due."""
         return None
 
     def teardown(self) -> None:
@@ -140,15 +155,6 @@ class _Outputs:
         if self.senders:
             self.metrics.outputs += 1
 
-    def send_all(self, outputs: Outputs) -> None:
-        if outputs is None:
-            return
-        if isinstance(outputs, Message):
-            self.send(outputs)
-            return
-        for message in outputs:
-            self.send(message)
-
     def wait_for_readers(self, timeout: float) -> None:
         """After the final end-of-stream: wait until downstream has read it (see Sender)."""
         for sender in self.senders:
@@ -208,40 +214,60 @@ def run_stage(stage: Stage, options: RunOptions, *, stop: threading.Event | None
 
 def _run_worker(stage: Stage, options: RunOptions, receiver: Receiver, outputs: _Outputs,
                 metrics: StageMetrics, stop: threading.Event) -> None:
-    finals = 0
+    finals = 0          # final end-of-stream markers sent on: the stage ends after `options.sources`
+    next_tick = time.monotonic() + TICK_S
+
+    def emit(produced: Outputs) -> None:
+        nonlocal finals
+        for message in _as_messages(produced):
+            outputs.send(message)
+            if message.is_eos and message.final:
+                finals += 1
+
     while not stop.is_set():
         metrics.maybe_log()
         message = receiver.recv()
-        if message is None:
-            continue
-        if message.is_eos:
+        if message is not None and message.is_eos:
             metrics.eos += 1
-            outputs.send_all(_call(stage.end_of_stream, message, metrics))
-            outputs.send(message)
-            if message.final:
-                finals += 1
-                if options.sources and finals >= options.sources:
-                    log.info("[%s] all %d source(s) ended", options.name, finals)
-                    outputs.wait_for_readers(options.end_wait_s)
-                    return
-            continue
-        metrics.input(message.t_capture)
-        started = time.perf_counter()
-        result = _call(stage.process, message, metrics)
-        metrics.process.add(time.perf_counter() - started)
-        outputs.send_all(result)
+            emit(_call(stage.end_of_stream, message, metrics))
+            if stage.forwards_end_of_stream:
+                emit(message)
+        elif message is not None:
+            metrics.input(message.t_capture)
+            started = time.perf_counter()
+            result = _call(stage.process, message, metrics)
+            metrics.process.add(time.perf_counter() - started)
+            emit(result)
+        if time.monotonic() >= next_tick:
+            next_tick = time.monotonic() + TICK_S
+            emit(_call(stage.tick, None, metrics))
+        if options.sources and finals >= options.sources:
+            log.info("[%s] all %d source(s) ended", options.name, finals)
+            outputs.wait_for_readers(options.end_wait_s)
+            return
 
 
-def _call(method, message: Message, metrics: StageMetrics) -> Outputs:
-    """Run one process/end_of_stream call; an exception loses this input, not the stage."""
+def _as_messages(produced: Outputs) -> Iterable[Message]:
+    if produced is None:
+        return ()
+    if isinstance(produced, Message):
+        return (produced,)
+    return produced
+
+
+def _call(method, message: Message | None, metrics: StageMetrics) -> Outputs:
+    """Run one process/end_of_stream/tick call; an exception loses this input, not the stage."""
     try:
-        result = method(message)
+        result = method() if message is None else method(message)
         # Materialise generators here, so their errors are caught here too.
         return list(result) if isinstance(result, types.GeneratorType) else result
     except Exception:
         metrics.errors += 1
-        log.exception("[%s] %s failed on %s seq %d; input dropped", metrics.stage, method.__name__,
-                      message.stream, message.seq)
+        if message is None:
+            log.exception("[%s] %s failed", metrics.stage, method.__name__)
+        else:
+            log.exception("[%s] %s failed on %s seq %d; input dropped", metrics.stage, method.__name__,
+                          message.stream, message.seq)
         return None
 
 
