@@ -30,7 +30,7 @@ import sys; sys.exit(sys.version_info < (3, 10))
 PY
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 echo "setup: installing Python packages into $VENV (a few minutes the first time)"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test,bench]" 2>&1 \
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[all,test,bench]" 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
 "$VENV/bin/python" -c "import pipeline, stages, zmq, av, cv2, sounddevice" \
     || { echo "setup: the environment in $VENV does not import; see the pip output above" >&2; exit 1; }
