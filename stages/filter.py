@@ -1,0 +1,37 @@
+"""The filter stage: one decision per input, from a policy (models/policies.py).
+
+Inputs the policy sends to the heavy model keep their pixels; every other input travels on as
+a header only (its decision says why), so the inference workers and the aggregator downstream
+still see every sequence number without paying for the pixels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from pipeline.message import Message
+from pipeline.stage import Stage
+from models.policies import Policy, parse_policy
+
+
+class Filter(Stage):
+    """policy: ``none`` (infer everything) or ``stride:N``; see `models.policies.parse_policy`.
+
+    keep_frames: keep the pixels of inputs that are not inferred too (a display downstream
+    needs every frame).
+    """
+
+    def __init__(self, policy: str = "none", keep_frames: bool = False):
+        self.policy: Policy = parse_policy(policy)
+        self.keep_frames = keep_frames
+
+    def process(self, message: Message) -> Message:
+        started = time.perf_counter()
+        decision = self.policy.decide(message)
+        decision = replace(decision, filter_ms=(time.perf_counter() - started) * 1000)
+        arrays = message.arrays if decision.needs_model or self.keep_frames else ()
+        return replace(message, decision=decision.to_wire(), arrays=arrays)
+
+    def end_of_stream(self, message: Message) -> None:
+        self.policy.end_stream(message.stream)
