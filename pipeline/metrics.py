@@ -16,7 +16,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def _percentile(sorted_values: list[float], fraction: float) -> float:
+def percentile(sorted_values: list[float], fraction: float) -> float:
     if not sorted_values:
         return 0.0
     index = min(len(sorted_values) - 1, int(round(fraction * (len(sorted_values) - 1))))
@@ -46,8 +46,8 @@ class LatencyWindow:
         ordered = sorted(self.recent)
         return {
             "mean": round(1000 * self.total / self.count, 3) if self.count else 0.0,
-            "p50": round(1000 * _percentile(ordered, 0.50), 3),
-            "p95": round(1000 * _percentile(ordered, 0.95), 3),
+            "p50": round(1000 * percentile(ordered, 0.50), 3),
+            "p95": round(1000 * percentile(ordered, 0.95), 3),
             "max": round(1000 * self.maximum, 3),
         }
 

@@ -1,0 +1,145 @@
+"""Accounting per stream: where every input went, and what filtering saved.
+
+The identity the aggregator checks at each end of stream (DESIGN.md, "Dataflow"):
+
+    inferred + skipped + reused + exited + dropped == produced
+
+where ``produced`` is the count in the source's end-of-stream marker and ``dropped`` is every
+input that never got a result: dropped by a live source (carried in the marker), lost on the
+way (a worker died, a message was rejected), or answered by nobody (an ``infer`` input that
+reached the aggregator without a result, e.g. no worker in the graph).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.metrics import LatencyWindow, percentile
+
+DECISIONS = ("infer", "skip", "reuse", "exit")
+
+
+@dataclass
+class StreamAccount:
+    """Counts for one stream; small and bounded (the latency window keeps a fixed sample)."""
+
+    stream: str
+    decisions: Counter = field(default_factory=Counter)
+    produced: int | None = None       # known once the end-of-stream marker arrives
+    dropped_at_source: int = 0
+    unanswered: int = 0               # infer inputs that arrived without a result
+    late: int = 0                     # inputs that arrived after the reorder buffer gave up on them
+    unresolved_reuse: int = 0         # reuse of an input whose result is not (or no longer) known
+    model_ms: float = 0.0             # heavy-model time spent, summed over workers
+    filter_ms: float = 0.0
+    first_capture: float | None = None
+    last_done: float | None = None
+    # A small sample per stream: a dataset run keeps thousands of finished streams' accounts.
+    latency: LatencyWindow = field(default_factory=lambda: LatencyWindow(size=128))
+
+    @property
+    def received(self) -> int:
+        return sum(self.decisions.values()) + self.unanswered
+
+    @property
+    def lost(self) -> int:
+        if self.produced is None:
+            return 0
+        return max(0, self.produced - self.dropped_at_source - self.received)
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_at_source + self.lost + self.unanswered
+
+    @property
+    def complete(self) -> bool:
+        """Every input the source produced has arrived or is known dropped."""
+        return self.produced is not None and self.received + self.dropped_at_source >= self.produced
+
+    def balanced(self) -> bool:
+        return self.produced is not None and \
+            sum(self.decisions[d] for d in DECISIONS) + self.dropped == self.produced
+
+    def add(self, action: str, t_capture: float, now: float, model_ms: float = 0.0, filter_ms: float = 0.0) -> None:
+        self.decisions[action] += 1
+        self.model_ms += model_ms
+        self.filter_ms += filter_ms
+        self.first_capture = t_capture if self.first_capture is None else min(self.first_capture, t_capture)
+        self.last_done = now
+        self.latency.add(now - t_capture)
+
+    def summary(self) -> dict[str, Any]:
+        return summarize([self])
+
+
+def summarize(accounts: list[StreamAccount]) -> dict[str, Any]:
+    """The savings summary over one or more streams (a JSON-ready dict)."""
+    counts = Counter()
+    for account in accounts:
+        counts.update(account.decisions)
+    produced = sum(a.produced or 0 for a in accounts)
+    answered = sum(counts[d] for d in DECISIONS)
+    inferred = counts["infer"]
+    model_ms = sum(a.model_ms for a in accounts)
+    filter_ms = sum(a.filter_ms for a in accounts)
+    mean_model_ms = model_ms / inferred if inferred else None
+    not_inferred = answered - inferred
+    starts = [a.first_capture for a in accounts if a.first_capture is not None]
+    ends = [a.last_done for a in accounts if a.last_done is not None]
+    wall_s = (max(ends) - min(starts)) if starts and ends else 0.0
+    latencies = sorted(sample for account in accounts for sample in account.latency.recent)
+    return {
+        "streams": len(accounts),
+        "produced": produced,
+        "inferred": inferred,
+        "skipped": counts["skip"],
+        "reused": counts["reuse"],
+        "exited": counts["exit"],
+        "dropped": sum(a.dropped for a in accounts),
+        "dropped_at_source": sum(a.dropped_at_source for a in accounts),
+        "lost": sum(a.lost for a in accounts),
+        "unanswered": sum(a.unanswered for a in accounts),
+        "late": sum(a.late for a in accounts),
+        "unresolved_reuse": sum(a.unresolved_reuse for a in accounts),
+        "balanced": all(a.balanced() for a in accounts),
+        "filtering_rate": not_inferred / answered if answered else 0.0,
+        "model_ms_spent": round(model_ms, 1),
+        "model_ms_per_inference": round(mean_model_ms, 2) if mean_model_ms is not None else None,
+        # Estimated: the inputs the filter answered would each have cost a mean inference.
+        "model_ms_avoided": round(not_inferred * mean_model_ms, 1) if mean_model_ms is not None else None,
+        "filter_ms_spent": round(filter_ms, 1),
+        "wall_s": round(wall_s, 3),
+        "end_to_end_fps": round(answered / wall_s, 2) if wall_s > 0 else None,
+        "latency_ms_p50": _ms(percentile(latencies, 0.50)) if latencies else None,
+        "latency_ms_p95": _ms(percentile(latencies, 0.95)) if latencies else None,
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def format_summary(summary: dict[str, Any], title: str = "savings") -> str:
+    """A few human lines: inputs by decision, model time spent and avoided, throughput."""
+    produced = summary["produced"] or 0
+
+    def share(n: int) -> str:
+        return f"{n:>7,} ({100 * n / produced:5.1f} %)" if produced else f"{n:>7,}"
+
+    lines = [f"{title}: {produced:,} inputs in {summary['streams']} stream(s), "
+             f"accounting {'balanced' if summary['balanced'] else 'NOT balanced'}",
+             f"  inferred {share(summary['inferred'])}   skipped {share(summary['skipped'])}",
+             f"  reused   {share(summary['reused'])}   exited  {share(summary['exited'])}",
+             f"  dropped  {share(summary['dropped'])}   (at source {summary['dropped_at_source']}, "
+             f"lost {summary['lost']}, unanswered {summary['unanswered']})",
+             f"  filtering rate {100 * summary['filtering_rate']:.1f} %"]
+    if summary["model_ms_per_inference"] is not None:
+        lines.append(f"  heavy model: {summary['model_ms_spent'] / 1000:,.1f} s spent "
+                     f"({summary['model_ms_per_inference']:.1f} ms per input), "
+                     f"~{summary['model_ms_avoided'] / 1000:,.1f} s avoided; filter {summary['filter_ms_spent'] / 1000:,.2f} s")
+    if summary["end_to_end_fps"] is not None:
+        lines.append(f"  end to end: {summary['end_to_end_fps']:,.1f} inputs/s over {summary['wall_s']:.1f} s, "
+                     f"latency p50 {summary['latency_ms_p50']} ms, p95 {summary['latency_ms_p95']} ms")
+    return "\n".join(lines)

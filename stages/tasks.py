@@ -1,0 +1,127 @@
+"""Task logic the aggregator runs on every input, in order: what an answer means per task.
+
+A task turns the wire form of a result into an answer object, knows its empty answer (what
+``skip`` means), and keeps whatever state needs every input in order (vehicle tracks and line
+crossings; word counts). `update` returns the fields of the input's JSON line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.errors import ConfigError
+from stages.results import (EMPTY_DETECTIONS, EMPTY_TRANSCRIPT, VEHICLE_CLASSES, Detections, ResultError,
+                            Transcript)
+
+
+class Task:
+    empty: Any
+
+    def parse(self, wire: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def parse_exit(self, wire: dict[str, Any] | None) -> Any:
+        """An early exit's answer; the same schema as the worker's unless a task says otherwise."""
+        return self.parse(wire or {})
+
+    def update(self, pts: float, answer: Any, fresh: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def totals(self) -> dict[str, Any]:
+        return {}
+
+
+class VehicleTask(Task):
+    """Per frame: vehicles (optionally inside a region); over time: unique vehicles crossing a line.
+
+    Only fresh observations (inferred frames, or early exits that give boxes) move the tracker.
+    A reused frame repeats an older frame's boxes and a skipped frame claims the empty result:
+    feeding either to the tracker would freeze or end tracks, so the tracker sees them as gaps in
+    time, which its motion model bridges. This is what keeps a crossing from being lost or
+    counted twice when frames between two inferences were filtered.
+    """
+
+    empty = EMPTY_DETECTIONS
+
+    def __init__(self, line: str = "", region: str = ""):
+        self.counter = None
+        if line or region:
+            from stages.tracking import CountingLine, Region, VehicleCounter
+            try:
+                self.counter = VehicleCounter(line=CountingLine.parse(line) if line else None,
+                                              region=Region.parse(region) if region else None)
+            except ValueError as error:
+                raise ConfigError(str(error)) from error
+        self.frames = 0
+        self.vehicle_frames = 0
+
+    def parse(self, wire: dict[str, Any]) -> Detections:
+        return Detections.from_wire(wire)
+
+    def parse_exit(self, wire: dict[str, Any] | None) -> Detections:
+        # An early-exit network may answer with a count only ({"count": 0} is the common case).
+        if isinstance(wire, dict) and "boxes" not in wire and wire.get("count") == 0:
+            return EMPTY_DETECTIONS
+        return Detections.from_wire(wire or {})
+
+    def update(self, pts: float, answer: Detections, fresh: bool) -> dict[str, Any]:
+        self.frames += 1
+        self.vehicle_frames += bool(len(answer))
+        by_class: dict[str, int] = {}
+        for cls in answer.classes:
+            name = VEHICLE_CLASSES.get(int(cls), str(int(cls)))
+            by_class[name] = by_class.get(name, 0) + 1
+        record: dict[str, Any] = {"count": len(answer), "by_class": by_class}
+        if self.counter is not None:
+            record.update(self.counter.update(pts, answer if fresh else None))
+        return record
+
+    def totals(self) -> dict[str, Any]:
+        totals: dict[str, Any] = {"frames": self.frames, "frames_with_vehicles": self.vehicle_frames}
+        if self.counter is not None:
+            totals.update(self.counter.totals())
+        return totals
+
+
+class SpeechTask(Task):
+    """Per audio window: transcript and word count, and the InFi rule "more than N words"."""
+
+    empty = EMPTY_TRANSCRIPT
+
+    def __init__(self, words: int = 2):
+        if words < 0:
+            raise ConfigError(f"the speech rule's word threshold must be >= 0, got {words}")
+        self.words = words
+        self.windows = 0
+        self.needing = 0
+        self.total_words = 0
+
+    def parse(self, wire: dict[str, Any]) -> Transcript:
+        return Transcript.from_wire(wire)
+
+    def parse_exit(self, wire: dict[str, Any] | None) -> Transcript:
+        # A binary early exit answers the rule only: "needs recognition" cannot come without words.
+        if isinstance(wire, dict) and wire.get("task") != "speech" and wire.get("needs_recognition") is False:
+            return EMPTY_TRANSCRIPT
+        if not isinstance(wire, dict) or wire.get("task") != "speech":
+            raise ResultError(f"an early exit for speech must say needs_recognition false or give a transcript, "
+                              f"got {wire!r:.200}")
+        return Transcript.from_wire(wire)
+
+    def update(self, pts: float, answer: Transcript, fresh: bool) -> dict[str, Any]:
+        words = answer.words
+        self.windows += 1
+        self.total_words += words
+        self.needing += words > self.words
+        return {"text": answer.text, "words": words, "needs_recognition": words > self.words}
+
+    def totals(self) -> dict[str, Any]:
+        return {"windows": self.windows, "windows_needing_recognition": self.needing, "words": self.total_words}
+
+
+def make_task(name: str, line: str = "", region: str = "", words: int = 2) -> Task:
+    if name == "vehicles":
+        return VehicleTask(line=line, region=region)
+    if name == "speech":
+        return SpeechTask(words=words)
+    raise ConfigError(f"unknown task {name!r}; expected vehicles or speech")
