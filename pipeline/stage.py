@@ -158,7 +158,14 @@ class _Outputs:
     def wait_for_readers(self, timeout: float) -> None:
         """After the final end-of-stream: wait until downstream has read it (see Sender)."""
         for sender in self.senders:
-            if sender.pattern == "push" and not sender.wait_for_peers_to_leave(timeout, self.stop.is_set):
+            if sender.pattern != "push" or sender.wait_for_peers_to_leave(timeout, self.stop.is_set):
+                continue
+            if self.stop.is_set():
+                # Stopped while waiting: the launcher ends long-running readers (a worker pool)
+                # once the sinks are done, so their staying connected is expected, not news.
+                log.debug("[%s] stopped while %d reader(s) of %s were still connected", self.metrics.stage,
+                          sender.peers, sender.targets[0])
+            else:
                 log.warning("[%s] %d reader(s) of %s still connected %.0f s after the end of stream; "
                             "closing anyway", self.metrics.stage, sender.peers, sender.targets[0], timeout)
 

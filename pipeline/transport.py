@@ -224,6 +224,7 @@ class Sender:
         self._monitor = self.socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED
                                                        | zmq.EVENT_DISCONNECTED)
         self._peers = 0
+        self._peers_seen = 0
 
     @property
     def peers(self) -> int:
@@ -260,7 +261,9 @@ class Sender:
     def _update_peers(self, timeout_ms: int) -> None:
         while self._monitor.poll(timeout_ms):
             event = recv_monitor_message(self._monitor)["event"]
-            self._peers += 1 if event in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED) else -1
+            joined = event in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED)
+            self._peers += 1 if joined else -1
+            self._peers_seen += joined
             timeout_ms = 0
 
     def wait_for_peers_to_leave(self, timeout: float, stop: Callable[[], bool] = lambda: False) -> bool:
@@ -269,13 +272,16 @@ class Sender:
         ZeroMQ drops messages still in flight when a sender closes while its receiver is at
         its high-water mark, LINGER notwithstanding. A receiver disconnects only after it has
         read the final end-of-stream marker, so waiting for that makes the end lossless.
+        A sender that sent messages before any reader ever connected (it connects to a
+        reader that is still loading its model, say) first waits for one to come: closing
+        now would drop everything queued once LINGER ran out.
         `stop` is checked every 0.2 s and ends the wait early when it returns True.
         """
         if self._channel is not None:
             return inproc.wait_for_readers_to_leave(self._channel, timeout, stop)
         deadline = time.monotonic() + timeout
         self._update_peers(0)
-        while self._peers > 0:
+        while self._peers > 0 or (self.sent and not self._peers_seen):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or stop():
                 return False
