@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	VENV=$(VENV) scripts/setup.sh
 	touch $@
 
-# The main job. Until vehicle counting lands: decode a sample clip through a real
-# multi-stage graph (source -> resize -> statistics) and print per-stage statistics.
-# Pass SOURCE=path/or/url to use your own media.
+# The main job: vehicle counting on the sample clip, printing what the filter saved.
+# Pass SOURCE=path/url/cam0 for your own media, FILTER=none|stride:N, LINE=x1,y1,x2,y2.
 demo: setup
-	@$(PY) apps/demo.py $(if $(SOURCE),--source "$(SOURCE)")
+	@$(PY) apps/demo.py $(if $(SOURCE),--source "$(SOURCE)") $(if $(FILTER),--filter "$(FILTER)") \
+		$(if $(LINE),--line "$(LINE)")
 
 # pytest exits 5 when it collects no tests: that is a failure here, not a pass.
 test: setup
@@ -30,6 +30,7 @@ test: setup
 
 bench: setup
 	$(PY) apps/bench_transport.py --json bench/results/transport.json
+	$(PY) apps/bench_consumers.py --json bench/results/consumers.json
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

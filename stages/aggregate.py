@@ -35,7 +35,7 @@ from pipeline.stage import Stage
 from stages.reorder import ReorderBuffer
 from stages.results import Decision, ResultError
 from stages.savings import StreamAccount, format_summary, summarize
-from stages.tasks import Task, make_task
+from stages.tasks import TASKS, Task, make_task
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class Aggregator(Stage):
         self._finished: dict[str, StreamAccount] = {}
         self._finished_totals: dict[str, dict[str, Any]] = {}
         self._final_seen = False
+        self._tasks_used: set[str] = set()
         self._after_end = 0
         self._file: IO[str] | None = None
         self._display = None
@@ -158,7 +159,9 @@ class Aggregator(Stage):
             self.summary_path.write_text(json.dumps({"total": totals, "task_totals": self._task_totals(),
                                                      "streams": per_stream}, indent=2))
         if self.print_summary and self._finished:
-            print(format_summary(totals), file=sys.stdout, flush=True)
+            task_totals = self._task_totals()
+            lines = [format_summary(totals)] + ["  " + TASKS[name].describe(task_totals) for name in sorted(self._tasks_used)]
+            print("\n".join(lines), file=sys.stdout, flush=True)
 
     # -- per input -----------------------------------------------------------------------------
     def _stream(self, message: Message) -> _Stream:
@@ -167,6 +170,7 @@ class Aggregator(Stage):
             task = self.task_name if self.task_name != "auto" else ("speech" if message.kind == "audio" else "vehicles")
             if message.kind == "result" and self.task_name == "auto":
                 task = (message.result or {}).get("task", "vehicles")
+            self._tasks_used.add(task)
             stream = _Stream(StreamAccount(message.stream),
                              make_task(task, line=self.line, region=self.region, words=self.words),
                              ReorderBuffer(self.reorder_window, self.reorder_timeout_s))

@@ -68,8 +68,8 @@ class Display:
         if self.line is not None:
             cv2.line(canvas, tuple(self.line[0]), tuple(self.line[1]), _LINE, 2)
         text = f"{record.get('stream')} #{record.get('seq')} {record.get('decision')}  vehicles {record.get('count', 0)}"
-        if "region_count" in record:
-            text += f"  in region {record['region_count']}"
+        if record.get("in_region") is not None:
+            text += f"  in region {record['in_region']}"
         if "crossings" in record:
             text += f"  crossed {record['crossings']}"
         cv2.rectangle(canvas, (0, 0), (canvas.shape[1], 22), (0, 0, 0), -1)

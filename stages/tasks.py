@@ -30,6 +30,11 @@ class Task:
     def totals(self) -> dict[str, Any]:
         return {}
 
+    @staticmethod
+    def describe(totals: dict[str, Any]) -> str:
+        """One line for people about `totals` (summed over streams)."""
+        return ""
+
 
 class VehicleTask(Task):
     """Per frame: vehicles (optionally inside a region); over time: unique vehicles crossing a line.
@@ -73,7 +78,10 @@ class VehicleTask(Task):
             by_class[name] = by_class.get(name, 0) + 1
         record: dict[str, Any] = {"count": len(answer), "by_class": by_class}
         if self.counter is not None:
-            record.update(self.counter.update(pts, answer if fresh else None))
+            # A reused or skipped answer still counts in the region, but never moves the tracker.
+            record.update(self.counter.update(pts, answer, fresh=fresh))
+            if self.counter.line is not None:
+                record["crossings"] = self.counter.crossings
         return record
 
     def totals(self) -> dict[str, Any]:
@@ -81,6 +89,13 @@ class VehicleTask(Task):
         if self.counter is not None:
             totals.update(self.counter.totals())
         return totals
+
+    @staticmethod
+    def describe(totals: dict[str, Any]) -> str:
+        text = f"vehicles: {totals.get('frames_with_vehicles', 0):,} of {totals.get('frames', 0):,} frames had vehicles"
+        if "crossings" in totals:
+            text += f"; {totals['crossings']} crossed the line"
+        return text
 
 
 class SpeechTask(Task):
@@ -117,6 +132,14 @@ class SpeechTask(Task):
 
     def totals(self) -> dict[str, Any]:
         return {"windows": self.windows, "windows_needing_recognition": self.needing, "words": self.total_words}
+
+    @staticmethod
+    def describe(totals: dict[str, Any]) -> str:
+        return (f"speech: {totals.get('windows_needing_recognition', 0):,} of {totals.get('windows', 0):,} windows "
+                f"had more than the rule's N words; {totals.get('words', 0):,} words over all windows")
+
+
+TASKS = {"vehicles": VehicleTask, "speech": SpeechTask}
 
 
 def make_task(name: str, line: str = "", region: str = "", words: int = 2) -> Task:

@@ -98,7 +98,9 @@ def open_source(
         root, _, list_file = text[len(HOLLYWOOD2_PREFIX):].partition(":")
         if not root:
             raise ValueError(f"expected 'hollywood2:ROOT[:LISTFILE]', got {text!r}")
+        # media picks the clips' picture ("video"), sound ("audio") or both (the default).
         return Hollywood2Source(root, list_file or None, window_s=window_s, hop_s=hop_s,
+                                video=media != "audio", audio=media != "video",
                                 max_frames=max_frames, realtime=realtime,
                                 stream=stream or "hollywood2")
     if "://" in text:

@@ -94,6 +94,7 @@ class Hollywood2Source(MediaSource):
         positives_only: drop list lines labelled other than 1 (negatives in
             ``ClipSets/<Class>_*.txt``); lines without a label are kept.
         audio: also emit each clip's sound.
+        video: emit each clip's picture (False: sound only, for speech tasks).
         window_s: audio window length in seconds.
         hop_s: audio hop in seconds.
         max_frames: per clip, stop after this many frames.
@@ -108,7 +109,8 @@ class Hollywood2Source(MediaSource):
     live = False
 
     def __init__(self, root: str | os.PathLike[str], list_file: str | os.PathLike[str] | None = None, *,
-                 positives_only: bool = False, audio: bool = True, window_s: float = DEFAULT_WINDOW_S,
+                 positives_only: bool = False, audio: bool = True, video: bool = True,
+                 window_s: float = DEFAULT_WINDOW_S,
                  hop_s: float = DEFAULT_HOP_S, max_frames: int | None = None, realtime: bool = False,
                  stream: str = "hollywood2") -> None:
         super().__init__(stream)
@@ -116,6 +118,9 @@ class Hollywood2Source(MediaSource):
         self.list_file = None if list_file is None else Path(list_file)
         self.positives_only = positives_only
         self.audio = audio
+        self.video = video
+        if not (audio or video):
+            raise ValueError("a Hollywood2 source needs the clips' picture, sound, or both")
         self.windows = WindowSpec(window_s, hop_s)
         self.max_frames = max_frames
         self.realtime = realtime
@@ -160,7 +165,7 @@ class Hollywood2Source(MediaSource):
             meta: dict[str, object] = {"clip": entry.clip}
             if entry.label is not None:
                 meta["label"] = entry.label
-            yield from decode_messages(container, path, video_id=f"{entry.clip}/video",
+            yield from decode_messages(container, path, video_id=f"{entry.clip}/video" if self.video else None,
                                        audio_id=f"{entry.clip}/audio" if self.audio else None,
                                        windows=self.windows, meta=meta, max_frames=self.max_frames,
                                        realtime=self.realtime)

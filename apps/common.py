@@ -1,0 +1,82 @@
+"""What the consumer apps share: the graph they run and the options every one of them takes.
+
+Every app runs the same shape of graph, one process per stage (pipeline/graph.py):
+
+    source -> filter -> worker-1 .. worker-N -> aggregate
+
+The workers share the filter's PUSH socket (each input reaches one of them); the aggregator
+reads all of them, restores the order, resolves decisions, counts and accounts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.graph import GraphRun, parse_graph, stage_table
+
+
+def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
+    parser.add_argument("--filter", default="none", metavar="POLICY",
+                        help="which inputs skip the heavy model: none (default) or stride:N (infer one input "
+                             "in N, reuse it for the others)")
+    parser.add_argument("--workers", type=int, default=1, help="heavy-model worker processes (default 1)")
+    parser.add_argument("--out", default=default_out, help=f"per-input results, JSON Lines (default {default_out})")
+    parser.add_argument("--summary", default=None, help="also write the savings summary as JSON here")
+    parser.add_argument("--publish", default=None, metavar="URL",
+                        help="publish every result on a PUB socket bound here, e.g. tcp://127.0.0.1:5560")
+    parser.add_argument("--transport", choices=("ipc", "tcp"), default="ipc",
+                        help="how the stages talk (default ipc; tcp for stages on other hosts)")
+    parser.add_argument("--realtime", action="store_true", help="pace a recorded file at its own rate, as if live")
+    parser.add_argument("--stats", action="store_true", help="print per-stage statistics at the end")
+    parser.add_argument("--log-level", default="WARNING", help="log level of every stage (default WARNING)")
+
+
+def consumer_graph(name: str, args: argparse.Namespace, source: dict[str, Any], worker: str,
+                   worker_params: dict[str, Any], aggregator: dict[str, Any], keep_frames: bool = False) -> dict:
+    """The graph document (as a graph YAML file would hold it) for one consumer app run."""
+    if args.workers < 1:
+        raise SystemExit(f"{name}: --workers must be at least 1, got {args.workers}")
+    source = {"realtime": args.realtime, **source}
+    stages: list[dict[str, Any]] = [
+        {"name": "source", "stage": "stages.source:Source", "params": source},
+        {"name": "filter", "stage": "stages.filter:Filter", "inputs": ["source"],
+         "params": {"policy": args.filter, "keep_frames": keep_frames}},
+    ]
+    workers = [f"worker-{i + 1}" for i in range(args.workers)]
+    for worker_name in workers:
+        # A pool worker runs until the graph ends: the end-of-stream marker reaches only one of them.
+        stages.append({"name": worker_name, "stage": worker, "inputs": ["filter"], "sources": 0,
+                       "params": {**worker_params, "keep_frames": keep_frames}})
+    aggregate = {"name": "aggregate", "stage": "stages.aggregate:Aggregator", "inputs": workers, "sources": 1,
+                 "params": {"out": args.out, **({"summary": args.summary} if args.summary else {}), **aggregator}}
+    if args.publish:
+        aggregate.update(outputs=[args.publish], out_pattern="pub")
+    stages.append(aggregate)
+    return {"name": name, "transport": args.transport, "stages": stages}
+
+
+def run_graph(document: dict, args: argparse.Namespace, watch: Callable[[], None] | None = None) -> int:
+    """Run the graph to its end (Ctrl-C stops it gracefully); print per-stage statistics if asked.
+
+    `watch` runs every few tenths of a second while the graph runs (e.g. to follow --out).
+    """
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    # Keep Ultralytics and matplotlib from writing into the home directory or going online.
+    cache = Path(os.environ.get("INFI_CACHE", Path(__file__).resolve().parents[1] / ".cache"))
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(cache / "ultralytics"))
+    os.environ.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
+    for variable in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "HF_HUB_OFFLINE"):
+        os.environ.setdefault(variable, {"YOLO_AUTOINSTALL": "0"}.get(variable, "1"))
+    graph = parse_graph(document, document["name"])
+    run = GraphRun(graph, log_level=args.log_level.upper())
+    code = run.run(watch)
+    if args.stats or code:
+        print(f"\nper-stage statistics:\n{stage_table(run.stage_metrics())}", file=sys.stderr)
+    print(f"results: {args.out}" + (f", summary: {args.summary}" if args.summary else ""), file=sys.stderr)
+    return code

@@ -1,0 +1,135 @@
+"""The consumer apps end to end, as a user runs them: real processes, sockets, media and models."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+
+from tests.conftest import asset_or_skip
+
+ROOT = Path(__file__).resolve().parents[2]
+VIDEO = "traffic/intel_car_detection.mp4"
+ENV = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0", "HF_HUB_OFFLINE": "1",
+       "YOLO_CONFIG_DIR": str(ROOT / ".cache" / "ultralytics")}
+
+
+def run_app(app: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "apps" / app), *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV, cwd=ROOT)
+
+
+def read_jsonl(path: Path) -> tuple[list[dict], dict]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    frames = [line for line in lines if "seq" in line]
+    return frames, lines[-1]["summary"]
+
+
+@pytest.fixture(scope="module")
+def one_worker(assets, tmp_path_factory) -> tuple[list[dict], dict]:
+    """90 frames (frames 60-150 hold cars) counted with one worker and no filter: the reference."""
+    video = asset_or_skip(assets, VIDEO)
+    out = tmp_path_factory.mktemp("one") / "out.jsonl"
+    done = run_app("vehicle_count.py", "--source", str(video), "--max-frames", "150", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "accounting balanced" in done.stdout
+    return read_jsonl(out)
+
+
+def test_two_workers_give_the_same_per_frame_results_in_order_as_one(one_worker, assets, tmp_path):
+    out = tmp_path / "two.jsonl"
+    done = run_app("vehicle_count.py", "--source", str(assets / VIDEO), "--max-frames", "150", "--workers", "2",
+                   "--out", str(out), "--stats")
+    assert done.returncode == 0, done.stderr[-3000:]
+    frames, summary = read_jsonl(out)
+    reference, _ = one_worker
+    assert [f["seq"] for f in frames] == list(range(150))
+    assert [(f["count"], f["by_class"]) for f in frames] == [(f["count"], f["by_class"]) for f in reference]
+    assert sum(f["count"] for f in frames) > 0, "the chosen frames should hold vehicles"
+    assert summary["balanced"] and summary["inferred"] == 150
+    assert "worker-2" in done.stderr   # per-stage table: both workers ran
+
+
+def test_stride_filter_infers_every_other_frame_and_accounts_for_all(one_worker, assets, tmp_path):
+    out, summary_path = tmp_path / "stride.jsonl", tmp_path / "summary.json"
+    done = run_app("vehicle_count.py", "--source", str(assets / VIDEO), "--max-frames", "150", "--filter", "stride:2",
+                   "--out", str(out), "--summary", str(summary_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    frames, summary = read_jsonl(out)
+    reference, _ = one_worker
+    assert (summary["inferred"], summary["reused"], summary["dropped"], summary["produced"]) == (75, 75, 0, 150)
+    for frame in frames:
+        if frame["decision"] == "infer":
+            assert frame["count"] == reference[frame["seq"]]["count"]
+        else:
+            assert frame["decision"] == "reuse" and frame["count"] == frames[frame["ref_seq"]]["count"]
+    saved = json.loads(summary_path.read_text())
+    assert saved["total"]["model_ms_avoided"] > 0 and saved["total"]["filtering_rate"] == pytest.approx(0.5)
+    assert "filtering rate 50.0 %" in done.stdout
+
+
+def test_show_writes_an_annotated_video_with_every_frame(assets, tmp_path):
+    annotated = tmp_path / "annotated.mp4"
+    done = run_app("vehicle_count.py", "--source", str(assets / VIDEO), "--max-frames", "40", "--filter", "stride:4",
+                   "--line", "0,216,768,216", "--show", str(annotated), "--out", str(tmp_path / "out.jsonl"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    with av.open(str(annotated)) as container:
+        frames = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    assert len(frames) == 40 and frames[0].shape == (432, 768, 3)
+
+
+def test_show_without_a_display_says_what_to_do_instead(assets):
+    env_without_display = {k: v for k, v in ENV.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    done = subprocess.run([sys.executable, str(ROOT / "apps" / "vehicle_count.py"), "--source", str(assets / VIDEO),
+                           "--show"], capture_output=True, text=True, env=env_without_display, timeout=60)
+    assert done.returncode == 2 and "--show annotated.mp4" in done.stderr
+
+
+def test_a_missing_camera_fails_fast_with_a_clear_error(tmp_path):
+    done = run_app("vehicle_count.py", "--source", "/dev/video97", "--out", str(tmp_path / "out.jsonl"), timeout=120)
+    assert done.returncode != 0
+    assert "/dev/video97" in done.stderr
+
+
+def test_speech_app_transcribes_a_file(assets, tmp_path):
+    clip = asset_or_skip(assets, "audio/speech_long/jfk.flac")
+    out = tmp_path / "speech.jsonl"
+    done = run_app("speech.py", "--source", str(clip), "--window", "4", "--hop", "4", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    windows, summary = read_jsonl(out)
+    text = " ".join(w["text"] for w in windows).lower()
+    assert "fellow americans" in text and "your country" in text
+    assert summary["balanced"] and summary["produced"] == len(windows) >= 2
+    assert "speech:" in done.stdout
+
+
+@pytest.mark.parametrize("task", ["speech", "vehicles"])
+def test_hollywood2_app_reports_per_clip_and_overall(assets, tmp_path, task):
+    clip = asset_or_skip(assets, "hollywood2/actioncliptrain00001.avi")
+    root = tmp_path / "Hollywood2"
+    (root / "AVIClips").mkdir(parents=True)
+    os.symlink(clip, root / "AVIClips" / clip.name)
+    (root / "list_test.txt").write_text("actioncliptrain00001\nactioncliptest99999\n")   # the second is missing
+    out = tmp_path / "h2.jsonl"
+    done = run_app("hollywood2.py", "--root", str(root), "--list", "list_test.txt", "--task", task, "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "actioncliptrain00001:" in done.stdout          # the per-clip line
+    assert "clips" in done.stderr                          # the progress bar
+    assert "actioncliptest99999" in done.stderr            # the missing clip is named
+    records, summary = read_jsonl(out)
+    stream = f"actioncliptrain00001/{'audio' if task == 'speech' else 'video'}"
+    assert {r["stream"] for r in records} == {stream}
+    assert summary["balanced"] and summary["produced"] == len(records)
+
+
+@pytest.mark.parametrize("graph", sorted((ROOT / "apps" / "graphs").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_graphs_load(graph):
+    from pipeline.graph import load_graph
+    spec = load_graph(graph)
+    assert spec.stages and all(s.sources is not None for s in spec.stages)
