@@ -133,3 +133,20 @@ def test_example_graphs_load(graph):
     from pipeline.graph import load_graph
     spec = load_graph(graph)
     assert spec.stages and all(s.sources is not None for s in spec.stages)
+
+
+@pytest.mark.slow
+def test_line_count_end_to_end_with_every_other_frame_reused_matches_the_hand_count(assets, tmp_path):
+    """The whole app on street_two_lane.mp4 with the hand-counted line: stride:2 infers every
+    other frame and reuses it for the next; the crossings must still match the hand count."""
+    truth = json.loads((ROOT / "tests/data/ground_truth/street_two_lane.json").read_text())
+    clip = asset_or_skip(assets, truth["media"])
+    out = tmp_path / "street.jsonl"
+    done = run_app("vehicle_count.py", "--source", str(clip), "--filter", "stride:2",
+                   "--line", ",".join(map(str, truth["line"])), "--out", str(out), timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    frames, _ = read_jsonl(out)
+    end = json.loads(out.read_text().splitlines()[-2])["summary"]
+    assert end["produced"] == truth["frames"] == len(frames) and end["balanced"]
+    assert abs(end["crossings"] - truth["crossings"]) <= 1, end
+    assert "crossed the line" in done.stdout

@@ -347,3 +347,35 @@ def test_ground_truth_crossings(clip_detections, name, conf, stride):
                   f"(hand count {truth['crossings']}), {found} match hand-counted events: {events}"
         assert abs(len(events) - truth["crossings"]) <= 1, summary
         assert found >= truth["crossings"] - 1 and len(events) - found <= 1, summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, conf", CASES)
+def test_ground_truth_through_the_aggregator_with_every_other_frame_skipped(clip_detections, name, conf):
+    """The aggregator's path: odd frames arrive with a `skip` decision (no pixels, no result),
+    even frames with the worker's result, out of order as two workers deliver them."""
+    from pipeline.message import Message, eos
+    from stages.aggregate import Aggregator
+
+    truth, pts, rows = clip_detections(name)
+    stage = Aggregator(task="vehicles", line=",".join(map(str, truth["line"])), print_summary=False)
+    stage.name = "aggregate"
+    stage.setup()
+    messages = []
+    for seq, (t, r) in enumerate(zip(pts, rows)):
+        if seq % 2:
+            messages.append(Message("video", name, seq, pts=float(t), decision={"action": "skip"}))
+            continue
+        r = r[r[:, 5] >= conf]
+        result = Detections(r[:, :4], r[:, 4].astype(int), r[:, 5]).to_wire()
+        messages.append(Message("result", name, seq, pts=float(t), decision={"action": "infer"}, result=result))
+    for i in range(0, len(messages) - 1, 2):
+        messages[i], messages[i + 1] = messages[i + 1], messages[i]
+    outputs = []
+    for message in messages:
+        outputs += stage.process(message)
+    outputs += stage.end_of_stream(eos(name, len(messages), final=True))
+    summary = outputs[-1].meta["summary"]
+    assert [m.seq for m in outputs[:-1]] == list(range(len(messages)))
+    assert summary["balanced"] and summary["skipped"] == len(messages) // 2
+    assert abs(summary["crossings"] - truth["crossings"]) <= 1, summary
