@@ -127,16 +127,22 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    figure, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.8))
     e2e = results["end_to_end"]
-    axes[0].bar(["1 worker", "2 workers"], [e2e["1"]["fps_median"], e2e["2"]["fps_median"]], color=["#888", "#3a7"])
-    axes[0].set_title("end to end, frames/s")
-    axes[1].bar(["YOLO ms/frame", "aggregator ms/frame"],
-                [results["yolo"]["ms_per_frame"], results["aggregator"]["ms_per_frame"]], color=["#c63", "#36c"])
-    axes[1].set_title("per-frame cost (ms)")
-    axes[2].bar(["speech RTF"], [results["speech"]["real_time_factor"]], color="#93c")
+    panels = [
+        (axes[0], ["1 worker", "2 workers"], [e2e["1"]["fps_median"], e2e["2"]["fps_median"]], ["#888", "#3a7"],
+         "end to end, frames/s", "{:.1f}"),
+        (axes[1], ["YOLO", "aggregator"], [results["yolo"]["ms_per_frame"], results["aggregator"]["ms_per_frame"]],
+         ["#c63", "#36c"], "ms per frame", "{:.2f}"),
+        (axes[2], ["speech"], [results["speech"]["real_time_factor"]], ["#93c"],
+         "real-time factor (< 1: faster than real time)", "{:.3f}"),
+    ]
+    for axis, labels, values, colors, title, fmt in panels:
+        bars = axis.bar(labels, values, color=colors)
+        axis.bar_label(bars, [fmt.format(v) for v in values])
+        axis.set_title(title, fontsize=10)
+        axis.margins(y=0.15)
     axes[2].axhline(1.0, color="k", lw=0.8, ls="--")
-    axes[2].set_title("speech real-time factor (<1 = faster than real time)")
     figure.suptitle(f"consumers on this CPU ({os.cpu_count()} cores), medians of {results['runs']} runs")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
