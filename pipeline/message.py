@@ -21,7 +21,9 @@ Header fields (version 1):
 ``buffers``     one ``{"dtype", "shape"}`` per array part
 ``decision``    the filter's decision, where set (an object)
 ``result``      the model's result, where set (an object)
-``meta``        anything else a stage wants to carry (an object of JSON values)
+``meta``        anything else a stage wants to carry (an object of JSON values); the runtime
+                sets ``prev_seq`` on an input that follows inputs a live source dropped
+                (the seq of the stream's previous input sent, -1 for none)
 ``final``       on ``eos`` only: true when the sending source has no more streams
 ``dropped``     on ``eos`` only: inputs of the stream dropped before sending (live sources)
 ==============  ========================================================================

@@ -294,6 +294,11 @@ def _run_source(stage: SourceStage, options: RunOptions, outputs: _Outputs,
                 sent_per_stream.pop(message.stream, None)
                 held_eos = eos(message.stream, message.seq, dropped=dropped.pop(message.stream, 0), pts=message.pts)
                 continue
+            expected = sent_per_stream.get(message.stream, 0)
+            if message.seq != expected:
+                # Inputs expected..seq-1 were dropped here (a live source fell behind): say so, so
+                # that downstream stages restoring order need not wait for them.
+                message.meta["prev_seq"] = expected - 1
             sent_per_stream[message.stream] = message.seq + 1
             metrics.inputs += 1
             outputs.send(message)

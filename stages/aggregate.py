@@ -113,7 +113,9 @@ class Aggregator(Stage):
             return []
         stream = self._stream(message)
         try:
-            released = list(stream.order.push(message.seq, message))
+            prev_seq = message.meta.get("prev_seq")
+            released = list(stream.order.push(message.seq, message,
+                                              prev_seq if isinstance(prev_seq, int) else None))
         except ValueError as error:
             log.warning("[%s] %s: %s; the duplicate is ignored", self.name, message.stream, error)
             return []

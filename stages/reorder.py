@@ -3,8 +3,10 @@
 Workers finish inputs out of order; the aggregator must see each stream's inputs in sequence
 order (tracking needs it). A missing sequence number may be late (a slow worker), dropped by a
 live source (its count arrives only with the end-of-stream marker), or lost (a worker died).
-The buffer therefore waits for a gap at most `timeout_s` seconds, or until it holds `window`
-later inputs, then moves on; an input that arrives after its turn is handed out as late.
+A gap the source declared (a live source's drops: the input after them carries ``prev_seq``)
+is not waited for. Any other gap waits at most `timeout_s` seconds, or until the buffer holds
+`window` later inputs, then the buffer moves on; an input that arrives after its turn is
+handed out as late.
 """
 
 from __future__ import annotations
@@ -30,16 +32,20 @@ class ReorderBuffer(Generic[Item]):
         self.skipped = 0         # sequence numbers given up on (dropped, lost, or late)
         self._held: dict[int, tuple[float, Item]] = {}
         self._waiting_since: float | None = None   # when the current gap started to hold items back
+        self._declared: dict[int, int] = {}        # first seq of a declared gap -> the seq after it
 
     def __len__(self) -> int:
         return len(self._held)
 
-    def push(self, seq: int, item: Item) -> Iterator[tuple[int, Item, bool]]:
+    def push(self, seq: int, item: Item, prev_seq: int | None = None) -> Iterator[tuple[int, Item, bool]]:
         """Add one item; yield ``(seq, item, late)`` for everything now in order.
 
-        A late item (its turn has passed) is yielded at once with ``late=True``; a duplicate of
-        a held seq raises ValueError.
+        `prev_seq`: the sender says nothing was sent between `prev_seq` and `seq` (dropped), so
+        that gap is not waited for. A late item (its turn has passed) is yielded at once with
+        ``late=True``; a duplicate of a held seq raises ValueError.
         """
+        if prev_seq is not None and self.next_seq <= prev_seq + 1 < seq:
+            self._declared[prev_seq + 1] = seq
         if seq < self.next_seq:
             yield seq, item, True
             return
@@ -64,6 +70,11 @@ class ReorderBuffer(Generic[Item]):
                 self.next_seq += 1
                 self._waiting_since = None
                 continue
+            if self.next_seq in self._declared:
+                gap_end = self._declared.pop(self.next_seq)
+                self.skipped += gap_end - self.next_seq
+                self.next_seq = gap_end
+                continue
             now = self.clock()
             if self._waiting_since is None:
                 self._waiting_since = min(arrived for arrived, _ in self._held.values())
@@ -74,3 +85,4 @@ class ReorderBuffer(Generic[Item]):
             self.skipped += first - self.next_seq
             self.next_seq = first
             self._waiting_since = None
+            self._declared = {start: end for start, end in self._declared.items() if start > first}

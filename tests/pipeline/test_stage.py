@@ -80,6 +80,33 @@ def test_live_source_drops_oldest_when_pipeline_is_slow_and_counts_it(make_url):
     assert totals["received"] + dropped == 200 and totals["lost"] == 0
 
 
+class GapChecker(StatsPrinter):
+    """Records (seq, meta prev_seq) of every input, in arrival order."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.seen: list[tuple[int, int | None]] = []
+
+    def process(self, message):
+        self.seen.append((message.seq, message.meta.get("prev_seq")))
+        return super().process(message)
+
+
+def test_inputs_after_live_drops_say_which_input_came_before(make_url):
+    """So that a stage restoring order (the aggregator) need not wait for dropped inputs."""
+    sink = GapChecker()
+    threads = chain(make_url, "inproc", [("camera", CountingSource(count=200, live=True, interval_ms=1)),
+                                         ("slow", SlowRelay(delay_ms=10)), ("sink", sink)], live_queue=2)
+    join_all(threads, timeout=60)
+    previous = -1
+    gaps = 0
+    for seq, prev_seq in sink.seen:
+        assert prev_seq == (previous if seq != previous + 1 else None), (seq, prev_seq, previous)
+        gaps += prev_seq is not None
+        previous = seq
+    assert gaps > 10
+
+
 def test_stopping_a_source_ends_its_streams_downstream(make_url):
     sink = StatsPrinter()
     threads = chain(make_url, "inproc", [("source", CountingSource(count=100000, streams=2, interval_ms=1)),

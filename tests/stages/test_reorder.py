@@ -72,3 +72,17 @@ def test_a_duplicate_is_refused():
 def test_bad_bounds_are_refused(window, timeout):
     with pytest.raises(ValueError):
         ReorderBuffer(window=window, timeout_s=timeout)
+
+
+def test_a_gap_the_source_declared_is_not_waited_for():
+    clock = FakeClock()
+    buffer = ReorderBuffer(window=100, timeout_s=5.0, clock=clock)
+    # seq 3 says: nothing was sent after seq 0 (1 and 2 were dropped by a live source).
+    assert [(s, late) for s, _, late in buffer.push(3, "c", prev_seq=0)] == []
+    assert [(s, late) for s, _, late in buffer.push(0, "a")] == [(0, False), (3, False)]
+    assert buffer.skipped == 2
+    # A declared gap out of order behind an undeclared one: the first waits, the second not.
+    assert push_all(buffer, [5]) == []
+    assert [s for s, _, _ in buffer.push(8, "x", prev_seq=5)] == []
+    clock.now = 5.0
+    assert [s for s, _, _ in buffer.poll()] == [5, 8]
