@@ -150,3 +150,31 @@ def test_line_count_end_to_end_with_every_other_frame_reused_matches_the_hand_co
     assert end["produced"] == truth["frames"] == len(frames) and end["balanced"]
     assert abs(end["crossings"] - truth["crossings"]) <= 1, end
     assert "crossed the line" in done.stdout
+
+
+@pytest.mark.skipif(__import__("ctypes.util").util.find_library("portaudio") is None,
+                    reason="PortAudio is not installed (Debian: libportaudio2)")
+def test_speech_app_on_a_real_alsa_capture_device(assets, tmp_path):
+    """The microphone path for real: ALSA's file plugin serves two LibriSpeech utterances as the
+    capture device 'fakemic' (tests/media/alsa_fakemic.conf); the app records 6 s of it."""
+    import wave
+
+    import numpy as np
+
+    from tests.sources.conftest import ALSA_FAKEMIC_CONF
+    samples = []
+    for name in ("another_engineer.wav", "another_door.wav"):
+        with wave.open(str(asset_or_skip(assets, f"audio/librispeech/{name}")), "rb") as reader:
+            samples.append(np.frombuffer(reader.readframes(reader.getnframes()), "<i2"))
+    raw = tmp_path / "speech.raw"    # headerless S16_LE, longer than what is read
+    raw.write_bytes(np.concatenate(samples + [np.zeros(16000 * 4, "<i2")]).tobytes())
+    out = tmp_path / "mic.jsonl"
+    env = {**ENV, "ALSA_CONFIG_PATH": str(ALSA_FAKEMIC_CONF), "FAKEMIC_RAW": str(raw)}
+    done = subprocess.run([sys.executable, str(ROOT / "apps" / "speech.py"), "--source", "mic:fakemic",
+                           "--max-seconds", "6", "--window", "3", "--hop", "3", "--out", str(out)],
+                          capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    windows, summary = read_jsonl(out)
+    text = " ".join(w["text"] for w in windows).lower()
+    assert "engineer" in text and "door" in text, text
+    assert summary["balanced"] and summary["produced"] == len(windows) + summary["dropped_at_source"]

@@ -182,3 +182,20 @@ def test_through_real_sockets_two_workers_out_of_order_reach_subscribers_in_orde
     assert [m.seq for m in received[:-1]] == list(range(count))
     assert [m.result["count"] for m in received[:-1]] == [seq % 4 for seq in range(count)]
     assert received[-1].is_eos and received[-1].meta["summary"]["balanced"]
+
+
+def test_region_counts_every_frame_and_reused_frames_keep_their_region_count(tmp_path):
+    stage = make_aggregator(tmp_path, region="0,0,25,100", eos_timeout_s=0)
+    # vehicles(3): boxes centred at x = 4, 14, 24 -> all three inside x <= 25; vehicles(4) adds x = 34.
+    outputs = run_messages(stage, [frame(0, result=vehicles(3)), frame(1, "reuse", ref_seq=0),
+                                   frame(2, result=vehicles(4)), frame(3, "skip"), eos("cam", 4, final=True)])
+    assert [(m.result["count"], m.result["in_region"]) for m in outputs if not m.is_eos] == \
+        [(3, 3), (3, 3), (4, 3), (0, 0)]
+
+
+def test_a_bad_line_or_region_is_refused_when_the_stage_is_built():
+    from pipeline.errors import ConfigError
+    with pytest.raises(ConfigError, match="line"):
+        Aggregator(line="1,2,3")
+    with pytest.raises(ConfigError):
+        Aggregator(region="0,0,10")
