@@ -184,6 +184,7 @@ class Track:
     crossed_pts: float | None = None
     reported: bool = False
     anchor_ref: np.ndarray | None = None   # last observed anchor point off the line
+    anchor_ref_pts: float = 0.0            # ... and when it was observed
 
     @property
     def cls(self) -> int:
@@ -354,8 +355,13 @@ class VehicleCounter:
         if track.anchor_ref is not None and track.crossed is None:
             direction = self.line.crossing(track.anchor_ref, point)
             if direction:
-                track.crossed, track.crossed_pts = direction, track.pts
-        track.anchor_ref = point
+                # When it reached the line, not when it was next seen: after frames filtered
+                # out, the next observation can come a good part of a second later.
+                before, after = self.line.side(track.anchor_ref), self.line.side(point)
+                fraction = before / (before - after)
+                track.crossed = direction
+                track.crossed_pts = track.anchor_ref_pts + fraction * (track.pts - track.anchor_ref_pts)
+        track.anchor_ref, track.anchor_ref_pts = point, track.pts
 
     def totals(self) -> dict[str, Any]:
         totals: dict[str, Any] = {"tracks_confirmed": self.tracker.confirmed_total}

@@ -109,7 +109,7 @@ def test_crossing_while_tentative_counts_when_confirmed():
     counter = VehicleCounter(line=CountingLine.parse("0,200,640,200"))
     records = [counter.update(i / FPS, det(*f)) for i, f in enumerate(path((300, 195), (300, 265), 10))]
     assert [len(r["new_crossings"]) for r in records[:4]] == [0, 0, 1, 0]
-    assert records[2]["new_crossings"][0]["pts"] == pytest.approx(1 / FPS)   # when it crossed
+    assert 0 < records[2]["new_crossings"][0]["pts"] < 1 / FPS   # when it crossed: between frames 0 and 1
     assert counter.totals()["crossings_by_direction"] == {"down": 1, "up": 0}
 
 
@@ -379,3 +379,12 @@ def test_ground_truth_through_the_aggregator_with_every_other_frame_skipped(clip
     assert [m.seq for m in outputs[:-1]] == list(range(len(messages)))
     assert summary["balanced"] and summary["skipped"] == len(messages) // 2
     assert abs(summary["crossings"] - truth["crossings"]) <= 1, summary
+
+
+def test_crossing_time_is_interpolated_across_a_gap():
+    """Observed at t=0 (10 px above the line) and t=1 s (30 px below): it crossed at t=0.25 s."""
+    counter = VehicleCounter(line=CountingLine.parse("0,100,640,100"), tracker=Tracker(min_hits=1))
+    box = lambda bottom: Detections([[300, bottom - 40, 340, bottom]], [2], [0.9])  # noqa: E731
+    counter.update(0.0, box(90))
+    record = counter.update(1.0, box(130))
+    assert [e["pts"] for e in record["new_crossings"]] == [0.25]
