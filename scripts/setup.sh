@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
 # Prepare .venv with everything infistream needs; safe to run again (it only adds what is missing).
-# System packages: PortAudio for sounddevice (microphone source). Installed with apt-get when
-# run as root; otherwise we name them and stop.
+# System packages: PortAudio for sounddevice (microphone source); the X libraries OpenCV's window
+# (--show) loads; Xvfb and xwininfo for the --show window test. Installed with apt-get when run as
+# root; otherwise we name them and stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-SYSTEM_PACKAGES=(libportaudio2 libzmq3-dev)
+SYSTEM_PACKAGES=(libportaudio2 libzmq3-dev libsm6 libxext6 xvfb x11-utils)
 
 missing=()
 ldconfig -p 2>/dev/null | grep -q "libportaudio.so.2" || missing+=(libportaudio2)
 # libzmq3-dev only builds the C example stage (docs/examples); its test skips without it.
 [ -e /usr/include/zmq.h ] || missing+=(libzmq3-dev)
+# OpenCV's Qt window plugin links libSM and libXext; the window test (tests/apps/test_show_window.py)
+# runs it on a virtual X server and skips without Xvfb or xwininfo (about 20 MB installed in all).
+ldconfig -p 2>/dev/null | grep -q "libSM.so.6" || missing+=(libsm6)
+ldconfig -p 2>/dev/null | grep -q "libXext.so.6" || missing+=(libxext6)
+command -v Xvfb >/dev/null || missing+=(xvfb)
+command -v xwininfo >/dev/null || missing+=(x11-utils)
 if ((${#missing[@]})); then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "setup: installing Debian packages: ${missing[*]}"
