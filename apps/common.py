@@ -24,7 +24,12 @@ def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--filter", default="none", metavar="POLICY",
                         help="which inputs skip the heavy model: none (default) or stride:N (infer one input "
                              "in N, reuse it for the others)")
-    parser.add_argument("--workers", type=int, default=1, help="heavy-model worker processes (default 1)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="heavy-model worker processes on this host (default 1; 0 with --remote-workers)")
+    parser.add_argument("--remote-workers", default=None, metavar="JOBS_URL,RESULTS_URL",
+                        help="also bind these two endpoints (e.g. tcp://0.0.0.0:5551,tcp://0.0.0.0:5552) so that "
+                             "workers on other hosts can join: `infistream stage stages.detect:YoloWorker "
+                             "--in tcp://THIS_HOST:5551 --out tcp://THIS_HOST:5552 --sources 0`")
     parser.add_argument("--out", default=default_out, help=f"per-input results, JSON Lines (default {default_out})")
     parser.add_argument("--summary", default=None, help="also write the savings summary as JSON here")
     parser.add_argument("--publish", default=None, metavar="URL",
@@ -39,8 +44,9 @@ def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
 def consumer_graph(name: str, args: argparse.Namespace, source: dict[str, Any], worker: str,
                    worker_params: dict[str, Any], aggregator: dict[str, Any], keep_frames: bool = False) -> dict:
     """The graph document (as a graph YAML file would hold it) for one consumer app run."""
-    if args.workers < 1:
-        raise SystemExit(f"{name}: --workers must be at least 1, got {args.workers}")
+    remote = getattr(args, "remote_workers", None)
+    if args.workers < (0 if remote else 1):
+        raise SystemExit(f"{name}: --workers must be at least {0 if remote else 1}, got {args.workers}")
     source = {"realtime": args.realtime, **source}
     stages: list[dict[str, Any]] = [
         {"name": "source", "stage": "stages.source:Source", "params": source},
@@ -48,16 +54,39 @@ def consumer_graph(name: str, args: argparse.Namespace, source: dict[str, Any], 
          "params": {"policy": args.filter, "keep_frames": keep_frames}},
     ]
     workers = [f"worker-{i + 1}" for i in range(args.workers)]
+    if remote:
+        # The filter binds the jobs endpoint and the aggregator the results endpoint; every
+        # worker, local or on another host, connects to both.
+        jobs, results = _remote_endpoints(name, remote)
+        stages[1]["outputs"] = ["@" + jobs]
+        worker_io = {"inputs": [">" + _local(jobs)], "outputs": [">" + _local(results)]}
+        aggregate_inputs = ["@" + results]
+    else:
+        worker_io = {"inputs": ["filter"]}
+        aggregate_inputs = workers
     for worker_name in workers:
         # A pool worker runs until the graph ends: the end-of-stream marker reaches only one of them.
-        stages.append({"name": worker_name, "stage": worker, "inputs": ["filter"], "sources": 0,
+        stages.append({"name": worker_name, "stage": worker, "sources": 0, **worker_io,
                        "params": {**worker_params, "keep_frames": keep_frames}})
-    aggregate = {"name": "aggregate", "stage": "stages.aggregate:Aggregator", "inputs": workers, "sources": 1,
+    aggregate = {"name": "aggregate", "stage": "stages.aggregate:Aggregator", "inputs": aggregate_inputs,
+                 "sources": 1,
                  "params": {"out": args.out, **({"summary": args.summary} if args.summary else {}), **aggregator}}
     if args.publish:
         aggregate.update(outputs=[args.publish], out_pattern="pub")
     stages.append(aggregate)
     return {"name": name, "transport": args.transport, "stages": stages}
+
+
+def _remote_endpoints(name: str, text: str) -> tuple[str, str]:
+    urls = [u.strip() for u in text.split(",")]
+    if len(urls) != 2 or not all(u.startswith("tcp://") for u in urls):
+        raise SystemExit(f"{name}: --remote-workers takes two tcp:// URLs, JOBS_URL,RESULTS_URL; got {text!r}")
+    return urls[0], urls[1]
+
+
+def _local(url: str) -> str:
+    """How a stage on this host reaches an endpoint bound on every interface."""
+    return url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:")
 
 
 def run_graph(document: dict, args: argparse.Namespace, watch: Callable[[], None] | None = None) -> int:

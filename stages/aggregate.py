@@ -226,6 +226,7 @@ class Aggregator(Stage):
             record.update(task.update(message.pts, answer, fresh=fresh))
             if model_ms:
                 record["infer_ms"] = round(model_ms, 2)
+                record["worker"] = message.meta.get("worker")
         if late:
             account.late += 1
             record["late"] = True

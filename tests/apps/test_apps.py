@@ -178,3 +178,28 @@ def test_speech_app_on_a_real_alsa_capture_device(assets, tmp_path):
     text = " ".join(w["text"] for w in windows).lower()
     assert "engineer" in text and "door" in text, text
     assert summary["balanced"] and summary["produced"] == len(windows) + summary["dropped_at_source"]
+
+
+def test_a_worker_on_another_host_joins_over_tcp(one_worker, assets, tmp_path):
+    """--remote-workers binds a jobs and a results endpoint; a worker started by hand with
+    `infistream stage` (as on a second host, here over loopback tcp) shares the frames with the
+    app's own worker, and the per-frame results are those of a single worker, in order."""
+    from tests.conftest import free_tcp_port
+    jobs, results = f"tcp://127.0.0.1:{free_tcp_port()}", f"tcp://127.0.0.1:{free_tcp_port()}"
+    remote = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "--log-level", "WARNING", "stage",
+                               "stages.detect:YoloWorker", "--name", "remote", "--in", ">" + jobs, "--out", ">" + results,
+                               "--sources", "0"], env=ENV, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        out = tmp_path / "remote.jsonl"
+        done = run_app("vehicle_count.py", "--source", str(assets / VIDEO), "--max-frames", "150",
+                       "--remote-workers", f"{jobs},{results}", "--out", str(out))
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        remote.terminate()
+        remote.wait(20)
+    frames, summary = read_jsonl(out)
+    reference, _ = one_worker
+    assert [f["seq"] for f in frames] == list(range(150)) and summary["balanced"]
+    assert [(f["count"], f["by_class"]) for f in frames] == [(f["count"], f["by_class"]) for f in reference]
+    workers = {f["worker"] for f in frames}
+    assert workers == {"worker-1", "remote"}, workers
