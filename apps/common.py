@@ -3,8 +3,10 @@
 Every app runs the same shape of graph, one process per stage (pipeline/graph.py):
 
     source -> filter -> worker-1 .. worker-N -> aggregate
+                 \________________________________/^   inputs the filter answered, end of stream
 
-The workers share the filter's PUSH socket (each input reaches one of them); the aggregator
+The workers share the filter's first output (PUSH: each input for the model reaches one of
+them); the filter's second output takes everything else straight to the aggregator, which
 reads all of them, restores the order, resolves decisions, counts and accounts.
 """
 
@@ -60,10 +62,10 @@ def consumer_graph(name: str, args: argparse.Namespace, source: dict[str, Any], 
         jobs, results = _remote_endpoints(name, remote)
         stages[1]["outputs"] = ["@" + jobs]
         worker_io = {"inputs": [">" + _local(jobs)], "outputs": [">" + _local(results)]}
-        aggregate_inputs = ["@" + results]
+        aggregate_inputs = ["@" + results, "filter[1]"]
     else:
         worker_io = {"inputs": ["filter"]}
-        aggregate_inputs = workers
+        aggregate_inputs = [*workers, "filter[1]"]
     for worker_name in workers:
         # A pool worker runs until the graph ends: the end-of-stream marker reaches only one of them.
         stages.append({"name": worker_name, "stage": worker, "sources": 0, **worker_io,

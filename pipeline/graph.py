@@ -17,6 +17,10 @@ stages:
     inputs: [resize]
 ```
 
+An input ``name[k]`` reads the stage's output number k (from 0; ``name`` is ``name[0]``): a
+stage with several outputs sends each message to the one its ``route`` picks (the filter sends
+inputs for the model to ``filter[0]`` and the rest straight to ``filter[1]``).
+
 Per stage, optional: ``outputs`` (URLs to bind, when others outside the graph connect),
 ``in_pattern`` (pull|sub), ``out_pattern`` (push|pub), ``sources`` (final end-of-stream
 markers to wait for; by default the number of source stages upstream, 0 = run until the
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import socket
 import subprocess
@@ -155,12 +160,23 @@ def parse_graph(document: Any, where: str = "graph", overrides: dict[str, dict[s
         if not spec.is_source and not spec.inputs:
             raise ConfigError(f"{where}: stage {spec.name!r} needs 'inputs' (stage names or URLs)")
         for reference in spec.inputs:
-            if "://" not in reference and reference not in names:
+            if "://" not in reference and split_reference(reference)[0] not in names:
                 raise ConfigError(f"{where}: stage {spec.name!r} reads from {reference!r}, which is neither "
                                   f"a stage of this graph {sorted(names)} nor an endpoint URL")
         if spec.sources is None:
             spec.sources = _count_sources(graph, spec, set())
     return graph
+
+
+_REFERENCE = re.compile(r"^(?P<name>[^\[\]]+?)(?:\[(?P<index>\d+)\])?$")
+
+
+def split_reference(reference: str) -> tuple[str, int]:
+    """``"filter[1]"`` -> ``("filter", 1)``; ``"filter"`` -> ``("filter", 0)``."""
+    match = _REFERENCE.match(reference)
+    if not match:
+        raise ConfigError(f"expected a stage name or name[k], got {reference!r}")
+    return match["name"], int(match["index"] or 0)
 
 
 def _count_sources(graph: GraphSpec, spec: StageSpec, seen: set[str]) -> int:
@@ -171,7 +187,8 @@ def _count_sources(graph: GraphSpec, spec: StageSpec, seen: set[str]) -> int:
         raise ConfigError(f"graph {graph.name!r} has a cycle through stage {spec.name!r}")
     total = 0
     for reference in spec.inputs:
-        total += 1 if "://" in reference else _count_sources(graph, graph.stage(reference), seen | {spec.name})
+        total += 1 if "://" in reference else \
+            _count_sources(graph, graph.stage(split_reference(reference)[0]), seen | {spec.name})
     return total
 
 
@@ -184,16 +201,22 @@ def _free_tcp_port() -> int:
 def wire(graph: GraphSpec, run_dir: Path) -> dict[str, dict[str, list[str]]]:
     """Endpoints per stage: ``{name: {"inputs": [...], "outputs": [...]}}``, URLs with @ or >.
 
-    A stage read by name gets an output endpoint of its own (ipc socket in `run_dir`, or a
-    free 127.0.0.1 port), bound by it and connected to by its readers.
+    A stage read by name gets an output endpoint of its own per output read (ipc socket in
+    `run_dir`, or a free 127.0.0.1 port), bound by it and connected to by its readers.
     """
     out_urls: dict[str, list[str]] = {}
-    readers = {ref for spec in graph.stages for ref in spec.inputs if "://" not in ref}
+    wanted: dict[str, int] = {}   # stage -> how many of its outputs are read by name
+    for spec in graph.stages:
+        for reference in spec.inputs:
+            if "://" not in reference:
+                name, index = split_reference(reference)
+                wanted[name] = max(wanted.get(name, 0), index + 1)
     for spec in graph.stages:
         urls = [u if u[0] in "@>" else "@" + u for u in spec.outputs]
-        if spec.name in readers and not spec.outputs:
+        for index in range(len(urls), wanted.get(spec.name, 0)):
             if graph.transport == "ipc":
-                urls.append(f"@ipc://{run_dir / (spec.name + '.sock')}")
+                suffix = "" if index == 0 else f".{index}"
+                urls.append(f"@ipc://{run_dir / (spec.name + suffix + '.sock')}")
             else:
                 urls.append(f"@tcp://127.0.0.1:{_free_tcp_port()}")
         out_urls[spec.name] = urls
@@ -204,11 +227,12 @@ def wire(graph: GraphSpec, run_dir: Path) -> dict[str, dict[str, list[str]]]:
             if "://" in reference:
                 inputs.append(reference if reference[0] in "@>" else ">" + reference)
             else:
-                upstream = out_urls[reference]
-                if not upstream:
-                    raise ConfigError(f"stage {reference!r} has no output for {spec.name!r} to read")
-                bound = upstream[0][1:] if upstream[0][0] == "@" else upstream[0]
-                inputs.append(">" + bound.replace("tcp://*:", "tcp://127.0.0.1:"))
+                name, index = split_reference(reference)
+                upstream = out_urls[name][index]
+                bound = upstream[1:] if upstream[0] == "@" else upstream
+                for anywhere in ("tcp://*:", "tcp://0.0.0.0:"):   # bound on every interface: reach it locally
+                    bound = bound.replace(anywhere, "tcp://127.0.0.1:")
+                inputs.append(">" + bound)
         wiring[spec.name] = {"inputs": inputs, "outputs": out_urls[spec.name]}
     return wiring
 
@@ -242,8 +266,10 @@ class GraphRun:
         self._stop_requested_at: float | None = None
         self._stop_grace_s = stop_grace_s
         self._sinks_done_at: float | None = None
-        readers = {ref for spec in graph.stages for ref in spec.inputs}
-        self._sinks = {spec.name for spec in graph.stages if spec.name not in readers and not spec.outputs}
+        readers = {split_reference(ref)[0] for spec in graph.stages for ref in spec.inputs if "://" not in ref}
+        # Terminal stages: nobody in the graph reads them (they may still publish outside it,
+        # as the aggregator's PUB does). Once they end cleanly, every input has arrived.
+        self._sinks = {spec.name for spec in graph.stages if spec.name not in readers}
         self.failed: list[str] = []
 
     def metrics_path(self, name: str) -> Path:

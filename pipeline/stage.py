@@ -18,6 +18,9 @@ A stage is a small class. Its lifecycle, which the runtime guarantees:
    A stage that sets ``forwards_end_of_stream = False`` forwards markers itself, by returning
    them from any hook when it is ready (an aggregator waits for results still in flight on
    other workers of a pool); the runtime then counts the final markers the stage sends.
+   A stage with several outputs sends each message to all of them, unless its ``route(message)``
+   names one (by index): the filter sends inputs for the model to its workers and the rest
+   straight to the aggregator.
 5. ``tick()`` runs about every `TICK_S` seconds between messages, whether or not any arrive,
    for stages that act on time (a reorder timeout, a held end-of-stream marker).
 6. ``teardown()`` runs once after the loop ends for any reason, including errors and
@@ -84,6 +87,10 @@ class Stage:
         """Called about every `TICK_S` seconds between messages; return what is now due."""
         return None
 
+    def route(self, message: Message) -> int | None:
+        """The output (index) `message` goes to when the stage has several; None: all of them."""
+        return None
+
     def teardown(self) -> None:
         """Release what `setup` opened. Runs whenever `setup` returned."""
 
@@ -138,8 +145,10 @@ class _Outputs:
         self.stop = stop
         self.drain_timeout_s = options.drain_timeout_s
 
-    def send(self, message: Message) -> None:
-        for sender in self.senders:
+    def send(self, message: Message, route: int | None = None) -> None:
+        """Send to every output, or only to output `route` when there are several."""
+        senders = self.senders if route is None or len(self.senders) < 2 else [self.senders[route]]
+        for sender in senders:
             stop_seen_at = None
             while not sender.send(message):
                 # Blocked: downstream is busy or absent. Keep trying (lossless) until a stop
@@ -227,7 +236,7 @@ def _run_worker(stage: Stage, options: RunOptions, receiver: Receiver, outputs: 
     def emit(produced: Outputs) -> None:
         nonlocal finals
         for message in _as_messages(produced):
-            outputs.send(message)
+            outputs.send(message, stage.route(message))
             if message.is_eos and message.final:
                 finals += 1
 

@@ -194,3 +194,23 @@ def test_graph_with_a_service_stage_ends_when_its_sink_has_everything(tmp_path):
     assert time.monotonic() - started < 20
     seqs, ends = read_jsonl(tmp_path / "out.jsonl")
     assert sorted(seqs["synthetic0"]) == list(range(100)) and ends["synthetic1"]["seq"] == 100
+
+
+@pytest.mark.parametrize("reference, expected", [("filter", ("filter", 0)), ("filter[1]", ("filter", 1)),
+                                                 ("worker-2[0]", ("worker-2", 0))])
+def test_references_name_a_stage_and_an_output(reference, expected):
+    from pipeline.graph import split_reference
+    assert split_reference(reference) == expected
+
+
+def test_a_second_output_read_by_name_gets_its_own_endpoint(tmp_path):
+    from pipeline.graph import parse_graph, wire
+    graph = parse_graph({"stages": [
+        {"name": "source", "stage": "tests.helpers.stages:CountingSource"},
+        {"name": "a", "stage": "stages.relay:Relay", "inputs": ["source"]},
+        {"name": "b", "stage": "stages.sinks:StatsPrinter", "inputs": ["a", "source[1]"]},
+    ]})
+    wiring = wire(graph, tmp_path)
+    assert wiring["source"]["outputs"] == [f"@ipc://{tmp_path}/source.sock", f"@ipc://{tmp_path}/source.1.sock"]
+    assert wiring["b"]["inputs"] == [f">ipc://{tmp_path}/a.sock", f">ipc://{tmp_path}/source.1.sock"]
+    assert graph.stage("b").sources == 2

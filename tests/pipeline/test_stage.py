@@ -168,3 +168,31 @@ def test_jsonl_sink_writes_every_message_and_the_end(make_url, tmp_path: Path):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["seq"] for r in records[:-1]] == list(range(30))
     assert records[-1]["kind"] == "eos" and records[-1]["seq"] == 30 and records[-1]["final"] is True
+
+
+class EvenOdd(Stage):
+    """Routes even seqs to output 0 and odd ones to output 1; end-of-stream markers to both."""
+
+    def process(self, message):
+        return message
+
+    def route(self, message):
+        return None if message.is_eos else message.seq % 2
+
+
+def test_a_stage_with_two_outputs_routes_each_message_to_the_one_it_names(transport, make_url):
+    source_url, even_url, odd_url = (make_url(transport) for _ in range(3))
+    even, odd = StatsPrinter(), StatsPrinter()
+    options = dict(socket=OPTIONS, metrics_interval_s=0)
+    threads = [
+        StageThread(even, RunOptions(name="even", inputs=[Endpoint(even_url, False)], **options)),
+        StageThread(odd, RunOptions(name="odd", inputs=[Endpoint(odd_url, False)], **options)),
+        StageThread(EvenOdd(), RunOptions(name="router", inputs=[Endpoint(source_url, False)],
+                                          outputs=[Endpoint(even_url, True), Endpoint(odd_url, True)], **options)),
+        StageThread(CountingSource(count=50), RunOptions(name="source", outputs=[Endpoint(source_url, True)],
+                                                         **options)),
+    ]
+    for thread in threads:
+        thread.start()
+    join_all(list(reversed(threads)))
+    assert (even.totals["received"], odd.totals["received"]) == (25, 25)
