@@ -3,7 +3,8 @@
 Every app runs the same shape of graph, one process per stage (pipeline/graph.py):
 
     source -> filter -> worker-1 .. worker-N -> aggregate
-                 \________________________________/^   inputs the filter answered, end of stream
+                |                                  ^
+                +----------------------------------+   inputs the filter answered, end of stream
 
 The workers share the filter's first output (PUSH: each input for the model reaches one of
 them); the filter's second output takes everything else straight to the aggregator, which
