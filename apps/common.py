@@ -80,6 +80,21 @@ def consumer_graph(name: str, args: argparse.Namespace, source: dict[str, Any], 
     return {"name": name, "transport": args.transport, "stages": stages}
 
 
+def check_source(app: str, uri: str, media: str) -> None:
+    """Fail fast, before any process starts, on a source that cannot work: a missing file, a
+    file without the wanted media, a camera or microphone that is not there. Network streams
+    are not opened here (that would use up a session of some servers): their stage reports."""
+    from pipeline.errors import SourceError
+    from stages.sources import NetworkStreamSource, open_source
+    try:
+        source = open_source(uri, media=media)
+        if not isinstance(source, NetworkStreamSource):
+            source.open()
+            source.close()
+    except (SourceError, ValueError) as error:
+        raise SystemExit(f"{app}: {error}") from None
+
+
 def _remote_endpoints(name: str, text: str) -> tuple[str, str]:
     urls = [u.strip() for u in text.split(",")]
     if len(urls) != 2 or not all(u.startswith("tcp://") for u in urls):

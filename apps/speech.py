@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common import add_run_options, consumer_graph, run_graph
+from common import add_run_options, check_source, consumer_graph, run_graph
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=None, help="stop the microphone after this long")
     add_run_options(parser, default_out="speech.jsonl")
     args = parser.parse_args(argv)
+    check_source("speech", args.source, "audio")
 
     source = {"uri": args.source, "media": "audio", "window_s": args.window, "hop_s": args.hop,
               **({"max_seconds": args.max_seconds} if args.max_seconds else {})}

@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from common import add_run_options, consumer_graph, run_graph
+from common import add_run_options, check_source, consumer_graph, run_graph
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     add_run_options(parser, default_out="vehicle_count.jsonl")
     args = parser.parse_args(argv)
+    check_source("vehicle_count", args.source, "video")
     if args.show == "window" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         parser.error("--show needs a display (DISPLAY is not set); use --show annotated.mp4 to write a video")
 
