@@ -107,10 +107,13 @@ def _local(url: str) -> str:
     return url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:")
 
 
-def run_graph(document: dict, args: argparse.Namespace, watch: Callable[[], None] | None = None) -> int:
+def run_graph(document: dict, args: argparse.Namespace, watch: Callable[[], None] | None = None,
+              plot: bool = False) -> int:
     """Run the graph to its end (Ctrl-C stops it gracefully); print per-stage statistics if asked.
 
     `watch` runs every few tenths of a second while the graph runs (e.g. to follow --out).
+    `plot`: draw the results next to --out as a PNG (apps/plot_results.py) when the run ends;
+    meant for recorded media (a live run's file can be plotted by hand, any time).
     """
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
@@ -125,5 +128,13 @@ def run_graph(document: dict, args: argparse.Namespace, watch: Callable[[], None
     code = run.run(watch)
     if args.stats or code:
         print(f"\nper-stage statistics:\n{stage_table(run.stage_metrics())}", file=sys.stderr)
-    print(f"results: {args.out}" + (f", summary: {args.summary}" if args.summary else ""), file=sys.stderr)
+    written = []
+    if plot and code == 0 and Path(args.out).exists():
+        from plot_results import plot_results
+        try:
+            written.append(f"plot: {plot_results(Path(args.out), Path(args.out).with_suffix('.png'))}")
+        except ValueError as error:   # nothing to plot (no input reached the aggregator)
+            written.append(f"no plot ({error})")
+    print(", ".join([f"results: {args.out}"] + ([f"summary: {args.summary}"] if args.summary else []) + written),
+          file=sys.stderr)
     return code

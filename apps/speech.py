@@ -6,13 +6,15 @@
 The sound is cut into windows (--window seconds every --hop seconds, 16 kHz mono); windows the
 filter sends on are transcribed by Whisper tiny.en (faster-whisper, voice-activity filtered).
 Every window gets a JSON line with its transcript and word count, and whether it passes the
-InFi rule "more than --words words"; at the end the aggregator prints the savings summary.
+InFi rule "more than --words words" (for a file also drawn, as --out with .png); at the end the
+aggregator prints the savings summary.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from common import add_run_options, check_source, consumer_graph, run_graph
 
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
               **({"max_seconds": args.max_seconds} if args.max_seconds else {})}
     aggregator = {"task": "speech", "words": args.words}
     document = consumer_graph("speech", args, source, "stages.speech:SpeechWorker", {}, aggregator)
-    return run_graph(document, args)
+    return run_graph(document, args, plot=Path(args.source).is_file())
 
 
 if __name__ == "__main__":

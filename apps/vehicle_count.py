@@ -5,8 +5,10 @@
         [--workers N] [--out results.jsonl]
 
 Per frame: vehicles (cars, motorcycles, buses, trucks) in view, and inside --region. Over time:
-unique vehicles crossing --line (tracked). Every frame gets a JSON line in --out; at the end the
-aggregator prints the savings summary (frames by decision, model time spent and avoided).
+unique vehicles crossing --line (tracked). Every frame gets a JSON line in --out (for a recorded
+file also drawn, as --out with .png: vehicles over time, crossings, each frame's decision); at
+the end the aggregator prints the savings summary (frames by decision, model time spent and
+avoided).
 Without --weights the shared offline YOLOv8n INT8 file is used. Runs are offline by default
 (YOLO_OFFLINE=1: nothing is downloaded); with internet, set YOLO_OFFLINE=0 to let Ultralytics
 fetch names such as yolov8n.pt or yolo11n.pt.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from common import add_run_options, check_source, consumer_graph, run_graph
 
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     aggregator = {"task": "vehicles", "line": args.line, "region": args.region, "show": args.show}
     document = consumer_graph("vehicle-count", args, source, "stages.detect:YoloWorker", worker, aggregator,
                               keep_frames=bool(args.show))
-    return run_graph(document, args)
+    return run_graph(document, args, plot=Path(args.source).is_file())
 
 
 if __name__ == "__main__":

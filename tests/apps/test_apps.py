@@ -72,6 +72,7 @@ def test_stride_filter_infers_every_other_frame_and_accounts_for_all(one_worker,
     saved = json.loads(summary_path.read_text())
     assert saved["total"]["model_ms_avoided"] > 0 and saved["total"]["filtering_rate"] == pytest.approx(0.5)
     assert "filtering rate 50.0 %" in done.stdout
+    assert out.with_suffix(".png").stat().st_size > 10_000       # the run drawn: counts and decisions
 
 
 def test_show_writes_an_annotated_video_with_every_frame(assets, tmp_path):
@@ -279,3 +280,18 @@ def test_a_file_without_pictures_is_refused_for_vehicle_counting(assets, tmp_pat
     clip = asset_or_skip(assets, "audio/speech_long/jfk.flac")
     done = run_app("vehicle_count.py", "--source", str(clip), "--out", str(tmp_path / "out.jsonl"), timeout=60)
     assert done.returncode == 1 and "expected a file with a video stream, got audio" in done.stderr, done.stderr
+
+
+def test_plot_results_draws_vehicles_and_speech_and_refuses_an_empty_file(tmp_path):
+    sys.path.insert(0, str(ROOT / "apps"))
+    from plot_results import main as plot_main
+    records = [{"stream": "cam", "seq": i, "pts": i / 10, "decision": ("infer", "reuse", "skip")[i % 3],
+                "count": i % 4, "new_crossings": [{"pts": i / 10}] if i == 7 else []} for i in range(30)]
+    records += [{"stream": "mic", "seq": i, "pts": float(i), "decision": "infer", "words": i} for i in range(5)]
+    results = tmp_path / "r.jsonl"
+    results.write_text("\n".join(json.dumps(r) for r in records) + "\n" + json.dumps({"summary": {}}) + "\n")
+    assert plot_main([str(results)]) == 0
+    assert results.with_suffix(".png").stat().st_size > 10_000
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"summary": {}}) + "\n")
+    assert plot_main([str(empty)]) == 1
