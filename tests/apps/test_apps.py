@@ -180,14 +180,25 @@ def test_a_worker_on_another_host_joins_over_tcp(one_worker, assets, tmp_path):
     """--remote-workers binds a jobs and a results endpoint; a worker started by hand with
     `infistream stage` (as on a second host, here over loopback tcp) shares the frames with the
     app's own worker, and the per-frame results are those of a single worker, in order."""
+    import time
+
     from tests.conftest import free_tcp_port
     jobs, results = f"tcp://127.0.0.1:{free_tcp_port()}", f"tcp://127.0.0.1:{free_tcp_port()}"
-    remote = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "--log-level", "WARNING", "stage",
-                               "stages.detect:YoloWorker", "--name", "remote", "--in", ">" + jobs, "--out", ">" + results,
-                               "--sources", "0"], env=ENV, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "remote.log"
+    with log.open("w") as log_file:
+        remote = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "--log-level", "INFO", "stage",
+                                   "stages.detect:YoloWorker", "--name", "remote", "--in", ">" + jobs,
+                                   "--out", ">" + results, "--sources", "0"],
+                                  env=ENV, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
     try:
+        # Wait until the remote worker has its model, as a long-running one on another host would.
+        deadline = time.monotonic() + 120
+        while "loaded" not in log.read_text() and remote.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "loaded" in log.read_text(), log.read_text()[-3000:]
         out = tmp_path / "remote.jsonl"
-        done = run_app("vehicle_count.py", "--source", str(assets / VIDEO), "--max-frames", "150",
+        # --realtime (12.5 frames/s, 12 s): the app's own worker, loading its model meanwhile, gets a share.
+        done = run_app("vehicle_count.py", "--source", str(assets / VIDEO), "--max-frames", "150", "--realtime",
                        "--remote-workers", f"{jobs},{results}", "--out", str(out))
         assert done.returncode == 0, done.stderr[-3000:]
     finally:
