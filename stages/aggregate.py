@@ -36,6 +36,7 @@ from stages.reorder import ReorderBuffer
 from stages.results import Decision, ResultError
 from stages.savings import StreamAccount, format_summary, summarize
 from stages.tasks import TASKS, Task, make_task
+from stages.tracking import CountingLine, GeometryError, Region
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,13 @@ class Aggregator(Stage):
             raise ConfigError(f"aggregator task must be auto, vehicles or speech, got {task!r}")
         if eos_timeout_s < 0 or reorder_timeout_s < 0 or reorder_window < 1:
             raise ConfigError("aggregator timeouts must be >= 0 s and the reorder window >= 1 input")
-        self.task_name, self.line, self.region, self.words = task, line, region, words
-        make_task(task if task != "auto" else "vehicles", line=line, region=region, words=words)  # check early
+        make_task("speech", words=words)   # refuses a bad threshold now, not at the first audio window
+        try:   # parsed once: every stream's task and the display share them
+            self.line = CountingLine.parse(line) if line else None
+            self.region = Region.parse(region) if region else None
+        except GeometryError as error:
+            raise ConfigError(str(error)) from error
+        self.task_name, self.words = task, words
         self.out = Path(out) if out else None
         self.summary_path = Path(summary) if summary else None
         self.show = show

@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from stages.results import VEHICLE_CLASSES, Detections
+from stages.tracking import CountingLine, Region
 
 _FRESH = (80, 200, 60)       # BGR
 _CARRIED = (0, 150, 255)
@@ -23,26 +24,13 @@ _LINE = (255, 80, 255)
 _REGION = (255, 200, 0)
 
 
-def _points(text: str) -> np.ndarray | None:
-    if not text:
-        return None
-    values = [int(round(float(v))) for v in text.split(",")]
-    if len(values) == 4 and text.count(",") == 3:
-        return np.array(values, np.int32).reshape(2, 2)
-    return np.array(values, np.int32).reshape(-1, 2)
-
-
 class Display:
     """An annotated view of the aggregated stream (window or video file)."""
 
-    def __init__(self, target: str, line: str = "", region: str = ""):
+    def __init__(self, target: str, line: CountingLine | None = None, region: Region | None = None):
         self.target = target
-        self.line = _points(line)
-        region_points = _points(region)
-        if region_points is not None and len(region_points) == 2:   # rectangle x1,y1,x2,y2
-            (x1, y1), (x2, y2) = region_points
-            region_points = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.int32)
-        self.region = region_points
+        self.line = None if line is None else np.rint(line.points).astype(np.int32).reshape(2, 2)
+        self.region = None if region is None else np.rint(region.polygon).astype(np.int32)
         self.window = target == "window"
         self._writer: cv2.VideoWriter | None = None
 

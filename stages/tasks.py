@@ -12,6 +12,7 @@ from typing import Any
 from pipeline.errors import ConfigError
 from stages.results import (EMPTY_DETECTIONS, EMPTY_TRANSCRIPT, VEHICLE_CLASSES, Detections, ResultError,
                             Transcript)
+from stages.tracking import CountingLine, Region, VehicleCounter
 
 
 class Task:
@@ -48,15 +49,8 @@ class VehicleTask(Task):
 
     empty = EMPTY_DETECTIONS
 
-    def __init__(self, line: str = "", region: str = ""):
-        self.counter = None
-        if line or region:
-            from stages.tracking import CountingLine, Region, VehicleCounter
-            try:
-                self.counter = VehicleCounter(line=CountingLine.parse(line) if line else None,
-                                              region=Region.parse(region) if region else None)
-            except ValueError as error:
-                raise ConfigError(str(error)) from error
+    def __init__(self, line: CountingLine | None = None, region: Region | None = None):
+        self.counter = VehicleCounter(line=line, region=region) if line or region else None
         self.frames = 0
         self.vehicle_frames = 0
 
@@ -142,7 +136,7 @@ class SpeechTask(Task):
 TASKS = {"vehicles": VehicleTask, "speech": SpeechTask}
 
 
-def make_task(name: str, line: str = "", region: str = "", words: int = 2) -> Task:
+def make_task(name: str, line: CountingLine | None = None, region: Region | None = None, words: int = 2) -> Task:
     if name == "vehicles":
         return VehicleTask(line=line, region=region)
     if name == "speech":
