@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline.assets import cache_dir
 from pipeline.graph import GraphRun, parse_graph, stage_table
+from stages.detect import offline_environment
 
 
 def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
@@ -117,12 +119,11 @@ def run_graph(document: dict, args: argparse.Namespace, watch: Callable[[], None
     """
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
-    # Keep Ultralytics and matplotlib from writing into the home directory or going online.
-    cache = Path(os.environ.get("INFI_CACHE", Path(__file__).resolve().parents[1] / ".cache"))
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(cache / "ultralytics"))
-    os.environ.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
-    for variable in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "HF_HUB_OFFLINE"):
-        os.environ.setdefault(variable, {"YOLO_AUTOINSTALL": "0"}.get(variable, "1"))
+    # Keep Ultralytics, the Hugging Face hub and matplotlib offline and out of the home directory,
+    # in every stage process (they inherit this environment).
+    offline_environment()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MPLCONFIGDIR", str(cache_dir() / "matplotlib"))
     graph = parse_graph(document, document["name"])
     run = GraphRun(graph, log_level=args.log_level.upper())
     code = run.run(watch)

@@ -2,6 +2,8 @@
 
 Nothing is ever downloaded: a caller that needs a file asks `asset_path`, which names the
 path it looked for when the file is absent. Tests turn that into a skip with the reason.
+Files tools write for themselves (Ultralytics settings, matplotlib's font cache) go under
+`cache_dir()`, not the home directory.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 from pathlib import Path
 
 ENV_VAR = "INFI_ASSETS"
+CACHE_ENV_VAR = "INFI_CACHE"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -31,3 +34,8 @@ def asset_path(relative: str) -> Path:
         raise FileNotFoundError(f"asset {relative!r} not found at {path}; set {ENV_VAR} to the "
                                 f"directory holding the shared assets")
     return path
+
+
+def cache_dir() -> Path:
+    """Where tools may write their settings and caches: `$INFI_CACHE`, else `<checkout>/.cache`."""
+    return Path(os.environ.get(CACHE_ENV_VAR) or _REPO_ROOT / ".cache")

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.assets import asset_path
+from pipeline.assets import asset_path, cache_dir
 from pipeline.errors import ConfigError, InfistreamError
 from pipeline.message import Message
 from stages.inference import InferenceWorker
@@ -96,8 +96,7 @@ def offline_environment() -> None:
 
     Must run before ``import ultralytics``, which reads these once (and looks up DNS when online).
     """
-    cache = Path(os.environ.get("INFI_CACHE") or Path(__file__).resolve().parents[1] / ".cache")
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(cache / "ultralytics"))
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(cache_dir() / "ultralytics"))
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
 
