@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import av
 import numpy as np
@@ -47,16 +48,20 @@ def decode_audio(path: Path) -> np.ndarray:
     return np.concatenate(windows) if windows else np.zeros(0, np.float32)
 
 
-def bench_yolo(frames: list[np.ndarray], runs: int) -> dict:
-    from stages.detect import load_detector
-    detector = load_detector()
-    per_run = []
+def timed(runs: int, work: Callable[[], object]) -> list[float]:
+    """Seconds each of `runs` calls of `work` took."""
+    seconds = []
     for _ in range(runs):
         started = time.perf_counter()
-        for frame in frames:
-            detector.detect(frame)
-        per_run.append((time.perf_counter() - started) * 1000 / len(frames))
-    detector.close()
+        work()
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def bench_yolo(frames: list[np.ndarray], runs: int) -> dict:
+    from stages.detect import load_detector
+    with load_detector() as detector:
+        per_run = [s * 1000 / len(frames) for s in timed(runs, lambda: [detector.detect(f) for f in frames])]
     return {"ms_per_frame": round(statistics.median(per_run), 2), "runs": [round(v, 2) for v in per_run],
             "frames": len(frames)}
 
@@ -65,14 +70,8 @@ def bench_speech(assets: Path, runs: int) -> dict:
     from stages.speech import load_recognizer
     clips = [decode_audio(assets / name) for name in SPEECH if (assets / name).exists()]
     audio_s = sum(len(c) for c in clips) / 16000
-    recognizer = load_recognizer()
-    per_run = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        for clip in clips:
-            recognizer.transcribe(clip)
-        per_run.append((time.perf_counter() - started) / audio_s)
-    recognizer.close()
+    with load_recognizer() as recognizer:
+        per_run = [s / audio_s for s in timed(runs, lambda: [recognizer.transcribe(clip) for clip in clips])]
     return {"real_time_factor": round(statistics.median(per_run), 4), "runs": [round(v, 4) for v in per_run],
             "audio_s": round(audio_s, 2), "clips": len(clips)}
 

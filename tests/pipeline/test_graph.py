@@ -186,11 +186,7 @@ def test_graph_with_a_service_stage_ends_when_its_sink_has_everything(tmp_path):
     document["stages"][2]["sources"] = 0
     run = GraphRun(parse_graph(document), tmp_path / "run", log_level="WARNING")
     started = time.monotonic()
-    try:
-        run.start()
-        assert run.wait() == 0
-    finally:
-        run.close()
+    assert run.run() == 0
     assert time.monotonic() - started < 20
     seqs, ends = read_jsonl(tmp_path / "out.jsonl")
     assert sorted(seqs["synthetic0"]) == list(range(100)) and ends["synthetic1"]["seq"] == 100

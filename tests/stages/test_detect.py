@@ -95,11 +95,7 @@ def assert_matches_reference(records: list[dict], reference: dict) -> None:
 
 def run_graph(tmp_path: Path, document: dict) -> GraphRun:
     run = GraphRun(parse_graph(document), tmp_path / "run", log_level="WARNING")
-    try:
-        run.start()
-        assert run.wait() == 0, run.failed
-    finally:
-        run.close()
+    assert run.run() == 0, run.failed
     return run
 
 

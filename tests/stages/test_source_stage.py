@@ -37,12 +37,7 @@ def test_a_recorded_clip_goes_through_three_processes_without_loss(tmp_path, ass
         {"name": "resize", "stage": "stages.relay:Resize", "inputs": ["source"], "params": {"width": 160}},
         {"name": "stats", "stage": "stages.sinks:StatsPrinter", "inputs": ["resize"],
          "params": {"summary_path": str(tmp_path / "summary.json")}}]})
-    run = GraphRun(graph, tmp_path / "run", log_level="WARNING")
-    try:
-        run.start()
-        assert run.wait() == 0
-    finally:
-        run.close()
+    assert GraphRun(graph, tmp_path / "run", log_level="WARNING").run() == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     expected = container_frames(clip)
     assert summary["totals"] == {"streams": 1, "produced": expected, "received": expected, "dropped_at_source": 0,

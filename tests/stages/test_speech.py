@@ -133,12 +133,7 @@ def test_jfk_in_a_graph_of_processes(tmp_path, assets):
         {"name": "speech", "stage": "stages.speech:SpeechWorker", "inputs": ["source"], "params": {"cpu_threads": 1}},
         {"name": "sink", "stage": "stages.sinks:JsonlSink", "inputs": ["speech"],
          "params": {"path": str(out), "flush_every": 1}}]})
-    run = GraphRun(graph, tmp_path / "run", log_level="WARNING")
-    try:
-        run.start()
-        assert run.wait() == 0
-    finally:
-        run.close()
+    assert GraphRun(graph, tmp_path / "run", log_level="WARNING").run() == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     results = [r for r in records if r["kind"] == "result"]
     assert [r["kind"] for r in records] == ["result", "eos"] and records[-1]["seq"] == 1
