@@ -39,7 +39,6 @@ import json
 import logging
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ from pipeline.assets import assets_dir
 from pipeline.errors import ConfigError
 from pipeline.metrics import format_table
 from pipeline.stage import SourceStage, load_stage_class
+from pipeline.transport import free_tcp_port
 
 log = logging.getLogger(__name__)
 
@@ -192,12 +192,6 @@ def _count_sources(graph: GraphSpec, spec: StageSpec, seen: set[str]) -> int:
     return total
 
 
-def _free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def wire(graph: GraphSpec, run_dir: Path) -> dict[str, dict[str, list[str]]]:
     """Endpoints per stage: ``{name: {"inputs": [...], "outputs": [...]}}``, URLs with @ or >.
 
@@ -218,7 +212,7 @@ def wire(graph: GraphSpec, run_dir: Path) -> dict[str, dict[str, list[str]]]:
                 suffix = "" if index == 0 else f".{index}"
                 urls.append(f"@ipc://{run_dir / (spec.name + suffix + '.sock')}")
             else:
-                urls.append(f"@tcp://127.0.0.1:{_free_tcp_port()}")
+                urls.append(f"@tcp://127.0.0.1:{free_tcp_port()}")
         out_urls[spec.name] = urls
     wiring = {}
     for spec in graph.stages:

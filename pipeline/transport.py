@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import random
 import re
+import socket
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -37,6 +39,31 @@ ReceivePattern = Literal["pull", "sub"]
 _SOCKET_TYPES = {"push": zmq.PUSH, "pub": zmq.PUB, "pull": zmq.PULL, "sub": zmq.SUB}
 _SCHEMES = ("inproc", "ipc", "tcp")
 _TCP_ADDRESS = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[^:/\[\]]*):(?P<port>\d+|\*)$")
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that nothing listens on now, for a stage to bind a moment later.
+
+    Chosen at random below the kernel's ephemeral range: a port the kernel hands out itself
+    (bind to port 0) is also what outgoing connections use as their local port, and a neighbour
+    that keeps reconnecting somewhere could take it between this check and the bind.
+    """
+    low = 32768
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    candidates = random.sample(range(10000, max(10001, low)), k=min(200, max(1, low - 10000)))
+    for port in candidates:
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as probe:   # all taken (unlikely): fall back to the kernel's choice
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 @dataclass(frozen=True)

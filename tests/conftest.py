@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import itertools
-import socket
 from pathlib import Path
 
 import pytest
 
 from pipeline.assets import ENV_VAR, assets_dir
+from pipeline.transport import free_tcp_port  # noqa: F401 (tests import it from here)
 
 TRANSPORTS = ("inproc", "ipc", "tcp")
 _names = itertools.count()
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.assets import assets_dir
+from pipeline.transport import free_tcp_port
 
 from .stream_server import write_mpegts
 
@@ -49,13 +49,6 @@ def wav_samples(path: Path) -> tuple[np.ndarray, int]:
         return np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2"), reader.getframerate()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe_socket:
-        probe_socket.bind(("127.0.0.1", 0))
-        return probe_socket.getsockname()[1]
-
-
 @dataclass
 class TcpStreamServer:
     """`stream_server.py` in a subprocess: MPEG-TS sessions on tcp://127.0.0.1:PORT, one per count.
@@ -66,7 +59,7 @@ class TcpStreamServer:
     """
 
     sessions: list[int]
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=free_tcp_port)
 
     @property
     def url(self) -> str:

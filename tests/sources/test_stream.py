@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from pipeline.errors import SourceError, SourceTimeoutError
+from pipeline.transport import free_tcp_port
 from stages.sources import NetworkStreamSource, ReconnectPolicy, open_source
 
-from .conftest import TcpStreamServer, free_port
+from .conftest import TcpStreamServer
 from .stream_server import HEIGHT, WIDTH, pattern_frame, write_mpegts
 
 
@@ -99,7 +100,7 @@ def test_stalled_server_ends_the_stream_at_the_read_timeout() -> None:
 
 @pytest.mark.timeout(60)
 def test_unreachable_url_fails_after_the_tries_within_bounded_time() -> None:
-    url = f"tcp://127.0.0.1:{free_port()}"  # nothing listens: connection refused
+    url = f"tcp://127.0.0.1:{free_tcp_port()}"  # nothing listens: connection refused
     policy = ReconnectPolicy(attempts=2, initial_delay_s=0.2, max_delay_s=1.0)
     start = time.monotonic()
     with pytest.raises(SourceError) as raised:
@@ -139,7 +140,7 @@ def test_max_frames_stops_a_live_stream() -> None:
 
 @pytest.mark.timeout(30)
 def test_passwords_never_appear_in_errors() -> None:
-    url = f"tcp://user:hunter2@127.0.0.1:{free_port()}"
+    url = f"tcp://user:hunter2@127.0.0.1:{free_tcp_port()}"
     with pytest.raises(SourceError) as raised:
         NetworkStreamSource(url, reconnect=ReconnectPolicy(attempts=0)).open()
     assert "hunter2" not in str(raised.value) and "user:***@127.0.0.1" in str(raised.value)

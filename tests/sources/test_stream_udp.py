@@ -8,9 +8,8 @@ import textwrap
 
 import pytest
 
+from pipeline.transport import free_tcp_port
 from stages.sources import NetworkStreamSource, ReconnectPolicy
-
-from .conftest import free_port
 
 # Paced like a camera: one frame every 40 ms, so the receiver's socket buffer never overflows.
 SENDER = textwrap.dedent("""
@@ -38,7 +37,7 @@ SENDER = textwrap.dedent("""
 
 @pytest.mark.timeout(60)
 def test_udp_stream_is_received_until_it_falls_silent():
-    port = free_port()
+    port = free_tcp_port()
     sender = subprocess.Popen([sys.executable, "-c", SENDER, f"udp://127.0.0.1:{port}?pkt_size=1316", "60"])
     try:
         source = NetworkStreamSource(f"udp://127.0.0.1:{port}", format="mpegts", open_timeout_s=15,
