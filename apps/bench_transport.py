@@ -6,15 +6,16 @@
    as two spawned processes, inproc (the in-process channel) as two threads, `INPROC_SCALE`
    times as many frames. Baseline in the same run: imagezmq's default REQ/REP (`send_image`,
    `recv_image` + `send_reply`) over ipc and tcp, same frames (imagezmq's ends each have their
-   own context, so no inproc). Rows marked keep-heap have glibc keep freed buffers
-   (`pipeline.transport.keep_freed_buffers`, as stage processes do); send-copy, pyzmq copy
-   frames on send instead of lending them (ipc senders always copy). The receiver times the frames
-   after `WARMUP`; our sender closes only once the receiver signals it has them all. Runs are
+   own context, so no inproc). Rows marked sndbuf=OS keep the kernel's default send buffer on
+   the ipc connection instead of `SocketOptions.ipc_send_buffer_bytes`; send-copy, pyzmq copies
+   frames on send instead of lending them (ipc senders always copy). Our processes keep freed
+   buffers (`pipeline.transport.keep_freed_buffers`, called by every ipc/tcp socket), imagezmq's
+   run as they are. The receiver times the frames after `WARMUP`; our sender closes only once the receiver signals it has them all. Runs are
    interleaved so that noise hits every configuration alike, and ratios ours/imagezmq are taken
    within each repetition. CPU time and page faults per frame of each side (whole processes)
    explain most differences.
-2. `--sweep`: ipc and tcp with high-water marks 1..16 x kernel buffer sizes, the same marks with
-   keep-heap, 2 io threads, copies on send or receive, inproc high-water marks, and imagezmq.
+2. `--sweep`: ipc and tcp with high-water marks 1..16 x kernel send buffer sizes, 2 io threads,
+   copies on send or receive, inproc high-water marks, and imagezmq.
 3. Decode frames/s of each clip in `<assets>/traffic/`: our `VideoFileSource`, PyAV decoding with
    threads to BGR arrays, and OpenCV `VideoCapture.read`.
 
@@ -47,7 +48,7 @@ import zmq
 
 from pipeline.assets import ENV_VAR, assets_dir
 from pipeline.message import Message, decode
-from pipeline.transport import Endpoint, Receiver, Sender, SocketOptions, keep_freed_buffers
+from pipeline.transport import Endpoint, Receiver, Sender, SocketOptions
 
 FRAME_SHAPE = (480, 640, 3)
 FRAME_BYTES = int(np.prod(FRAME_SHAPE))
@@ -66,10 +67,10 @@ class Hop:
     transport: str = "tcp"  # inproc | ipc | tcp
     hwm: int = SocketOptions().hwm
     buffer_bytes: int = SocketOptions().buffer_bytes
+    ipc_send_buffer_bytes: int = SocketOptions().ipc_send_buffer_bytes  # 0: the OS default
     io_threads: int = 1  # libzmq io threads per context (processes only)
     send_copy: bool = False  # pyzmq copies each frame into ZeroMQ instead of lending it
     recv_copy: bool = False  # receive bytes (a copy) instead of zmq.Frame views
-    keep_heap: bool = False  # glibc keeps freed buffers (`keep_freed_buffers`); processes only
 
     def label(self, full: bool = False) -> str:
         """Library and transport, then the settings that differ from the defaults (all if `full`)."""
@@ -80,11 +81,14 @@ class Hop:
             text += f" hwm={self.hwm}"
         if full or self.buffer_bytes != Hop.buffer_bytes:
             text += f" buf={self.buffer_bytes >> 20}M"
+        if self.transport == "ipc" and (full or self.ipc_send_buffer_bytes != Hop.ipc_send_buffer_bytes):
+            text += f" sndbuf={self.ipc_send_buffer_bytes >> 20}M" if self.ipc_send_buffer_bytes else " sndbuf=OS"
         return text + "".join([f" io={self.io_threads}" * (self.io_threads != 1), " send-copy" * self.send_copy,
-                               " recv-copy" * self.recv_copy, " keep-heap" * self.keep_heap])
+                               " recv-copy" * self.recv_copy])
 
     def options(self) -> SocketOptions:
-        return SocketOptions(hwm=self.hwm, buffer_bytes=self.buffer_bytes)
+        return SocketOptions(hwm=self.hwm, buffer_bytes=self.buffer_bytes,
+                             ipc_send_buffer_bytes=self.ipc_send_buffer_bytes)
 
 
 def _frames() -> list[np.ndarray]:
@@ -209,8 +213,6 @@ SIDES: dict[tuple[str, str], Callable[..., dict]] = {
 
 def _process_main(role: str, hop: Hop, url: str, count: int, done: Any, pipe: Any) -> None:
     """Entry point of a spawned sender or receiver: run one side, send back its numbers."""
-    if hop.keep_heap:
-        keep_freed_buffers()  # exactly what every stage process does (pipeline/cli.py)
     try:
         pipe.send(SIDES[hop.library, role](hop, url, count, done))
     except BaseException as error:
@@ -252,12 +254,10 @@ def run_hop(hop: Hop, frames: int, tag: str) -> dict:
 def sweep_grid() -> list[Hop]:
     """The `--sweep` configurations (see the module docstring)."""
     hwms = (1, 2, 4, 8, 16)
-    grid = [Hop(transport=t, hwm=h, buffer_bytes=b) for t in ("ipc", "tcp") for h in hwms
-            for b in (0, 1 << 20, 4 << 20)]
-    grid += [Hop(transport=t, hwm=h, keep_heap=True) for t in ("ipc", "tcp") for h in hwms]
+    grid = [Hop(transport="ipc", hwm=h, ipc_send_buffer_bytes=b) for h in hwms for b in (0, 1 << 20, 4 << 20)]
+    grid += [Hop(transport="tcp", hwm=h, buffer_bytes=b) for h in hwms for b in (0, 1 << 20, 4 << 20)]
     grid += [replace(Hop(transport=t), **knob) for t in ("ipc", "tcp")
-             for knob in ({"io_threads": 2}, {"send_copy": True}, {"recv_copy": True},
-                          {"send_copy": True, "keep_heap": True})]
+             for knob in ({"io_threads": 2}, {"send_copy": True}, {"recv_copy": True})]
     grid += [Hop(transport="inproc", hwm=h) for h in (1, 2, 4, 16, 64)]
     return grid + [Hop("imagezmq", "ipc"), Hop("imagezmq", "tcp")]
 
@@ -336,9 +336,9 @@ def hop_summary(runs: list[dict]) -> dict:
 
 def ratios(raw: dict[str, list[dict]]) -> dict[str, dict]:
     """Ratios of frames/s within each repetition (ours/imagezmq, inproc/ipc) and their medians."""
-    pairs = {f"{t} ours{k}/imagezmq": (f"ours {t}{k}", f"imagezmq {t}") for t in ("tcp", "ipc")
-             for k in ("", " keep-heap")}
+    pairs = {f"{t} ours/imagezmq": (f"ours {t}", f"imagezmq {t}") for t in ("tcp", "ipc")}
     pairs["inproc/ipc ours"] = ("ours inproc", "ours ipc")
+    pairs["ipc ours sndbuf 4M/OS"] = ("ours ipc", "ours ipc sndbuf=OS")
     out = {}
     for label, (top, bottom) in pairs.items():
         if top in raw and bottom in raw:
@@ -372,7 +372,7 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(9, 4.5))
-    series = (("ours", "", "tab:blue"), ("ours", " keep-heap", "tab:cyan"), ("imagezmq", "", "tab:grey"))
+    series = (("ours", "", "tab:blue"), ("ours", " sndbuf=OS", "tab:cyan"), ("imagezmq", "", "tab:grey"))
     for offset, (library, knob, colour) in zip((-0.25, 0.0, 0.25), series):
         for x, transport in enumerate(("inproc", "ipc", "tcp")):
             row = report["hop"].get(f"{library} {transport}{knob}")
@@ -419,6 +419,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, help="repetitions (default 5; --quick 2)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few frames, 2 repeats, one clip")
     parser.add_argument("--sweep", action="store_true", help="also sweep high-water marks, buffers and copies")
+    parser.add_argument("--transports", default="inproc,ipc,tcp",
+                        help="comma-separated transports of the one-hop table (default all three), for a "
+                             "focused paired comparison with more --repeats")
     args = parser.parse_args()
     frames = args.frames or (400 if args.quick else 4000)
     repeats = args.repeats or (2 if args.quick else 5)
@@ -428,8 +431,12 @@ def main() -> int:
                               "socket_defaults": asdict(Hop()), "machine": machine_facts()}
 
     # Sender copies frames over ipc by itself (pipeline/transport.py), so no send-copy row here.
-    hops = [Hop(transport="inproc"), Hop(transport="ipc"), Hop(transport="ipc", keep_heap=True), Hop("imagezmq", "ipc"),
-            Hop(transport="tcp"), Hop(transport="tcp", keep_heap=True), Hop("imagezmq", "tcp")]
+    transports = set(args.transports.split(","))
+    if not transports <= {"inproc", "ipc", "tcp"}:
+        parser.error(f"--transports takes inproc, ipc and tcp, got {args.transports!r}")
+    hops = [Hop(transport="inproc"), Hop(transport="ipc"), Hop(transport="ipc", ipc_send_buffer_bytes=0),
+            Hop("imagezmq", "ipc"), Hop(transport="tcp"), Hop("imagezmq", "tcp")]
+    hops = [hop for hop in hops if hop.transport in transports]
     raw = measure(hops, frames, repeats, "one hop")
     report.update(hop_raw=raw, ratios=ratios(raw), hop={name: hop_summary(runs) for name, runs in raw.items()})
     print_hops(f"One hop, 640x480x3 uint8, {frames} frames x {repeats} runs, hwm={Hop.hwm} "

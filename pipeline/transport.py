@@ -14,6 +14,7 @@ with a logged, counted reason and go on receiving.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import random
 import re
@@ -131,6 +132,10 @@ class SocketOptions:
         loop, so a stop request is seen within this time.
     max_message_bytes: larger messages are rejected by receivers (logged, counted).
     buffer_bytes: kernel socket buffer size for tcp (0 keeps the OS default).
+    ipc_send_buffer_bytes: kernel send buffer of each ipc connection a `Sender` has (0 keeps
+        the OS default). libzmq sets no buffer sizes on ipc sockets, and the usual default
+        (208 KiB) is less than one 640x480 frame: each frame then took several rounds of
+        write, wake the reader, wait. The kernel caps it at ``net.core.wmem_max``.
     curve: certificates to encrypt (and authenticate) every link with CurveZMQ; see
         `pipeline.security`. Both ends of a link must be secured, or neither.
     """
@@ -141,25 +146,31 @@ class SocketOptions:
     recv_timeout_ms: int = 200
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     buffer_bytes: int = 0
+    ipc_send_buffer_bytes: int = 4 << 20
     curve: CurveConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("hwm", "send_timeout_ms", "recv_timeout_ms", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SocketOptions.{name} must be >= 1, got {getattr(self, name)}")
-        if self.linger_ms < 0 or self.buffer_bytes < 0:
-            raise ValueError("SocketOptions.linger_ms and buffer_bytes must be >= 0")
+        if self.linger_ms < 0 or self.buffer_bytes < 0 or self.ipc_send_buffer_bytes < 0:
+            raise ValueError("SocketOptions.linger_ms, buffer_bytes and ipc_send_buffer_bytes must be >= 0")
 
 
+@functools.cache
 def keep_freed_buffers() -> bool:
-    """Have glibc keep freed frame-sized buffers for reuse; call once, early, in a stage process.
+    """Have glibc keep freed frame-sized buffers for reuse (process-wide; once is enough).
+
+    Every `Sender` and `Receiver` on ipc or tcp calls it when it opens its socket, and the
+    stage runner before anything else.
 
     libzmq's io thread allocates every received frame and Python frees it. By default glibc
     hands a freed 0.9 MB block back to the kernel (munmap, or trimming the heap top), so the
     next frame faults its 225 pages in again: up to 40 page faults and ~100 µs of CPU per
     640x480 frame, the more the higher the hwm (`apps/bench_transport.py --sweep`). Copying on
-    send (ipc) allocates a block per frame on the sending side too. False where the C library
-    has no `mallopt` (not glibc); nothing changes there.
+    send (ipc) allocates a block per frame on the sending side too. The price: up to 64 MiB of
+    freed memory stays with the process. False where the C library has no `mallopt` (not
+    glibc); nothing changes there.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -171,6 +182,7 @@ def keep_freed_buffers() -> bool:
 
 
 def _open_socket(context: zmq.Context, pattern: str, targets: list[Endpoint], options: SocketOptions) -> zmq.Socket:
+    keep_freed_buffers()
     socket = context.socket(_SOCKET_TYPES[pattern])
     try:
         # Options must be set before bind/connect to apply to the pipes those create.
@@ -244,19 +256,25 @@ class Sender:
         context = context or zmq.Context.instance()
         self.socket = _open_socket(context, pattern, self.targets, options)
         # Over ipc, giving ZeroMQ a copy of each frame beat lending it the array (5,800 against
-        # 4,200 frames/s of 640x480, with `keep_freed_buffers`); over tcp lending is as fast.
-        self._copy = all(t.url.startswith("ipc://") for t in self.targets)
+        # 4,200 frames/s of 640x480); over tcp lending is as fast.
+        self._ipc = all(t.url.startswith("ipc://") for t in self.targets)
+        self._copy = self._ipc
         # Peers come and go (a restarted neighbour); the monitor tells us which, so that at
         # the end we can wait for them to leave, which they do once they have read everything.
         self._monitor = self.socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED
                                                        | zmq.EVENT_DISCONNECTED)
         self._peers = 0
         self._peers_seen = 0
+        self._buffer_capped_logged = False
+        self.send_buffer_sizes: list[int] = []  # what the kernel granted each ipc connection, bytes
 
     @property
     def peers(self) -> int:
-        """Readers connected now (as far as the last look at the monitor tells)."""
-        return self._channel.readers if self._channel is not None else self._peers
+        """Readers connected now."""
+        if self._channel is not None:
+            return self._channel.readers
+        self._update_peers(0)
+        return self._peers
 
     def send(self, message: Message) -> bool:
         """Send `message`; False when no peer took it within the send timeout (nothing sent).
@@ -276,6 +294,7 @@ class Sender:
         try:
             self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=self._copy)
         except zmq.Again:
+            self._update_peers(0)  # a reader that just connected gets its buffer size here
             if not self.socket.poll(self.options.send_timeout_ms, zmq.POLLOUT):
                 return False
             try:
@@ -286,12 +305,37 @@ class Sender:
         return True
 
     def _update_peers(self, timeout_ms: int) -> None:
+        joined_fds: list[int] = []
         while self._monitor.poll(timeout_ms):
-            event = recv_monitor_message(self._monitor)["event"]
-            joined = event in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED)
+            event = recv_monitor_message(self._monitor)
+            joined = event["event"] in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED)
             self._peers += 1 if joined else -1
             self._peers_seen += joined
+            if joined:
+                joined_fds.append(event["value"])  # the connection's file descriptor
+            elif event["value"] in joined_fds:
+                joined_fds.remove(event["value"])  # gone already: the number may be reused
             timeout_ms = 0
+        if self._ipc and self.options.ipc_send_buffer_bytes:
+            for fd in joined_fds:
+                self._set_send_buffer(fd)
+
+    def _set_send_buffer(self, fd: int) -> None:
+        """Give the ipc connection `fd` (libzmq's, reported by the monitor) a larger send buffer."""
+        wanted = self.options.ipc_send_buffer_bytes
+        try:
+            # fromfd duplicates the descriptor: closing the copy leaves libzmq's open.
+            with socket.fromfd(fd, socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wanted)
+                got = connection.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2  # Linux reports double
+        except OSError as error:  # closed meanwhile, or not a socket any more
+            log.debug("could not size the send buffer of ipc connection fd %d: %s", fd, error)
+            return
+        self.send_buffer_sizes.append(got)
+        if got < wanted and not self._buffer_capped_logged:
+            self._buffer_capped_logged = True
+            log.info("ipc send buffer capped at %d bytes by net.core.wmem_max (wanted %d); raising that "
+                     "limit (sysctl -w net.core.wmem_max=%d) makes ipc links faster", got, wanted, wanted)
 
     def wait_for_peers_to_leave(self, timeout: float, stop: Callable[[], bool] = lambda: False) -> bool:
         """Wait until every connected peer has disconnected; False if some remain after `timeout` s.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -162,3 +163,53 @@ def test_inproc_rejects_oversize_and_hands_over_read_only_views(make_url):
 def test_inproc_cannot_share_a_socket_with_other_transports(make_url):
     with pytest.raises(EndpointError, match="must be a socket's only endpoint"):
         Receiver([Endpoint(make_url("inproc"), False), Endpoint(make_url("ipc"), True)], options=FAST)
+
+
+def test_ipc_sender_enlarges_the_send_buffer_of_every_connection(make_url):
+    """libzmq leaves ipc sockets at the kernel's default buffer (less than one 640x480 frame)."""
+    url = make_url("ipc")
+    wanted = SocketOptions().ipc_send_buffer_bytes
+    with open("/proc/sys/net/core/wmem_max") as limit:
+        expected = min(wanted, int(limit.read()))
+    with Sender([Endpoint(url, True)], options=FAST) as sender, \
+            Receiver([Endpoint(url, False)], options=FAST), Receiver([Endpoint(url, False)], options=FAST):
+        deadline = time.monotonic() + 5
+        while sender.peers < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sender.peers == 2
+        assert sender.send_buffer_sizes == [expected, expected]
+    untuned_url = make_url("ipc")
+    with Sender([Endpoint(untuned_url, True)], options=replace(FAST, ipc_send_buffer_bytes=0)) as sender, \
+            Receiver([Endpoint(untuned_url, False)], options=FAST):
+        deadline = time.monotonic() + 5
+        while sender.peers < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sender.peers == 1 and sender.send_buffer_sizes == []
+
+
+def test_inproc_fan_in_while_a_sender_waits_for_readers_to_leave(make_url):
+    """Wake-ups go to whoever waits for them: a take wakes a blocked sender, not the one
+    waiting for the readers to leave, and the reader leaving wakes that one."""
+    url = make_url("inproc")
+    options = SocketOptions(hwm=1, send_timeout_ms=2000, recv_timeout_ms=2000)
+    receiver = Receiver([Endpoint(url, False)], options=options)
+    first, second = Sender([Endpoint(url, True)], options=options), Sender([Endpoint(url, False)], options=options)
+    results = {}
+
+    def send_all(name, sender, count):
+        results[name] = [sender.send(frame_message(seq, name)) for seq in range(count)]
+
+    waiter = threading.Thread(target=lambda: results.update(left=first.wait_for_peers_to_leave(10)))
+    feeder = threading.Thread(target=send_all, args=("b", second, 200))
+    assert first.send(frame_message(0, "a"))
+    waiter.start()
+    feeder.start()
+    started = time.monotonic()
+    received = [receiver.recv(timeout=2) for _ in range(201)]
+    elapsed = time.monotonic() - started
+    feeder.join(5)
+    receiver.close()
+    waiter.join(5)
+    assert None not in received and all(results["b"]) and results["left"] is True
+    assert sorted((m.stream, m.seq) for m in received) == [("a", 0)] + [("b", seq) for seq in range(200)]
+    assert elapsed < 1.5, f"a sender missed its wake-up: 201 messages took {elapsed:.1f} s"
