@@ -31,3 +31,17 @@ def test_quick_run_writes_json_and_plot(tmp_path: Path) -> None:
             assert row["frames_match"], (clip, row["frames"])
     else:
         assert "decode_skipped" in report
+
+
+@pytest.mark.timeout(120)
+def test_transports_option_keeps_only_those_hops(tmp_path: Path) -> None:
+    out = tmp_path / "ipc.json"
+    script = str(ROOT / "apps" / "bench_transport.py")
+    run = subprocess.run([sys.executable, script, "--quick", "--transports", "ipc", "--json", str(out)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=110)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["hop"]) == {"ours ipc", "ours ipc sndbuf=OS", "imagezmq ipc"}
+    assert set(report["ratios"]) == {"ipc ours/imagezmq", "ipc ours sndbuf 4M/OS"}
+    bad = subprocess.run([sys.executable, script, "--transports", "udp"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--transports takes inproc, ipc and tcp" in bad.stderr
