@@ -135,7 +135,8 @@ class SocketOptions:
     ipc_send_buffer_bytes: kernel send buffer of each ipc connection a `Sender` has (0 keeps
         the OS default). libzmq sets no buffer sizes on ipc sockets, and the usual default
         (208 KiB) is less than one 640x480 frame: each frame then took several rounds of
-        write, wake the reader, wait. The kernel caps it at ``net.core.wmem_max``.
+        write, wake the reader, wait. The kernel caps it at ``net.core.wmem_max``. What sits
+        in it adds to `hwm`: up to four more 640x480 frames per connection at 4 MiB.
     curve: certificates to encrypt (and authenticate) every link with CurveZMQ; see
         `pipeline.security`. Both ends of a link must be secured, or neither.
     """
