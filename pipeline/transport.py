@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
 import random
 import re
 import socket
@@ -258,8 +259,8 @@ class Sender:
         self.socket = _open_socket(context, pattern, self.targets, options)
         # Over ipc, giving ZeroMQ a copy of each frame beat lending it the array (5,800 against
         # 4,200 frames/s of 640x480); over tcp lending is as fast.
-        self._ipc = all(t.url.startswith("ipc://") for t in self.targets)
-        self._copy = self._ipc
+        self._copy = all(t.url.startswith("ipc://") for t in self.targets)
+        self._has_ipc = any(t.url.startswith("ipc://") for t in self.targets)
         # Peers come and go (a restarted neighbour); the monitor tells us which, so that at
         # the end we can wait for them to leave, which they do once they have read everything.
         self._monitor = self.socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED
@@ -317,7 +318,7 @@ class Sender:
             elif event["value"] in joined_fds:
                 joined_fds.remove(event["value"])  # gone already: the number may be reused
             timeout_ms = 0
-        if self._ipc and self.options.ipc_send_buffer_bytes:
+        if self._has_ipc and self.options.ipc_send_buffer_bytes:
             for fd in joined_fds:
                 self._set_send_buffer(fd)
 
@@ -325,8 +326,18 @@ class Sender:
         """Give the ipc connection `fd` (libzmq's, reported by the monitor) a larger send buffer."""
         wanted = self.options.ipc_send_buffer_bytes
         try:
-            # fromfd duplicates the descriptor: closing the copy leaves libzmq's open.
-            with socket.fromfd(fd, socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            # A duplicate of the descriptor, so that closing ours leaves libzmq's open.
+            duplicate = os.dup(fd)
+            try:
+                connection = socket.socket(fileno=duplicate)  # reads the family from the descriptor
+            except OSError:
+                os.close(duplicate)
+                raise
+            with connection:
+                # tcp connections are left alone: the kernel sizes their buffers by itself,
+                # and ZMQ_SNDBUF sets them where asked (`buffer_bytes`).
+                if connection.family != socket.AF_UNIX:
+                    return
                 connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wanted)
                 got = connection.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2  # Linux reports double
         except OSError as error:  # closed meanwhile, or not a socket any more

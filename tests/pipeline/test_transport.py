@@ -185,6 +185,14 @@ def test_ipc_sender_enlarges_the_send_buffer_of_every_connection(make_url):
         while sender.peers < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert sender.peers == 1 and sender.send_buffer_sizes == []
+    # A sender bound to ipc and tcp at once sizes its ipc connections only.
+    mixed = [make_url("ipc"), make_url("tcp")]
+    with Sender([Endpoint(u, True) for u in mixed], options=FAST) as sender, \
+            Receiver([Endpoint(mixed[0], False)], options=FAST), Receiver([Endpoint(mixed[1], False)], options=FAST):
+        deadline = time.monotonic() + 5
+        while sender.peers < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sender.peers == 2 and sender.send_buffer_sizes == [expected]
 
 
 def test_inproc_fan_in_while_a_sender_waits_for_readers_to_leave(make_url):
