@@ -48,7 +48,7 @@ import zmq
 
 from pipeline.assets import ENV_VAR, assets_dir
 from pipeline.message import Message, decode
-from pipeline.transport import Endpoint, Receiver, Sender, SocketOptions
+from pipeline.transport import Endpoint, Receiver, Sender, SocketOptions, free_tcp_port
 
 FRAME_SHAPE = (480, 640, 3)
 FRAME_BYTES = int(np.prod(FRAME_SHAPE))
@@ -102,11 +102,7 @@ def _url(transport: str, tag: str) -> str:
         return f"inproc://bench-{tag}"
     if transport == "ipc":
         return f"ipc://{tempfile.gettempdir()}/infistream-bench-{os.getpid()}-{tag}.sock"
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    return f"tcp://127.0.0.1:{free_tcp_port()}"
 
 
 def _usage() -> tuple[float, int]:

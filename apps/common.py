@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from pipeline.assets import cache_dir
 from pipeline.graph import GraphRun, parse_graph, stage_table
+from pipeline.transport import local_url
 from stages.detect import offline_environment
 
 
@@ -64,7 +65,7 @@ def consumer_graph(name: str, args: argparse.Namespace, source: dict[str, Any], 
         # worker, local or on another host, connects to both.
         jobs, results = _remote_endpoints(name, remote)
         stages[1]["outputs"] = ["@" + jobs]
-        worker_io = {"inputs": [">" + _local(jobs)], "outputs": [">" + _local(results)]}
+        worker_io = {"inputs": [">" + local_url(jobs)], "outputs": [">" + local_url(results)]}
         aggregate_inputs = ["@" + results, "filter[1]"]
     else:
         worker_io = {"inputs": ["filter"]}
@@ -102,11 +103,6 @@ def _remote_endpoints(name: str, text: str) -> tuple[str, str]:
     if len(urls) != 2 or not all(u.startswith("tcp://") for u in urls):
         raise SystemExit(f"{name}: --remote-workers takes two tcp:// URLs, JOBS_URL,RESULTS_URL; got {text!r}")
     return urls[0], urls[1]
-
-
-def _local(url: str) -> str:
-    """How a stage on this host reaches an endpoint bound on every interface."""
-    return url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:")
 
 
 def run_graph(document: dict, args: argparse.Namespace, watch: Callable[[], None] | None = None,

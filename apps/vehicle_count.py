@@ -17,7 +17,6 @@ fetch names such as yolov8n.pt or yolo11n.pt.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -38,8 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     add_run_options(parser, default_out="vehicle_count.jsonl")
     args = parser.parse_args(argv)
     check_source("vehicle_count", args.source, "video")
-    if args.show == "window" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        parser.error("--show needs a display (DISPLAY is not set); use --show annotated.mp4 to write a video")
+    if args.show == "window":
+        from pipeline.errors import ConfigError
+        from stages.display import check_display   # OpenCV: imported only when a window is asked for
+        try:
+            check_display()
+        except ConfigError as error:
+            parser.error(str(error))
 
     source = {"uri": args.source, "media": "video", **({"max_frames": args.max_frames} if args.max_frames else {})}
     worker = {"weights": args.weights, "conf": args.conf, "imgsz": args.imgsz}

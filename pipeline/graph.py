@@ -53,7 +53,7 @@ from pipeline.assets import assets_dir
 from pipeline.errors import ConfigError
 from pipeline.metrics import format_table
 from pipeline.stage import SourceStage, load_stage_class
-from pipeline.transport import free_tcp_port
+from pipeline.transport import free_tcp_port, local_url
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +224,7 @@ def wire(graph: GraphSpec, run_dir: Path) -> dict[str, dict[str, list[str]]]:
                 name, index = split_reference(reference)
                 upstream = out_urls[name][index]
                 bound = upstream[1:] if upstream[0] == "@" else upstream
-                for anywhere in ("tcp://*:", "tcp://0.0.0.0:"):   # bound on every interface: reach it locally
-                    bound = bound.replace(anywhere, "tcp://127.0.0.1:")
-                inputs.append(">" + bound)
+                inputs.append(">" + local_url(bound))
         wiring[spec.name] = {"inputs": inputs, "outputs": out_urls[spec.name]}
     return wiring
 

@@ -115,6 +115,14 @@ class Endpoint:
         return ("@" if self.bind else ">") + self.url
 
 
+def local_url(url: str) -> str:
+    """How a stage on this host reaches `url` when it is bound on every interface
+    (``tcp://*:P`` or ``tcp://0.0.0.0:P`` -> ``tcp://127.0.0.1:P``); other URLs unchanged."""
+    for anywhere in ("tcp://*:", "tcp://0.0.0.0:"):
+        url = url.replace(anywhere, "tcp://127.0.0.1:")
+    return url
+
+
 def endpoints(texts: Iterable[str] | str, *, bind_default: bool) -> list[Endpoint]:
     """Parse one URL or several into `Endpoint`s."""
     if isinstance(texts, str):

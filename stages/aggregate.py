@@ -194,16 +194,17 @@ class Aggregator(Stage):
             log.warning("[%s] %s seq %d: bad decision (%s); counted unanswered", self.name, message.stream,
                         message.seq, error)
             decision = None
+        action = decision.action if decision is not None else None
         answer, model_ms = None, 0.0
-        if decision is not None and decision.action == "infer" and message.result is not None:
+        if action == "infer" and message.result is not None:
             try:
                 answer = task.parse(message.result)
                 model_ms = float(message.result.get("infer_ms", 0.0))
             except ResultError as error:
                 log.warning("[%s] %s seq %d: %s; counted unanswered", self.name, message.stream, message.seq, error)
-        elif decision is not None and decision.action == "skip":
+        elif action == "skip":
             answer = task.empty
-        elif decision is not None and decision.action == "reuse":
+        elif action == "reuse":
             answer = stream.answers.get(decision.ref_seq)
             if answer is None:
                 account.unresolved_reuse += 1
@@ -211,7 +212,7 @@ class Aggregator(Stage):
                             self.name, message.stream, message.seq, decision.ref_seq)
                 answer = task.empty
             record["ref_seq"] = decision.ref_seq
-        elif decision is not None and decision.action == "exit":
+        elif action == "exit":
             try:
                 answer = task.parse_exit(decision.result)
                 record["exit"] = decision.exit
@@ -223,12 +224,12 @@ class Aggregator(Stage):
             account.unanswered += 1
             record["decision"] = "unanswered"
         else:
-            account.add(decision.action, message.t_capture, now, model_ms, decision.filter_ms)
-            record["decision"] = decision.action
+            account.add(action, message.t_capture, now, model_ms, decision.filter_ms)
+            record["decision"] = action
             stream.answers[message.seq] = answer
             while len(stream.answers) > REUSE_CACHE_SIZE:
                 stream.answers.popitem(last=False)
-            fresh = decision.action in ("infer", "exit") and not late
+            fresh = action in ("infer", "exit") and not late
             record.update(task.update(message.pts, answer, fresh=fresh))
             if model_ms:
                 record["infer_ms"] = round(model_ms, 2)

@@ -24,6 +24,13 @@ _LINE = (255, 80, 255)
 _REGION = (255, 200, 0)
 
 
+def check_display() -> None:
+    """Raise `ConfigError` saying what to do instead when there is no display to open a window on."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise ConfigError("--show window needs a display (DISPLAY is not set); "
+                          "pass --show annotated.mp4 to write an annotated video instead")
+
+
 class Display:
     """An annotated view of the aggregated stream (window or video file)."""
 
@@ -35,9 +42,8 @@ class Display:
         self._writer: cv2.VideoWriter | None = None
 
     def open(self) -> None:
-        if self.window and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-            raise ConfigError("--show window needs a display (DISPLAY is not set); "
-                              "pass --show annotated.mp4 to write an annotated video instead")
+        if self.window:
+            check_display()
         if not self.window:
             Path(self.target).parent.mkdir(parents=True, exist_ok=True)
 

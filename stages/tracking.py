@@ -315,12 +315,6 @@ class VehicleCounter:
         self.by_direction: dict[str, int] = {d: 0 for d in (line.directions if line else ())}
         self.by_class: dict[str, int] = {}
 
-    def observe(self, pts: float, detections: Detections) -> dict[str, Any]:
-        return self.update(pts, detections)
-
-    def gap(self, pts: float) -> dict[str, Any]:
-        return self.update(pts, None)
-
     def update(self, pts: float, detections: Detections | None, fresh: bool = True) -> dict[str, Any]:
         """One frame, in order: `detections` None (or `fresh` False) is a gap for the tracker."""
         if detections is not None:   # vehicle classes only

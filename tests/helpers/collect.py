@@ -1,4 +1,6 @@
-"""A JSON Lines sink for the end of a worker pool, used by tests until the aggregator serves there.
+"""A JSON Lines sink for the end of a worker pool, for tests that compare the workers' raw results.
+
+The aggregator turns results into counts and tracks; the YOLO tests need the boxes themselves.
 
 Several workers reading one PUSH socket finish in any order, and the end-of-stream marker
 travels through only one of them, so it may arrive before another worker's last results.

@@ -165,7 +165,7 @@ def test_reappearing_after_a_gap_keeps_its_track():
 def test_frame_record_and_totals_are_json():
     counter = VehicleCounter(line=CountingLine.parse("0,200,640,200"), region=Region.parse("250,50,350,250"))
     records = [counter.update(i / FPS, det(*f)) for i, f in enumerate(DOWN)]
-    records.append(counter.gap(len(DOWN) / FPS))
+    records.append(counter.update(len(DOWN) / FPS, None))
     json.dumps(records), json.dumps(counter.totals())
     assert records[0] == {"in_region": 1, "tracks": 0, "new_crossings": []}
     assert records[5]["tracks"] == 1 and records[-1]["in_region"] is None
