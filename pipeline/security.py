@@ -16,7 +16,9 @@ one per process and context.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +47,36 @@ class CurveConfig:
 
 
 def create_keys(directory: Path, name: str) -> tuple[Path, Path]:
-    """Write ``NAME.key`` (public) and ``NAME.key_secret`` into `directory`; return both paths."""
+    """Write ``NAME.key`` (public, mode 0644) and ``NAME.key_secret`` (mode 0600: readable by its
+    owner only, from the moment it exists) into `directory`; return both paths.
+
+    The files are ZeroMQ certificate text files, as pyzmq's ``zmq.auth`` writes and reads them.
+    An existing pair is not overwritten (a stage's public key may already be copied elsewhere).
+    """
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(str(directory), name)
-    return Path(public), Path(secret)
+    public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
+    for path in (public, secret):
+        if path.exists():
+            raise ConfigError(f"{path} exists; remove it first or choose another name")
+    public_key, secret_key = (key.decode("ascii") for key in zmq.curve_keypair())
+    made = time.strftime("%Y-%m-%d %H:%M:%S")
+    _write_new(secret, 0o600, f"#   ****  Generated on {made} by infistream keys  ****\n"
+                              f"#   ZeroMQ CURVE **Secret** Certificate\n"
+                              f"#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.\n\n"
+                              f"metadata\ncurve\n    public-key = \"{public_key}\"\n    secret-key = \"{secret_key}\"\n")
+    _write_new(public, 0o644, f"#   ****  Generated on {made} by infistream keys  ****\n"
+                              f"#   ZeroMQ CURVE Public Certificate\n\n"
+                              f"metadata\ncurve\n    public-key = \"{public_key}\"\n")
+    return public, secret
+
+
+def _write_new(path: Path, mode: int, text: str) -> None:
+    """Create `path` with `mode` (at most; the umask may remove bits): a secret is never
+    readable by others, not even between its creation and a chmod."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(descriptor, "w", encoding="ascii") as file:
+        file.write(text)
 
 
 def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:

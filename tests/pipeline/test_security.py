@@ -95,3 +95,27 @@ def test_stages_in_separate_processes_talk_over_an_encrypted_link(keys, tmp_path
     assert source.returncode == 0 and sink.wait(timeout=20) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["seq"] for r in records] == list(range(30)) + [30]
+
+
+def test_keys_command_writes_the_secret_certificate_readable_by_its_owner_only(tmp_path):
+    """`infistream keys` creates NAME.key_secret with mode 0600 from the start (a umask that
+    lets others read new files must not matter) and refuses to overwrite an existing pair."""
+    import os
+    import stat
+    previous = os.umask(0o002)          # as permissive as a shared workstation's
+    try:
+        done = subprocess.run([sys.executable, "-m", "pipeline.cli", "keys", "edge", "--dir", str(tmp_path)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=30)
+    finally:
+        os.umask(previous)
+    assert done.returncode == 0, done.stderr
+    secret, public = tmp_path / "edge.key_secret", tmp_path / "edge.key"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert not stat.S_IMODE(public.stat().st_mode) & 0o022      # public: not writable by others
+    # Both are ZeroMQ certificate files that pyzmq reads back, as a pair.
+    import zmq.auth
+    public_key, secret_key = zmq.auth.load_certificate(str(secret))
+    assert secret_key and zmq.auth.load_certificate(str(public)) == (public_key, None)
+    assert "secret-key" not in public.read_text()
+    with pytest.raises(ConfigError, match="exists"):
+        create_keys(tmp_path, "edge")
