@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,7 +26,7 @@ from pipeline.errors import ConfigError, EndpointError, InfistreamError, StageEr
 from pipeline.graph import EXIT_CONFIG, EXIT_SETUP, GraphRun, load_graph, stage_table
 from pipeline.message import DEFAULT_MAX_MESSAGE_BYTES
 from pipeline.security import CurveConfig, create_keys, stop_authenticators
-from pipeline.stage import RunOptions, build_stage, install_stop_signals, run_stage
+from pipeline.stage import RunOptions, StopRequest, build_stage, install_stop_signals, run_stage
 from pipeline.transport import SocketOptions, endpoints, keep_freed_buffers
 
 log = logging.getLogger("infistream")
@@ -76,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="accept only clients whose public .key is in DIR (with --curve-secret)")
     stage.add_argument("--end-wait", type=float, default=RunOptions.end_wait_s, metavar="SECONDS",
                        help="after the final end-of-stream, how long to wait for readers to leave")
+    stage.add_argument("--inputs-closed-file", type=Path, metavar="FILE",
+                       help="once FILE exists (the launcher creates it when every stage this one reads from "
+                            "has ended), handle what is queued and end")
     stage.add_argument("--metrics-json", type=Path, help="write the stage's metrics here at the end")
     stage.add_argument("--metrics-interval", type=float, default=10.0, help="seconds between progress logs")
     keys = commands.add_parser("keys", help="create a CurveZMQ certificate pair for a stage")
@@ -122,8 +124,9 @@ def run_one_stage(args: argparse.Namespace) -> int:
         end_wait_s=args.end_wait,
         metrics_interval_s=args.metrics_interval,
         metrics_path=args.metrics_json,
+        inputs_closed=args.inputs_closed_file,
     )
-    stop = threading.Event()
+    stop = StopRequest()   # SIGINT: finish the streams; SIGTERM: stop now
     install_stop_signals(stop)
     context = zmq.Context.instance()
     try:

@@ -23,13 +23,33 @@ A stage is a small class. Its lifecycle, which the runtime guarantees:
    straight to the aggregator.
 5. ``tick()`` runs about every `TICK_S` seconds between messages, whether or not any arrive,
    for stages that act on time (a reorder timeout, a held end-of-stream marker).
-6. ``teardown()`` runs once after the loop ends for any reason, including errors and
+6. ``end_of_inputs()`` runs when the launcher says that every stage this one reads from has
+   ended (`RunOptions.inputs_closed`) and nothing is left to read: whatever is still missing
+   will not come. The stage returns its final messages (an aggregator ends the streams it was
+   still waiting for, counting what never came as lost) and then ends, as after its final
+   end-of-stream markers. A pool worker (``sources`` 0) ends this way too.
+7. ``teardown()`` runs once after the loop ends for any reason, including errors and
    SIGINT/SIGTERM, provided ``setup`` returned. It is not run on SIGKILL.
 
 A source stage implements ``produce()`` instead of ``process``: a generator of data messages
 and per-stream end-of-stream markers. The runtime adds the ``final`` flag to the last marker,
 ends streams a stop cut short, and for live sources decodes in a thread feeding a
 drop-oldest queue, so a slow pipeline drops (and counts) the oldest inputs rather than lag.
+
+Stopping (`StopRequest`): SIGINT (Ctrl-C) asks a stage to *finish*: a source stops producing
+and ends every stream with its marker and counts, then waits (up to `end_wait_s`) for its
+readers to take them; any other stage goes on until the final markers it waits for have
+arrived (a pool worker, `sources` 0: until its inputs pause for `IDLE_S`), for at most
+`stop_timeout_s`. SIGTERM, or a second SIGINT, stops at once. A repeated SIGINT within
+`DUPLICATE_SIGINT_S` counts once: Ctrl-C in a terminal reaches every process of the group,
+and the launcher forwards one more to the sources.
+
+Source accounting: each stream's marker carries ``seq`` = inputs the source numbered (frames
+read, undecodable ones included) and ``dropped`` = those never sent, with the count by reason
+in ``meta["source"]["dropped"]`` (``undecodable``: the source's own gaps in ``seq``;
+``live-queue``, ``stopped``, ``send-timeout``: the runtime's). ``meta["source"]["uncounted"]``
+names input lost that cannot be counted as inputs (audio packets that failed to decode, frames
+a truncated file never gave), and ``meta["source"]["error"]`` a source that failed.
 """
 
 from __future__ import annotations
@@ -49,7 +69,7 @@ from typing import Any, Iterable, Iterator, Union
 
 import zmq
 
-from pipeline.errors import ConfigError, StageError
+from pipeline.errors import ConfigError, MessageError, StageError
 from pipeline.message import Message, eos
 from pipeline.metrics import StageMetrics
 from pipeline.queues import DropOldestQueue
@@ -62,6 +82,34 @@ Outputs = Union[Message, Iterable[Message], None]
 #: How often a stage's `tick` runs (seconds); the receive timeout (200 ms) bounds it from below
 #: when no message arrives.
 TICK_S = 0.2
+#: A pool worker (``sources`` 0) asked to finish leaves once no input came for this long.
+IDLE_S = 1.0
+#: A SIGINT this soon after the first is the same request (terminal and launcher both sent one).
+DUPLICATE_SIGINT_S = 1.0
+
+
+class StopRequest(threading.Event):
+    """How a stage is asked to stop: ``set()`` to finish (see the module docstring), `hurry` to stop now.
+
+    A plain `threading.Event` works too; setting it stops at once, as `hurry` does.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._now = threading.Event()
+
+    def hurry(self) -> None:
+        self._now.set()
+        self.set()
+
+    @property
+    def now(self) -> bool:
+        return self._now.is_set()
+
+
+def _stop_now(stop: threading.Event) -> bool:
+    """True when `stop` asks to stop at once rather than finish the streams first."""
+    return stop.is_set() and getattr(stop, "now", True)
 
 
 class Stage:
@@ -85,6 +133,10 @@ class Stage:
 
     def tick(self) -> Outputs:
         """Called about every `TICK_S` seconds between messages; return what is now due."""
+        return None
+
+    def end_of_inputs(self) -> Outputs:
+        """Every upstream stage has ended and what it sent is handled; return final messages."""
         return None
 
     def route(self, message: Message) -> int | None:
@@ -119,6 +171,10 @@ class RunOptions:
     drain_timeout_s: after a stop request, how long a pending send may still wait for a peer.
     end_wait_s: after the final end-of-stream, how long to wait for readers to take it and leave
         (a reader that is a long-running service never leaves; this bounds the wait for it).
+    stop_timeout_s: asked to finish (SIGINT), how long a stage that is not a source goes on
+        waiting for the final end-of-stream markers before it stops anyway.
+    inputs_closed: a file that the launcher creates once every stage this one reads from has
+        ended: the stage then handles what is queued, runs `Stage.end_of_inputs` and ends.
     """
 
     name: str
@@ -131,8 +187,10 @@ class RunOptions:
     live_queue: int = 8
     drain_timeout_s: float = 5.0
     end_wait_s: float = 10.0
+    stop_timeout_s: float = 10.0
     metrics_interval_s: float = 10.0
     metrics_path: Path | None = None
+    inputs_closed: Path | None = None
 
 
 class _Outputs:
@@ -145,12 +203,16 @@ class _Outputs:
         self.stop = stop
         self.drain_timeout_s = options.drain_timeout_s
 
-    def send(self, message: Message, route: int | None = None) -> None:
-        """Send to every output, or only to output `route` when there are several."""
+    def send(self, message: Message, route: int | None = None) -> bool:
+        """Send to every output, or only to output `route` when there are several.
+
+        Returns False when some output did not take it (given up on after a stop, and counted).
+        """
         senders = self.senders if route is None or len(self.senders) < 2 else [self.senders[route]]
+        delivered = True
         for sender in senders:
             stop_seen_at = None
-            while not sender.send(message):
+            while not _send(sender, message, self.metrics):
                 # Blocked: downstream is busy or absent. Keep trying (lossless) until a stop
                 # request has been pending for drain_timeout_s, then count the loss.
                 if self.stop.is_set():
@@ -160,23 +222,30 @@ class _Outputs:
                         log.warning("[%s] dropped %s seq %d on %s: no peer took it within %.1f s of stopping",
                                     self.metrics.stage, message.stream, message.seq, sender.targets[0],
                                     self.drain_timeout_s)
+                        delivered = False
                         break
         if self.senders:
             self.metrics.outputs += 1
+        return delivered
 
     def wait_for_readers(self, timeout: float) -> None:
-        """After the final end-of-stream: wait until downstream has read it (see Sender)."""
+        """After the final end-of-stream: wait until downstream has read it (see Sender), as long
+        as connected readers keep something to read, unless a stop says to end now."""
+        stopping_now = lambda: _stop_now(self.stop)  # noqa: E731 - a finishing stage still waits
         for sender in self.senders:
-            if sender.pattern != "push" or sender.wait_for_peers_to_leave(timeout, self.stop.is_set):
+            if sender.pattern != "push" or sender.wait_for_peers_to_leave(timeout, stopping_now):
                 continue
-            if self.stop.is_set():
+            if stopping_now():
                 # Stopped while waiting: the launcher ends long-running readers (a worker pool)
                 # once the sinks are done, so their staying connected is expected, not news.
                 log.debug("[%s] stopped while %d reader(s) of %s were still connected", self.metrics.stage,
                           sender.peers, sender.targets[0])
             else:
-                log.warning("[%s] %d reader(s) of %s still connected %.0f s after the end of stream; "
-                            "closing anyway", self.metrics.stage, sender.peers, sender.targets[0], timeout)
+                # Only where nothing tells whether the readers have it all (see Sender): no
+                # reader ever connected, or not Linux and they stayed.
+                log.warning("[%s] %s: %d reader(s) connected and no sign they have read everything %.0f s "
+                            "after the end of stream; closing (what they have not read is lost)",
+                            self.metrics.stage, sender.targets[0], sender.peers, timeout)
 
     def close(self) -> None:
         for sender in self.senders:
@@ -196,6 +265,8 @@ def run_stage(stage: Stage, options: RunOptions, *, stop: threading.Event | None
     try:
         stage.setup()
     except Exception as error:
+        if isinstance(stage, SourceStage):
+            _end_failed_source(stage, options, metrics, context, error)
         raise StageError(options.name, "setup", error) from error
     receiver = outputs = None
     try:
@@ -240,9 +311,29 @@ def _run_worker(stage: Stage, options: RunOptions, receiver: Receiver, outputs: 
             if message.is_eos and message.final:
                 finals += 1
 
-    while not stop.is_set():
+    stop_seen: float | None = None
+    last_input = time.monotonic()
+    closed, empty_receives = False, 0   # options.inputs_closed seen; receives with nothing since
+    while True:
+        if stop.is_set():
+            if _stop_now(stop):
+                return
+            if stop_seen is None:
+                stop_seen = time.monotonic()
+                log.info("[%s] finishing: waiting for %s", options.name,
+                         f"the final end of stream of {options.sources - finals} source(s)" if options.sources
+                         else f"inputs to pause for {IDLE_S:.0f} s")
+            if time.monotonic() - stop_seen > options.stop_timeout_s:
+                log.warning("[%s] stopping %.0f s after the stop request, %s", options.name, options.stop_timeout_s,
+                            f"without the final end of stream of {options.sources - finals} source(s)"
+                            if options.sources else "with inputs still arriving")
+                return
+            if not options.sources and time.monotonic() - last_input > IDLE_S:
+                return
         metrics.maybe_log()
         message = receiver.recv()
+        if message is not None:
+            last_input = time.monotonic()
         if message is not None and message.is_eos:
             metrics.eos += 1
             emit(_call(stage.end_of_stream, message, metrics))
@@ -261,6 +352,31 @@ def _run_worker(stage: Stage, options: RunOptions, receiver: Receiver, outputs: 
             log.info("[%s] all %d source(s) ended", options.name, finals)
             outputs.wait_for_readers(options.end_wait_s)
             return
+        if options.inputs_closed is not None:
+            # Checked on a receive that found nothing: then twice more in a row with nothing
+            # (what the ended upstream sent is all queued here already) before the end.
+            if message is None and not closed:
+                closed = options.inputs_closed.exists()
+            empty_receives = empty_receives + 1 if closed and message is None else 0
+            if empty_receives > 2:
+                log.info("[%s] every stage it reads from has ended and everything they sent is handled",
+                         options.name)
+                emit(_call(stage.end_of_inputs, None, metrics))
+                outputs.wait_for_readers(options.end_wait_s)
+                return
+
+
+def _send(sender: Sender, message: Message, metrics: StageMetrics) -> bool:
+    """`sender.send(message)`, except that a message that cannot be encoded is counted as dropped
+    (by reason, e.g. ``oversize-header``: a received header re-encoded past 64 KiB, or a result
+    that is not JSON) and logged, and True returned: raising would end the stage, and a retry
+    would fail the same way."""
+    try:
+        return sender.send(message)
+    except MessageError as error:
+        metrics.dropped[error.reason] += 1
+        log.warning("[%s] dropped %s seq %d: cannot be sent: %s", metrics.stage, message.stream, message.seq, error)
+        return True
 
 
 def _as_messages(produced: Outputs) -> Iterable[Message]:
@@ -287,12 +403,112 @@ def _call(method, message: Message | None, metrics: StageMetrics) -> Outputs:
         return None
 
 
+def _end_failed_source(stage: SourceStage, options: RunOptions, metrics: StageMetrics, context: zmq.Context,
+                       error: Exception) -> None:
+    """A source that could not start still ends its stream, saying why, so the run's summary can.
+
+    Bounded: a reader that never comes gets `drain_timeout_s` to take the marker.
+    """
+    if not options.outputs:
+        return
+    marker = eos(getattr(stage, "stream_id", None) or options.name, 0, final=True)
+    marker.meta = {"source": {"error": f"{type(error).__name__}: {error}"}}
+    outputs = _Outputs(options, metrics, threading.Event(), context)
+    try:
+        for sender in outputs.senders:
+            deadline = time.monotonic() + options.drain_timeout_s
+            while not sender.send(marker) and time.monotonic() < deadline:
+                pass
+        outputs.wait_for_readers(min(options.end_wait_s, options.drain_timeout_s))
+    except Exception:
+        log.warning("[%s] could not send the end of stream of the failed source", options.name, exc_info=True)
+    finally:
+        outputs.close()
+
+
+class _Ledger:
+    """A source's open streams, as the runtime sees them: what was numbered, sent, and dropped why.
+
+    Thread-safe: the capture thread of a live source numbers and evicts, the sending loop sends.
+    Bounded by the number of streams open at once (a stream's entry goes with its marker).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self._numbered: dict[str, int] = {}   # highest seq + 1 the source yielded
+        self._expected: dict[str, int] = {}   # seq after the last one sent (for prev_seq)
+        self._sent: dict[str, int] = {}       # data messages delivered
+        self._drops: dict[str, Counter] = {}  # dropped by the runtime, by reason
+
+    def number(self, message: Message) -> None:
+        with self.lock:
+            self._numbered[message.stream] = max(self._numbered.get(message.stream, 0), message.seq + 1)
+
+    def drop(self, stream: str, reason: str, count: int = 1) -> None:
+        with self.lock:
+            self._drops.setdefault(stream, Counter())[reason] += count
+
+    def sending(self, message: Message) -> None:
+        """Before `message` is sent: set ``prev_seq`` when inputs before it were not sent."""
+        with self.lock:
+            expected = self._expected.get(message.stream, 0)
+            if message.seq != expected:
+                # Inputs expected..seq-1 were dropped (undecodable, or a live source fell behind):
+                # say so, so that downstream stages restoring order need not wait for them.
+                message.meta["prev_seq"] = expected - 1
+            self._expected[message.stream] = message.seq + 1
+            self._numbered[message.stream] = max(self._numbered.get(message.stream, 0), message.seq + 1)
+
+    def sent(self, message: Message) -> None:
+        with self.lock:
+            self._sent[message.stream] = self._sent.get(message.stream, 0) + 1
+
+    def end(self, marker: Message) -> Message:
+        """The source ended `marker.stream`: its own marker, with the runtime's drops added."""
+        with self.lock:
+            drops = self._forget(marker.stream)[2]
+        return _with_drops(marker, drops)
+
+    def cut(self, error: str | None = None) -> list[Message]:
+        """Markers for every stream still open (a stop or a failure cut them short).
+
+        ``seq`` counts every input numbered; the inputs numbered but not sent that the runtime
+        did not drop are the source's own gaps, which a source leaves only for undecodable input.
+        """
+        markers = []
+        with self.lock:
+            for stream in list(self._numbered):
+                numbered, sent, drops = self._forget(stream)
+                gaps = numbered - sent - sum(drops.values())
+                marker = _with_drops(eos(stream, numbered), Counter({"undecodable": gaps}) + drops)
+                if error:
+                    marker.meta["source"]["error"] = error
+                markers.append(marker)
+        return markers
+
+    def _forget(self, stream: str) -> tuple[int, int, Counter]:
+        self._expected.pop(stream, None)
+        return (self._numbered.pop(stream, 0), self._sent.pop(stream, 0),
+                self._drops.pop(stream, None) or Counter())
+
+
+def _with_drops(marker: Message, drops: Counter) -> Message:
+    """`marker` with `drops` (by reason) added to its ``dropped`` and ``meta["source"]["dropped"]``."""
+    source = marker.meta.setdefault("source", {})
+    by_reason = source.setdefault("dropped", {})
+    for reason, count in drops.items():
+        if count > 0:
+            by_reason[reason] = by_reason.get(reason, 0) + count
+            marker.dropped += count
+    return marker
+
+
 def _run_source(stage: SourceStage, options: RunOptions, outputs: _Outputs,
                 metrics: StageMetrics, stop: threading.Event) -> None:
-    sent_per_stream: dict[str, int] = {}   # open streams only: bounded by concurrent streams
-    dropped: Counter[str] = Counter()
+    ledger = _Ledger()
     held_eos: Message | None = None        # sent when the next message shows it is not the last
-    produced = _live_feed(stage, options, metrics, dropped, stop) if stage.live else stage.produce()
+    failure: Exception | None = None
+    produced = _live_feed(stage, options, metrics, ledger, stop) if stage.live else stage.produce()
     try:
         for message in produced:
             metrics.maybe_log()
@@ -300,39 +516,44 @@ def _run_source(stage: SourceStage, options: RunOptions, outputs: _Outputs,
                 outputs.send(held_eos)
                 held_eos = None
             if message.is_eos:
-                sent_per_stream.pop(message.stream, None)
-                held_eos = eos(message.stream, message.seq, dropped=dropped.pop(message.stream, 0), pts=message.pts)
+                held_eos = ledger.end(message)
                 continue
-            expected = sent_per_stream.get(message.stream, 0)
-            if message.seq != expected:
-                # Inputs expected..seq-1 were dropped here (a live source fell behind): say so, so
-                # that downstream stages restoring order need not wait for them.
-                message.meta["prev_seq"] = expected - 1
-            sent_per_stream[message.stream] = message.seq + 1
+            ledger.sending(message)
             metrics.inputs += 1
-            outputs.send(message)
-            if stop.is_set():
+            if outputs.send(message):
+                ledger.sent(message)
+            else:
+                ledger.drop(message.stream, "send-timeout")
+            if stop.is_set() and not stage.live:   # a live feed ends itself, counting what it held
                 break
+    except Exception as error:   # end the streams, saying why, then fail
+        failure = error
     finally:
         close = getattr(produced, "close", None)
         if close:
             close()
-    # End every stream a stop cut short, so each downstream stage can finish its accounting.
-    ending = [held_eos] if held_eos is not None else []
-    ending += [eos(stream, count, dropped=dropped.pop(stream, 0)) for stream, count in sent_per_stream.items()]
+    # End every stream a stop or a failure cut short, so each downstream stage can finish its accounting.
+    error = f"{type(failure).__name__}: {failure}" if failure is not None else None
+    ending = ([held_eos] if held_eos is not None else []) + ledger.cut(error)
     if not ending:
         ending = [eos(options.name, 0)]  # a source that produced no stream still ends
+        if error:
+            ending[0].meta = {"source": {"error": error}}
     ending[-1].final = True
     for marker in ending:
         outputs.send(marker)
     outputs.wait_for_readers(options.end_wait_s)
+    if failure is not None:
+        raise failure
 
 
-def _live_feed(stage: SourceStage, options: RunOptions, metrics: StageMetrics, dropped: Counter,
+def _live_feed(stage: SourceStage, options: RunOptions, metrics: StageMetrics, ledger: _Ledger,
                stop: threading.Event) -> Iterator[Message]:
     """Run `stage.produce()` in a capture thread; yield from a drop-oldest queue.
 
-    End-of-stream markers are never dropped: they wait in order, and only data is evicted.
+    End-of-stream markers are never dropped: they wait in order, and only data is evicted. On a
+    stop the capture ends; the data still queued is counted as dropped (``stopped``) and the
+    markers queued behind it are still yielded.
     """
     queue: DropOldestQueue[Message] = DropOldestQueue(options.live_queue)
     failure: list[BaseException] = []
@@ -341,10 +562,17 @@ def _live_feed(stage: SourceStage, options: RunOptions, metrics: StageMetrics, d
         produced = stage.produce()
         try:
             for message in produced:
-                evicted = queue.put(message, droppable=not message.is_eos)
-                if evicted is not None:
-                    dropped[evicted.stream] += 1
-                    metrics.dropped["live-queue"] += 1
+                # Under the ledger's lock: a marker is never taken between an eviction and its
+                # count, and nothing is queued once the consumer has counted what a stop left.
+                with ledger.lock:
+                    if stop.is_set():
+                        break
+                    if not message.is_eos:
+                        ledger.number(message)
+                    evicted = queue.put(message, droppable=not message.is_eos)
+                    if evicted is not None:
+                        ledger.drop(evicted.stream, "live-queue")
+                        metrics.dropped["live-queue"] += 1
                 if stop.is_set():
                     break
         except BaseException as error:  # handed to the consumer thread, which raises it
@@ -356,17 +584,24 @@ def _live_feed(stage: SourceStage, options: RunOptions, metrics: StageMetrics, d
     thread = threading.Thread(target=capture, name=f"{options.name}-capture", daemon=True)
     thread.start()
     try:
-        while not queue.closed_and_empty:
+        while not queue.closed_and_empty and not stop.is_set():
             message = queue.get(timeout=0.2)
             if message is not None:
                 yield message
-            elif stop.is_set():
-                break
     finally:
-        stop_capture = stop.is_set() or not queue.closed_and_empty
-        if stop_capture:
-            stop.set()
+        if not queue.closed_and_empty:
+            stop.set()   # the consumer left early (a failure downstream): end the capture too
         thread.join(timeout=5.0)
+    # Stopped: what is still queued was captured but will not be sent.
+    with ledger.lock:
+        left = []
+        while (message := queue.get(timeout=0)) is not None:
+            left.append(message)
+        for message in left:
+            if not message.is_eos:
+                ledger.drop(message.stream, "stopped")
+                metrics.dropped["stopped"] += 1
+    yield from (message for message in left if message.is_eos)
     if failure:
         raise failure[0]
 
@@ -463,13 +698,25 @@ class StageThread(threading.Thread):
 
 
 def install_stop_signals(stop: threading.Event) -> None:
-    """SIGINT and SIGTERM ask the stage to stop gracefully; a second SIGINT interrupts at once."""
+    """SIGINT asks the stage to finish its streams; SIGTERM, or a later second SIGINT, to stop now.
+
+    See the module docstring. Nothing raises `KeyboardInterrupt`: a stage always ends through
+    its loop, so its streams end and `teardown` runs (the launcher kills what does not end).
+    """
+    first_sigint: list[float] = []
 
     def request_stop(signum: int, _frame: Any) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        stop.set()
+        now = time.monotonic()
+        if signum == signal.SIGINT and not first_sigint:
+            first_sigint.append(now)
+            log.info("received SIGINT: finishing (sources end their streams, the rest drain them); "
+                     "send it again to stop at once")
+            stop.set()
+        elif signum == signal.SIGINT and now - first_sigint[0] < DUPLICATE_SIGINT_S:
+            log.debug("received SIGINT again within %.1f s: the same request", DUPLICATE_SIGINT_S)
+        else:
+            log.info("received %s: stopping now", signal.Signals(signum).name)
+            getattr(stop, "hurry", stop.set)()
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)

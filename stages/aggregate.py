@@ -134,8 +134,9 @@ class Aggregator(Stage):
         if marker.stream in self._finished:
             return []
         stream = self._stream(marker)
-        stream.account.produced = marker.seq
-        stream.account.dropped_at_source = marker.dropped
+        stream.account.end(marker)   # the source's counters: produced, dropped by reason, what it could not count
+        if stream.account.error:
+            log.error("[%s] source of %s failed: %s", self.name, marker.stream, stream.account.error)
         stream.marker, stream.marker_at = marker, time.monotonic()
         self._final_seen |= marker.final
         return self._finish_ready()
@@ -155,6 +156,9 @@ class Aggregator(Stage):
         if self._display is not None:
             self._display.close()
         totals = summarize(list(self._finished.values()))
+        # Without the sources' final marker, a stream that sent nothing yet is not even known.
+        totals["sources_ended"] = self._final_seen
+        totals["balanced"] = totals["balanced"] and self._final_seen
         if self._after_end:
             totals["after_end"] = self._after_end
         if self._file is not None:
@@ -262,11 +266,13 @@ class Aggregator(Stage):
         outputs = [self._resolve(stream, m, late) for _, m, late in stream.order.flush()]
         account = stream.account
         if account.produced is None:   # stopped before its marker came: what arrived is all we know
-            account.produced = account.received + account.dropped_at_source
+            account.close_without_end()
+            log.error("[%s] %s: stopped before its end of stream arrived; produced is unknown, "
+                      "%d inputs arrived", self.name, name, account.received)
         if account.lost:
             log.warning("[%s] %s: %d of %d inputs never arrived (lost on the way)", self.name, name,
                         account.lost, account.produced)
-        if not account.balanced():
+        if account.known and not account.balanced():
             log.error("[%s] %s: accounting does not balance: %s", self.name, name, account.summary())
         self._finished[name] = account
         self._finished_totals[name] = stream.task.totals()

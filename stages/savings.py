@@ -4,10 +4,17 @@ The identity the aggregator checks at each end of stream (DESIGN.md, "Dataflow")
 
     inferred + skipped + reused + exited + dropped == produced
 
-where ``produced`` is the count in the source's end-of-stream marker and ``dropped`` is every
-input that never got a result: dropped by a live source (carried in the marker), lost on the
-way (a worker died, a message was rejected), or answered by nobody (an ``infer`` input that
-reached the aggregator without a result, e.g. no worker in the graph).
+where ``produced`` is the count in the source's end-of-stream marker (inputs it numbered:
+frames read, undecodable ones included) and ``dropped`` is every input that never got a
+result: dropped by the source (carried in the marker, by reason: ``undecodable``,
+``live-queue``, ``stopped``, ``send-timeout``), lost on the way (a worker died, a message was
+rejected), or answered by nobody (an ``infer`` input that reached the aggregator without a
+result, e.g. no worker in the graph).
+
+A stream is ``balanced`` only when that identity holds *and* nothing is unknown: its marker
+arrived (else ``produced`` is unknown: ``end_missing``), the source reported no loss it could
+not count as inputs (``uncounted``), and it did not fail (``error``). docs/results.md says what
+this guarantees.
 """
 
 from __future__ import annotations
@@ -19,6 +26,19 @@ from typing import Any
 from pipeline.metrics import LatencyWindow, percentile
 
 DECISIONS = ("infer", "skip", "reuse", "exit")
+#: Failed sources listed by name and error in a summary (the rest are counted).
+FAILED_LISTED = 10
+#: Reasons kept per stream from a marker's counters (a marker is input from the network).
+_MAX_REASONS = 16
+_MAX_ERROR_CHARS = 500
+
+
+def _counts(value: Any) -> Counter:
+    """``{name: count}`` from a marker's meta, keeping only names with a count >= 0 (bounded)."""
+    if not isinstance(value, dict):
+        return Counter()
+    return Counter({str(k)[:64]: v for k, v in list(value.items())[:_MAX_REASONS]
+                    if type(v) is int and v >= 0})
 
 
 @dataclass
@@ -29,6 +49,10 @@ class StreamAccount:
     decisions: Counter = field(default_factory=Counter)
     produced: int | None = None       # known once the end-of-stream marker arrives
     dropped_at_source: int = 0
+    dropped_by_reason: Counter = field(default_factory=Counter)   # the source's, from its marker
+    uncounted: Counter = field(default_factory=Counter)   # input the source lost but could not count
+    error: str | None = None          # the source failed (from its marker)
+    end_missing: bool = False         # the stream was closed before its marker came: produced unknown
     unanswered: int = 0               # infer inputs that arrived without a result
     late: int = 0                     # inputs that arrived after the reorder buffer gave up on them
     unresolved_reuse: int = 0         # reuse of an input whose result is not (or no longer) known
@@ -59,9 +83,33 @@ class StreamAccount:
         """Every input the source produced has arrived or is known dropped."""
         return self.produced is not None and self.received + self.dropped_at_source >= self.produced
 
+    @property
+    def known(self) -> bool:
+        """Everything the source took in is counted: marker arrived, no uncounted loss, no failure."""
+        return self.produced is not None and not self.end_missing and not self.uncounted and self.error is None
+
     def balanced(self) -> bool:
-        return self.produced is not None and \
-            sum(self.decisions[d] for d in DECISIONS) + self.dropped == self.produced
+        return self.known and sum(self.decisions[d] for d in DECISIONS) + self.dropped == self.produced
+
+    def end(self, marker: Any) -> None:
+        """Take the source's counters from the stream's end-of-stream marker."""
+        self.produced = marker.seq
+        self.dropped_at_source = marker.dropped
+        source = marker.meta.get("source") if isinstance(marker.meta, dict) else None
+        source = source if isinstance(source, dict) else {}
+        self.dropped_by_reason = _counts(source.get("dropped"))
+        unexplained = marker.dropped - sum(self.dropped_by_reason.values())
+        if unexplained > 0:   # a source that gives the total only
+            self.dropped_by_reason["unspecified"] += unexplained
+        self.uncounted = +_counts(source.get("uncounted"))
+        if source.get("error") is not None:
+            self.error = str(source["error"])[:_MAX_ERROR_CHARS]
+
+    def close_without_end(self) -> None:
+        """The stream is closed before its marker came: count what arrived, and say produced is unknown."""
+        if self.produced is None:
+            self.end_missing = True
+            self.produced = self.received + self.dropped_at_source
 
     def add(self, action: str, t_capture: float, now: float, model_ms: float = 0.0, filter_ms: float = 0.0) -> None:
         self.decisions[action] += 1
@@ -96,6 +144,11 @@ def summarize(accounts: list[StreamAccount]) -> dict[str, Any]:
     # the source already decodes) is in wall_s, not in the steady rate.
     steady_s = (max(ends) - min(firsts)) if firsts and ends else 0.0
     latencies = sorted(sample for account in accounts for sample in account.latency.recent)
+    by_reason, uncounted = Counter(), Counter()
+    for account in accounts:
+        by_reason.update(account.dropped_by_reason)
+        uncounted.update(account.uncounted)
+    failed = [a for a in accounts if a.error is not None]
     return {
         "streams": len(accounts),
         "produced": produced,
@@ -105,11 +158,18 @@ def summarize(accounts: list[StreamAccount]) -> dict[str, Any]:
         "exited": counts["exit"],
         "dropped": sum(a.dropped for a in accounts),
         "dropped_at_source": sum(a.dropped_at_source for a in accounts),
+        "dropped_at_source_by_reason": dict(by_reason),
         "lost": sum(a.lost for a in accounts),
         "unanswered": sum(a.unanswered for a in accounts),
         "late": sum(a.late for a in accounts),
         "unresolved_reuse": sum(a.unresolved_reuse for a in accounts),
         "balanced": all(a.balanced() for a in accounts),
+        "produced_known": all(not a.end_missing for a in accounts),
+        "streams_without_end": sum(a.end_missing for a in accounts),
+        "uncounted": dict(uncounted),
+        "streams_with_uncounted": sum(bool(a.uncounted) for a in accounts),
+        "failed_sources": len(failed),
+        "failed": [{"stream": a.stream, "error": a.error} for a in failed[:FAILED_LISTED]],
         "filtering_rate": not_inferred / answered if answered else 0.0,
         "model_ms_spent": round(model_ms, 1),
         "model_ms_per_inference": round(mean_model_ms, 2) if mean_model_ms is not None else None,
@@ -123,6 +183,26 @@ def summarize(accounts: list[StreamAccount]) -> dict[str, Any]:
     }
 
 
+def _unknowns(summary: dict[str, Any]) -> list[str]:
+    """Lines saying what the accounting could not know (empty when it knows everything)."""
+    lines = []
+    if summary.get("sources_ended") is False:
+        lines.append("  accounting incomplete: the sources' final end of stream never arrived "
+                     "(a stream that sent nothing is not counted at all)")
+    if summary.get("streams_without_end"):
+        lines.append(f"  accounting incomplete: end of stream never arrived for {summary['streams_without_end']} "
+                     f"stream(s); their produced count is unknown (what arrived is counted)")
+    if summary.get("uncounted"):
+        what = ", ".join(f"{name} {n:,}" for name, n in sorted(summary["uncounted"].items()))
+        lines.append(f"  accounting incomplete: the source lost input it could not count as inputs in "
+                     f"{summary['streams_with_uncounted']} stream(s) ({what})")
+    for failure in summary.get("failed") or []:
+        lines.append(f"  source failed: {failure['stream']}: {failure['error']}")
+    if summary.get("failed_sources", 0) > len(summary.get("failed") or []):
+        lines.append(f"  ... {summary['failed_sources'] - len(summary['failed'])} more failed source(s)")
+    return lines
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
@@ -134,13 +214,16 @@ def format_summary(summary: dict[str, Any], title: str = "savings") -> str:
     def share(n: int) -> str:
         return f"{n:>7,} ({100 * n / produced:5.1f} %)" if produced else f"{n:>7,}"
 
+    reasons = summary.get("dropped_at_source_by_reason") or {}
+    why = f": {', '.join(f'{reason} {n:,}' for reason, n in sorted(reasons.items()))}" if reasons else ""
     lines = [f"{title}: {produced:,} inputs in {summary['streams']} stream(s), "
              f"accounting {'balanced' if summary['balanced'] else 'NOT balanced'}",
              f"  inferred {share(summary['inferred'])}   skipped {share(summary['skipped'])}",
              f"  reused   {share(summary['reused'])}   exited  {share(summary['exited'])}",
-             f"  dropped  {share(summary['dropped'])}   (at source {summary['dropped_at_source']}, "
+             f"  dropped  {share(summary['dropped'])}   (at source {summary['dropped_at_source']}{why}; "
              f"lost {summary['lost']}, unanswered {summary['unanswered']})",
              f"  filtering rate {100 * summary['filtering_rate']:.1f} %"]
+    lines += _unknowns(summary)
     if summary["model_ms_per_inference"] is not None:
         lines.append(f"  heavy model: {summary['model_ms_spent'] / 1000:,.1f} s spent "
                      f"({summary['model_ms_per_inference']:.1f} ms per input), "

@@ -10,6 +10,7 @@ from tqdm import tqdm
 from pipeline.message import Message
 from pipeline.stage import SourceStage
 from stages.sources import DEFAULT_HOP_S, DEFAULT_WINDOW_S, MediaSource, ReconnectPolicy, open_source
+from stages.sources.base import default_stream_id
 
 
 class Source(SourceStage):
@@ -41,6 +42,11 @@ class Source(SourceStage):
         self.reconnect = ReconnectPolicy(attempts=reconnect_attempts)
         self.progress = progress
         self.source: MediaSource | None = None
+
+    @property
+    def stream_id(self) -> str:
+        """The stream id (or prefix) of this source: named in its end of stream if it cannot start."""
+        return self.stream or default_stream_id(self.uri)
 
     def setup(self) -> None:
         self.source = open_source(self.uri, stream=self.stream, media=self.media, realtime=self.realtime,

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from pipeline.errors import SourceError
-from pipeline.message import Message
+from pipeline.message import Message, eos
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,34 @@ def audio_message(stream: str, seq: int, samples: np.ndarray, pts: float,
     return Message("audio", stream, seq, pts=float(pts),
                    t_capture=time.time() if t_capture is None else t_capture,
                    media=audio_media(), arrays=(samples,), meta=dict(meta or {}))
+
+
+def source_eos(stream: str, count: int, dropped: dict[str, int], uncounted: dict[str, int] | None = None,
+               error: str | None = None) -> Message:
+    """A source's end-of-stream marker carrying its own counters (zero counts are left out).
+
+    Args:
+        count: inputs numbered on the stream (``seq`` 0..count-1), sent or not.
+        dropped: inputs numbered but not sent, by reason (e.g. ``undecodable``); their sum is
+            the marker's ``dropped``.
+        uncounted: input lost that cannot be counted as inputs (e.g. ``undecodable-packets`` of
+            audio, whose windows are cut from the samples that decoded): the stream's accounting
+            is then incomplete, and the summary says so.
+        error: why the source failed, if it did.
+    """
+    dropped = {reason: n for reason, n in dropped.items() if n}
+    marker = eos(stream, count, dropped=sum(dropped.values()))
+    source: dict[str, Any] = {}
+    if dropped:
+        source["dropped"] = dropped
+    uncounted = {what: n for what, n in (uncounted or {}).items() if n}
+    if uncounted:
+        source["uncounted"] = uncounted
+    if error:
+        source["error"] = error
+    if source:
+        marker.meta = {"source": source}
+    return marker
 
 
 def default_stream_id(spec: str | os.PathLike[str] | int) -> str:
@@ -109,12 +137,15 @@ class MediaSource(ABC):
       ``{"fps", "width", "height", "pixel_format": "bgr24"}``; or kind ``"audio"``: one 1-D
       ``float32`` array of mono samples in [-1, 1], media
       ``{"sample_rate": 16000, "channels": 1, "sample_format": "f32"}``;
-    * per stream, ``seq`` counts from 0 with no gaps; ``pts`` is the presentation time in
+    * per stream, ``seq`` counts from 0; it skips a number only for an input the source read
+      but could not decode (a video packet the decoder rejected), and for nothing else;
+      ``pts`` is the presentation time in
       seconds from the stream's start; ``t_capture`` is the wall-clock time (``time.time()``)
       at which the source produced the data (decoded it, or read it from the device);
-    * after a stream's last data message, ``eos(stream, count)`` for that stream, where
-      ``count`` is the number of data messages yielded on it. A source never sets the EOS
-      ``final`` flag: the runtime does, once the source has no more streams.
+    * after a stream's last data message, its end-of-stream marker (`source_eos`): ``seq`` =
+      ``count``, the inputs numbered on it (yielded or skipped), ``dropped`` = the skipped ones,
+      with the reasons and any loss it cannot count as inputs in ``meta["source"]``. A source
+      never sets the EOS ``final`` flag: the runtime does, once the source has no more streams.
 
     Arrays yielded are never reused or overwritten by the source afterwards: the runtime sends
     them without copying and may hold them.

@@ -5,9 +5,15 @@
 demux order. `VideoFileSource`, `AudioFileSource` and the Hollywood2 reader all use it, so they
 handle truncated and corrupt input the same way:
 
-* a packet the decoder rejects is counted, logged and skipped;
+* a video packet the decoder rejects is a frame read but undecodable: its ``seq`` is skipped
+  (a gap the next frame's ``prev_seq`` names), and the stream's end-of-stream marker counts it
+  in ``dropped`` and ``meta["source"]["dropped"]["undecodable"]``;
+* an audio packet the decoder rejects is logged and counted in the marker's
+  ``meta["source"]["uncounted"]["undecodable-packets"]``: windows are cut from the samples that
+  decoded, so how many windows it would have made is unknown, and the summary says so;
 * a read error in the middle of the file (truncated, damaged) ends the streams cleanly with a
-  warning, after everything that decoded;
+  warning, after everything that decoded, and the markers say so in ``meta["source"]["uncounted"]``
+  (``unread-frames`` when the container declares more frames than could be read, else ``read-error``);
 * an input from which nothing at all decodes raises `SourceFormatError` naming the path.
 """
 
@@ -24,8 +30,8 @@ import av.error
 import numpy as np
 
 from pipeline.errors import SourceError, SourceFormatError, SourceNotFoundError
-from pipeline.message import Message, eos
-from stages.sources.base import AUDIO_SAMPLE_RATE, MediaSource, audio_message, video_message
+from pipeline.message import Message
+from stages.sources.base import AUDIO_SAMPLE_RATE, MediaSource, audio_message, source_eos, video_message
 from stages.sources.windows import WindowSpec, Windower
 
 logger = logging.getLogger(__name__)
@@ -290,6 +296,7 @@ def decode_messages(container: av.container.InputContainer, location: Path, *,
     meta = dict(meta or {})
     problems: list[str] = []
     rejected = 0
+    undecodable = {"video": 0, "audio": 0}
     video_packets = video_count = audio_count = 0
     stopped_early = False
     packets = _packets(container, streams, problems)
@@ -305,6 +312,9 @@ def decode_messages(container: av.container.InputContainer, location: Path, *,
                 if rejected <= _LOGGED_PACKET_ERRORS:
                     logger.warning("%s: skipping a %s packet the decoder rejects (pts %s): %s",
                                    location, stream.type, getattr(packet, "pts", None), error)
+                undecodable[stream.type] += 1
+                if is_video and packet is not None and packet.size:
+                    video_count += 1   # a frame read but undecodable: its seq stays a gap
                 continue
             for frame in frames:
                 if is_video:
@@ -332,23 +342,29 @@ def decode_messages(container: av.container.InputContainer, location: Path, *,
         for pts, samples, valid in resampling.push(None):
             yield audio_message(audio_id, audio_count, samples, pts, _window_meta(meta, valid, samples.size))
             audio_count += 1
-    if video_count == 0 and audio_count == 0:
+    if video_count == undecodable["video"] and audio_count == 0:
         detail = "; ".join(problems) or "the streams hold no decodable frames"
         raise SourceFormatError(f"expected decodable {' and '.join(s.type for s in streams)} in {location}, "
                                 f"got nothing that decodes: {detail}")
     declared = video.frames if video is not None else 0
+    uncounted: dict[str, int] = {}
     if video is not None and not stopped_early and declared and video_packets < declared:
         problems.append(f"the container declares {declared} video frames but only {video_packets} "
                         f"could be read; the file looks truncated")
+        uncounted["unread-frames"] = declared - video_packets
+    elif problems:
+        uncounted["read-error"] = 1
     for problem in problems:
         logger.warning("%s: %s; ending the streams after %d video frames and %d audio windows",
                        location, problem, video_count, audio_count)
     if rejected:
-        logger.warning("%s: %d packets were rejected by the decoder and skipped", location, rejected)
+        logger.warning("%s: %d packets were rejected by the decoder and skipped (%d video frames counted "
+                       "as dropped, %d audio packets)", location, rejected, undecodable["video"], undecodable["audio"])
     if video is not None:
-        yield eos(video_id, video_count)
+        yield source_eos(video_id, video_count, {"undecodable": undecodable["video"]}, uncounted)
     if audio is not None:
-        yield eos(audio_id, audio_count)
+        audio_uncounted = {**uncounted, "undecodable-packets": undecodable["audio"]}
+        yield source_eos(audio_id, audio_count, {}, audio_uncounted)
 
 
 def _window_meta(meta: dict[str, Any], valid: int, size: int) -> dict[str, Any]:

@@ -13,8 +13,8 @@ import av
 import av.error
 
 from pipeline.errors import SourceError, SourceFormatError, SourceNotFoundError, SourceTimeoutError
-from pipeline.message import Message, eos
-from stages.sources.base import MediaSource, default_stream_id, video_message
+from pipeline.message import Message
+from stages.sources.base import MediaSource, default_stream_id, source_eos, video_message
 from stages.sources.decoding import FrameClock, frame_rate, picture_stream
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ class NetworkStreamSource(MediaSource):
     Every blocking FFmpeg call is bounded: ``av.open(url, timeout=(open_timeout_s,
     read_timeout_s))``. When the connection ends for any reason, the source reconnects
     following `reconnect`; the stream id stays the same and ``seq`` keeps counting, so the
-    runtime sees one stream with no gaps. ``pts`` starts at 0 and stays monotonic across
+    runtime sees one stream with no gaps, except one ``seq`` skipped per packet the decoder
+    rejects (counted as ``undecodable`` in the end-of-stream marker). ``pts`` starts at 0 and stays monotonic across
     reconnections: within a connection it follows the stream's timestamps, and a new
     connection continues from the wall time elapsed since the first frame.
 
@@ -219,6 +220,7 @@ class NetworkStreamSource(MediaSource):
         origin: float | None = None        # monotonic time of the first frame
         last_pts = -math.inf
         failures = 0                       # reconnection tries since a connection last gave a frame
+        skipped = 0                        # rejected packets whose seq has been skipped
         while self._container is not None:
             container = self._container
             video = picture_stream(container)
@@ -235,13 +237,15 @@ class NetworkStreamSource(MediaSource):
                     offset = 0.0 if count == 0 else max(now - origin, last_pts + 1.0 / (fps or 1000.0))
                     base = (offset, stream_time)
                 pts = base[0] + stream_time - base[1]  # FrameClock keeps it increasing
+                count += self.rejected_packets - skipped   # an undecodable frame keeps its seq, as a gap
+                skipped = self.rejected_packets
                 yield video_message(self.stream, count, frame.to_ndarray(format="bgr24"), pts, fps)
                 last_pts = pts
                 count += 1
                 received += 1
                 if self.max_frames is not None and count >= self.max_frames:
                     self._close()
-                    yield eos(self.stream, count)
+                    yield source_eos(self.stream, count, {"undecodable": skipped})
                     return
             self._close()
             # Tries count until a connection delivers a frame, so a server that accepts and
@@ -260,4 +264,5 @@ class NetworkStreamSource(MediaSource):
             if self._container is None:
                 logger.warning("stream %s: no reconnection after %d tries; ending the stream",
                                self.location, len(delays))
-        yield eos(self.stream, count)
+        count += self.rejected_packets - skipped
+        yield source_eos(self.stream, count, {"undecodable": self.rejected_packets})

@@ -55,11 +55,13 @@ class TcpStreamServer:
 
     The server listens, sends a session's frames to the client that connects, closes, and
     listens again for the next session. Leaving the ``with`` block waits for it (bounded) and
-    kills it if it is still running.
+    kills it if it is still running. `pace`: frames per second to send at (None: as fast as
+    they encode).
     """
 
     sessions: list[int]
     port: int = field(default_factory=free_tcp_port)
+    pace: float | None = None
 
     @property
     def url(self) -> str:
@@ -67,8 +69,8 @@ class TcpStreamServer:
 
     def __enter__(self) -> TcpStreamServer:
         self.process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("stream_server.py")), str(self.port),
-             *map(str, self.sessions)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [sys.executable, str(Path(__file__).with_name("stream_server.py")),
+             *(["--pace", str(self.pace)] if self.pace else []), str(self.port), *map(str, self.sessions)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # The server prints "listening N" just before FFmpeg binds; give it a moment more.
         # (Probing the port with a connection would consume the session.)
         line = self.process.stdout.readline()
