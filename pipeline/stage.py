@@ -276,7 +276,8 @@ def run_stage(stage: Stage, options: RunOptions, *, stop: threading.Event | None
         else:
             if not options.inputs:
                 raise ConfigError(f"stage {options.name!r} ({type(stage).__name__}) needs at least one input endpoint")
-            receiver = Receiver(options.inputs, pattern=options.in_pattern, options=options.socket, context=context)
+            receiver = Receiver(options.inputs, pattern=options.in_pattern, options=options.socket, context=context,
+                                rejected=metrics.rejected)   # counted as they happen
             _run_worker(stage, options, receiver, outputs, metrics, stop)
     except StageError:
         raise
@@ -288,7 +289,6 @@ def run_stage(stage: Stage, options: RunOptions, *, stop: threading.Event | None
         except Exception:
             log.exception("[%s] teardown failed", options.name)
         if receiver is not None:
-            metrics.rejected.update(receiver.rejected)
             receiver.close(linger_ms=0)
         if outputs is not None:
             outputs.close()
@@ -364,6 +364,19 @@ def _run_worker(stage: Stage, options: RunOptions, receiver: Receiver, outputs: 
                 emit(_call(stage.end_of_inputs, None, metrics))
                 outputs.wait_for_readers(options.end_wait_s)
                 return
+
+
+def _send(sender: Sender, message: Message, metrics: StageMetrics) -> bool:
+    """`sender.send(message)`, except that a message that cannot be encoded is counted as dropped
+    (by reason, e.g. ``oversize-header``: a received header re-encoded past 64 KiB, or a result
+    that is not JSON) and logged, and True returned: raising would end the stage, and a retry
+    would fail the same way."""
+    try:
+        return sender.send(message)
+    except MessageError as error:
+        metrics.dropped[error.reason] += 1
+        log.warning("[%s] dropped %s seq %d: cannot be sent: %s", metrics.stage, message.stream, message.seq, error)
+        return True
 
 
 def _send(sender: Sender, message: Message, metrics: StageMetrics) -> bool:

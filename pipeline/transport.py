@@ -139,7 +139,9 @@ class SocketOptions:
     linger_ms: how long `close` waits to deliver what is still queued.
     send_timeout_ms / recv_timeout_ms: the longest one `send` / `recv` call waits; callers
         loop, so a stop request is seen within this time.
-    max_message_bytes: larger messages are rejected by receivers (logged, counted).
+    max_message_bytes: larger messages are rejected by receivers (logged, counted as
+        ``oversize``). Receivers also give it to libzmq (ZMQ_MAXMSGSIZE), which drops a larger
+        part before receiving it and closes that connection.
     buffer_bytes: kernel socket buffer size for tcp (0 keeps the OS default).
     ipc_send_buffer_bytes: kernel send buffer of each ipc connection a `Sender` has (0 keeps
         the OS default). libzmq sets no buffer sizes on ipc sockets, and the usual default
@@ -191,7 +193,13 @@ def keep_freed_buffers() -> bool:
     return mallopt(-3, 32 << 20) == 1 and mallopt(-1, 64 << 20) == 1
 
 
-def _open_socket(context: zmq.Context, pattern: str, targets: list[Endpoint], options: SocketOptions) -> zmq.Socket:
+def _open_socket(context: zmq.Context, pattern: str, targets: list[Endpoint], options: SocketOptions,
+                 before_attach: Callable[[zmq.Socket], None] | None = None) -> zmq.Socket:
+    """A socket of `pattern` with `options`, bound or connected to `targets`.
+
+    `before_attach` runs after the options are set and before the first bind/connect (a
+    receiver starts its socket monitor there, so it sees every connection).
+    """
     keep_freed_buffers()
     socket = context.socket(_SOCKET_TYPES[pattern])
     try:
@@ -200,6 +208,12 @@ def _open_socket(context: zmq.Context, pattern: str, targets: list[Endpoint], op
         socket.setsockopt(zmq.RCVHWM, options.hwm)
         socket.setsockopt(zmq.LINGER, options.linger_ms)
         socket.setsockopt(zmq.RCVTIMEO, options.recv_timeout_ms)
+        if pattern in ("pull", "sub"):
+            # libzmq drops a part larger than this as soon as its length arrives, before
+            # receiving it, and closes that connection (the peer reconnects): an oversized
+            # message never costs a receiver its size in memory. It counts per part; the
+            # total of all parts is checked again in `decode`.
+            socket.setsockopt(zmq.MAXMSGSIZE, options.max_message_bytes)
         # Reconnect quickly after a neighbour restarts, backing off to 1 s if it stays away.
         socket.setsockopt(zmq.RECONNECT_IVL, 50)
         socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
@@ -210,6 +224,8 @@ def _open_socket(context: zmq.Context, pattern: str, targets: list[Endpoint], op
             if len({t.bind for t in targets}) > 1:
                 raise EndpointError("a CurveZMQ socket either binds or connects, not both")
             secure(socket, options.curve, bind=targets[0].bind)
+        if before_attach is not None:
+            before_attach(socket)
         for target in targets:
             if target.bind:
                 if target.url.startswith("ipc://"):
@@ -396,8 +412,11 @@ class Sender:
 class Receiver:
     """Receives messages on a PULL (fan-in) or SUB socket, one socket for all its endpoints.
 
-    Bad messages are dropped with a logged reason and counted in `rejected`; `recv` then
-    goes on waiting, so a bad peer never stops a stage.
+    Bad messages are dropped with a logged reason and counted in `rejected` (by reason, one
+    of `pipeline.message.REJECTION_REASONS`); `recv` then goes on waiting, so a bad peer never
+    stops a stage. A message with a part over `SocketOptions.max_message_bytes` is dropped by
+    libzmq unread, which closes that connection; `_ConnectionWatch` counts that as
+    ``oversize`` too, and connects again where this side connected.
     """
 
     # Log the first few rejections of each reason, then one in this many, so a flood of bad
@@ -406,7 +425,7 @@ class Receiver:
 
     def __init__(self, sources: Iterable[Endpoint], *, pattern: ReceivePattern = "pull",
                  options: SocketOptions = SocketOptions(), context: zmq.Context | None = None,
-                 topic: bytes = b""):
+                 topic: bytes = b"", rejected: Counter[str] | None = None):
         if pattern not in ("pull", "sub"):
             raise ValueError(f"receive pattern must be 'pull' or 'sub', got {pattern!r}")
         self.sources = list(sources)
@@ -415,37 +434,62 @@ class Receiver:
         self.pattern = pattern
         self.options = options
         self.received = 0
-        self.rejected: Counter[str] = Counter()
+        # Pass a counter to share it (a stage's metrics): rejections show while it runs.
+        self.rejected: Counter[str] = Counter() if rejected is None else rejected
+        self._watch: _ConnectionWatch | None = None
         self._channel = _inproc_channel(self.sources)
         if self._channel is not None:
             self.socket = None
             self._subscription = deque() if pattern == "sub" else None
             inproc.attach(self._channel, self._subscription)
             return
-        self.socket = _open_socket(context or zmq.Context.instance(), pattern, self.sources, options)
+
+        def watch(zmq_socket: zmq.Socket) -> None:
+            self._watch = _ConnectionWatch(zmq_socket, self.sources, options.max_message_bytes)
+
+        try:
+            self.socket = _open_socket(context or zmq.Context.instance(), pattern, self.sources, options,
+                                       before_attach=watch)
+        except BaseException:
+            if self._watch is not None:
+                self._watch.monitor.close(linger=0)
+            raise
         if pattern == "sub":
             self.socket.setsockopt(zmq.SUBSCRIBE, topic)
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+        self._poller.register(self._watch.monitor, zmq.POLLIN)
+        self._next_watch = 0.0
 
     def recv(self, timeout: float | None = None) -> Message | None:
         """The next well-formed message, or None when none came within `timeout` seconds.
 
-        `timeout` None waits up to the socket's receive timeout once.
+        `timeout` None waits up to the socket's receive timeout.
         """
         if self._channel is not None:
             return self._recv_inproc(self.options.recv_timeout_ms / 1000 if timeout is None else timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = time.monotonic() + (self.options.recv_timeout_ms / 1000 if timeout is None else max(0.0, timeout))
         while True:
+            now = time.monotonic()
+            if now >= self._next_watch:   # connections: a few times a second, and when they change
+                self._next_watch = now + _ConnectionWatch.CHECK_S
+                for error in self._watch.check():
+                    self._reject(error)
             try:
-                parts = self.socket.recv_multipart(copy=False)
+                parts = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                if deadline is None or time.monotonic() >= deadline:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     return None
+                ready = dict(self._poller.poll(min(remaining, _ConnectionWatch.CHECK_S) * 1000 + 1))
+                if self._watch.monitor in ready:
+                    self._next_watch = 0.0
                 continue
             try:
                 message = decode(parts, self.options.max_message_bytes)
             except MessageError as error:
                 self._reject(error)
-                if deadline is not None and time.monotonic() >= deadline:
+                if time.monotonic() >= deadline:
                     return None
                 continue
             self.received += 1
@@ -478,6 +522,8 @@ class Receiver:
                 inproc.detach(self._channel, self._subscription)
                 self._channel = _DETACHED
             return
+        if self._watch is not None:
+            self._watch.close()
         self.socket.close(linger=self.options.linger_ms if linger_ms is None else linger_ms)
 
     def __enter__(self) -> Receiver:
@@ -485,3 +531,119 @@ class Receiver:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _ConnectionWatch:
+    """Finds the connections of a receiving socket that libzmq closed because the peer broke
+    the protocol: for a receiver, a part over ZMQ_MAXMSGSIZE (`check` returns an ``oversize``
+    `MessageError` for each).
+
+    libzmq 4.3 reports such a drop only as EVENT_DISCONNECTED, the event a peer that leaves
+    also causes (measured with pyzmq 27 / libzmq 4.3.5: no HANDSHAKE_FAILED event, no error
+    code). So:
+
+    * where this side connected, libzmq reconnects after a peer left (EVENT_CONNECT_RETRIED
+      follows at once) but never after a protocol error: the link would stay dead. A
+      disconnect of an established connection that no retry follows within `RETRY_GRACE_S` is
+      counted, and the endpoint connected again;
+    * where this side bound, the peer reconnects by itself. Each accepted connection's socket
+      is duplicated (the descriptor the monitor reports) and looked at once libzmq has let it
+      go: end of file means the peer closed it (it left); anything else (bytes of the message
+      libzmq refused, or nothing yet from a peer still connected) means libzmq closed it on
+      its own. A failed CURVE handshake is told apart by its own event. A connection accepted
+      and closed between two looks (a fraction of a second) is not seen.
+    """
+
+    CHECK_S = 0.1          # how often `Receiver.recv` looks at least, while it is called
+    RETRY_GRACE_S = 0.5    # libzmq announces a reconnect microseconds after the disconnect
+    EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+              | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+              | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+    _FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+               zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+    def __init__(self, zmq_socket: zmq.Socket, sources: list[Endpoint], limit: int):
+        self.zmq_socket = zmq_socket
+        self.limit = limit
+        self.monitor = zmq_socket.get_monitor_socket(self.EVENTS)
+        self._connected = {t.url for t in sources if not t.bind}
+        self._established: set[str] = set()              # connected endpoints past their handshake
+        self._silent: dict[str, float] = {}              # connected endpoint -> when it dropped
+        self._accepted: dict[int, socket.socket] = {}   # libzmq's descriptor -> our duplicate
+        self._failed_handshakes: Counter[str] = Counter()  # bound endpoint -> failures not yet matched
+
+    def check(self) -> list[MessageError]:
+        """Read the monitor; the drops found (each an ``oversize`` error to count)."""
+        events = []
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)
+            events.append((event["event"], event["value"], event["endpoint"].decode(errors="replace")))
+        drops = []
+        now = time.monotonic()
+        for index, (kind, value, endpoint) in enumerate(events):
+            if endpoint in self._connected:
+                if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    self._established.add(endpoint)
+                elif kind == zmq.EVENT_DISCONNECTED and endpoint in self._established:
+                    self._established.discard(endpoint)
+                    self._silent[endpoint] = now
+                elif kind in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CONNECTED):
+                    self._silent.pop(endpoint, None)
+            elif kind == zmq.EVENT_ACCEPTED:
+                # Gone already if it disconnects later in this batch: the number may be reused.
+                if not any(k == zmq.EVENT_DISCONNECTED and v == value for k, v, _ in events[index + 1:]):
+                    self._duplicate(value)
+            elif kind in self._FAILED:
+                self._failed_handshakes[endpoint] += 1
+            elif kind == zmq.EVENT_DISCONNECTED:
+                duplicate = self._accepted.pop(value, None)
+                if duplicate is None:
+                    self._failed_handshakes.pop(endpoint, None)
+                    continue
+                closed_by_libzmq = self._closed_by_us(duplicate)
+                if self._failed_handshakes[endpoint] > 0:
+                    self._failed_handshakes[endpoint] -= 1   # refused by CURVE, not by size
+                elif closed_by_libzmq:
+                    drops.append(MessageError("oversize", f"a part over {self.limit} bytes (ZMQ_MAXMSGSIZE) "
+                                              f"came on {endpoint}: dropped unread, connection closed"))
+        for endpoint, since in list(self._silent.items()):
+            if now - since >= self.RETRY_GRACE_S:
+                del self._silent[endpoint]
+                drops.append(MessageError("oversize", f"a part over {self.limit} bytes (ZMQ_MAXMSGSIZE) came "
+                                          f"from {endpoint}: dropped unread, connection closed; connecting again"))
+                self._reconnect(endpoint)
+        return drops
+
+    def _duplicate(self, fd: int) -> None:
+        try:
+            self._accepted[fd] = socket.socket(fileno=os.dup(fd))
+        except OSError as error:   # closed meanwhile
+            log.debug("could not watch connection fd %d: %s", fd, error)
+
+    @staticmethod
+    def _closed_by_us(connection: socket.socket) -> bool:
+        """Whether libzmq, not the peer, closed `connection` (our duplicate is closed here)."""
+        with connection:
+            try:
+                return connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+            except BlockingIOError:
+                return True       # the peer is still there and has sent nothing more
+            except OSError:
+                return False      # reset by the peer: it went away
+
+    def _reconnect(self, endpoint: str) -> None:
+        try:
+            self.zmq_socket.disconnect(endpoint)
+        except zmq.ZMQError:
+            pass
+        try:
+            self.zmq_socket.connect(endpoint)
+        except zmq.ZMQError as error:
+            log.warning("could not connect to %s again after an oversize message: %s", endpoint, error)
+
+    def close(self) -> None:
+        self.zmq_socket.disable_monitor()
+        self.monitor.close(linger=0)
+        for connection in self._accepted.values():
+            connection.close()
+        self._accepted.clear()

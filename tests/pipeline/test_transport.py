@@ -108,7 +108,12 @@ def _raw_push(url: str) -> zmq.Socket:
     ([json.dumps({"v": 1, "kind": "video", "stream": "s", "seq": 0,
                   "buffers": [{"dtype": "|u1", "shape": [10]}]}).encode(), b"short"], "size-mismatch"),
     ([json.dumps({"v": 99}).encode()], "bad-version"),
+    # One part over the limit: libzmq drops it unread and closes the bad peer's connection.
     (encode(Message("video", "s", 0, arrays=(np.zeros(2048, np.uint8),))), "oversize"),
+    # Every part under the limit, all of them together over it: refused by decode.
+    (encode(Message("video", "s", 0, arrays=(np.zeros(600, np.uint8),) * 2)), "oversize"),
+    ([b'{"v":1,"kind":"video","stream":"s","seq":0,"meta":' + b"[" * 40 + b"]" * 40 + b"}"], "bad-header"),
+    ([json.dumps({"v": 1, "kind": "video", "stream": "s", "seq": 0}).replace("0}", "NaN}").encode()], "bad-number"),
 ])
 def test_receiver_rejects_bad_messages_and_keeps_receiving(process_transport, make_url, bad_parts, reason):
     """Raw bytes from a foreign peer (inproc is an in-process channel of typed messages: no such peer)."""
@@ -117,6 +122,9 @@ def test_receiver_rejects_bad_messages_and_keeps_receiving(process_transport, ma
     with Receiver([Endpoint(url, True)], options=options) as receiver:
         bad_peer = _raw_push(url)
         with Sender([Endpoint(url, False)], options=options) as good_peer:
+            # Let the receiver see both connections first: one accepted and dropped between two
+            # looks at the monitor is not counted (see _ConnectionWatch).
+            assert receiver.recv(timeout=0.3) is None
             bad_peer.send_multipart(bad_parts)
             time.sleep(0.05)
             assert good_peer.send(Message("video", "s", 1, arrays=(np.zeros(10, np.uint8),)))
@@ -221,3 +229,47 @@ def test_inproc_fan_in_while_a_sender_waits_for_readers_to_leave(make_url):
     assert None not in received and all(results["b"]) and results["left"] is True
     assert sorted((m.stream, m.seq) for m in received) == [("a", 0)] + [("b", seq) for seq in range(200)]
     assert elapsed < 1.5, f"a sender missed its wake-up: 201 messages took {elapsed:.1f} s"
+
+
+def _small(seq: int) -> Message:
+    return Message("video", "s", seq, arrays=(np.zeros(10, np.uint8),))
+
+
+def _receive_seq(receiver: Receiver, sender: Sender, seq: int, within_s: float = 10.0) -> Message | None:
+    """Send `seq` until `receiver` has it (a sender cut off by the receiver reconnects meanwhile)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        sender.send(_small(seq))
+        message = receiver.recv(timeout=0.2)
+        if message is not None and message.seq == seq:
+            return message
+    return None
+
+
+@pytest.mark.parametrize("receiver_binds", [False, True], ids=["receiver-connects", "receiver-binds"])
+def test_a_part_over_the_limit_is_dropped_unread_counted_and_the_link_lives_on(process_transport, make_url,
+                                                                              receiver_binds):
+    """libzmq (ZMQ_MAXMSGSIZE) drops a 4 MiB part at a 1 MiB limit and closes the connection. Where the
+    receiver connected, libzmq would never reconnect after that (the link stayed dead); where it bound,
+    the sender reconnects. Either way the drop is counted as "oversize" and the next message arrives."""
+    url = make_url(process_transport)
+    options = replace(FAST, max_message_bytes=1 << 20)
+    with Receiver([Endpoint(url, receiver_binds)], options=options) as receiver, \
+            Sender([Endpoint(url, not receiver_binds)], options=options) as sender:
+        assert _receive_seq(receiver, sender, 0) is not None
+        assert sender.send(Message("video", "s", 1, arrays=(np.zeros(4 << 20, np.uint8),)))
+        assert _receive_seq(receiver, sender, 2) is not None
+        assert _receive_seq(receiver, sender, 3) is not None
+        assert receiver.rejected == {"oversize": 1}
+
+
+@pytest.mark.parametrize("receiver_binds", [False, True], ids=["receiver-connects", "receiver-binds"])
+def test_a_peer_that_leaves_and_comes_back_is_not_counted_as_a_rejection(process_transport, make_url,
+                                                                        receiver_binds):
+    url = make_url(process_transport)
+    with Receiver([Endpoint(url, receiver_binds)], options=FAST) as receiver:
+        for seq in range(2):
+            with Sender([Endpoint(url, not receiver_binds)], options=FAST) as sender:
+                assert _receive_seq(receiver, sender, seq) is not None
+            receiver.recv(timeout=0.7)  # sees the peer leave, and the retries (grace period: 0.5 s)
+        assert receiver.rejected == {}
