@@ -379,19 +379,6 @@ def _send(sender: Sender, message: Message, metrics: StageMetrics) -> bool:
         return True
 
 
-def _send(sender: Sender, message: Message, metrics: StageMetrics) -> bool:
-    """`sender.send(message)`, except that a message that cannot be encoded is counted as dropped
-    (by reason, e.g. ``oversize-header``: a received header re-encoded past 64 KiB, or a result
-    that is not JSON) and logged, and True returned: raising would end the stage, and a retry
-    would fail the same way."""
-    try:
-        return sender.send(message)
-    except MessageError as error:
-        metrics.dropped[error.reason] += 1
-        log.warning("[%s] dropped %s seq %d: cannot be sent: %s", metrics.stage, message.stream, message.seq, error)
-        return True
-
-
 def _as_messages(produced: Outputs) -> Iterable[Message]:
     if produced is None:
         return ()
