@@ -22,16 +22,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import sys
 import time
-from collections import OrderedDict
+import uuid
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from pipeline.errors import ConfigError
-from pipeline.message import Message, eos
+from pipeline.message import MAX_HEADER_BYTES, Message, eos
 from pipeline.stage import Stage
+from stages import ledger
 from stages.reorder import ReorderBuffer
 from stages.results import Decision, ResultError
 from stages.savings import StreamAccount, format_summary, summarize
@@ -43,6 +47,24 @@ log = logging.getLogger(__name__)
 #: Resolved results kept per stream for `reuse` decisions that point back at them.
 REUSE_CACHE_SIZE = 4096
 
+#: What a peer's malformed decision or result can raise while it is read (never let out).
+_BAD_FIELD = (ResultError, TypeError, ValueError, ArithmeticError, RecursionError, AttributeError, KeyError)
+#: Rejections logged per reason before the log goes quiet (they are all counted).
+_REJECTIONS_LOGGED = 20
+
+
+def _plausible_time(t: float, now: float) -> bool:
+    """A capture time is a finite Unix time within a day of now (0.0 means "not given")."""
+    return math.isfinite(t) and abs(now - t) < 86400
+
+
+def _header_size(message: Message) -> int:
+    """Bytes of `message`'s header on the wire; larger than any limit when it is not plain JSON."""
+    try:
+        return len(json.dumps(message.header(), separators=(",", ":"), allow_nan=False))
+    except (TypeError, ValueError, RecursionError):
+        return MAX_HEADER_BYTES + 1
+
 
 @dataclass
 class _Stream:
@@ -52,6 +74,7 @@ class _Stream:
     answers: OrderedDict = field(default_factory=OrderedDict)   # seq -> answer, bounded
     marker: Message | None = None                               # its end-of-stream marker, held
     marker_at: float = 0.0
+    written: ledger.SeqSet = field(default_factory=ledger.SeqSet)  # seqs with a line in --out
 
 
 class Aggregator(Stage):
@@ -68,13 +91,22 @@ class Aggregator(Stage):
     reorder_window / reorder_timeout_s: how far out of order inputs may arrive.
     eos_timeout_s: how long a stream waits after its end-of-stream marker for stragglers.
     print_summary: print the savings summary to stdout when the stage ends.
+    run_id: which run this is (default: $INFISTREAM_RUN_ID, which the launcher sets, else a new
+        one). `out` starts with a line naming it; a process of the same run (the launcher
+        restarting a crashed aggregator) appends to that file and resumes from it, any other
+        run starts a new file. See docs/results.md, "Restarts".
+    job_key: hex key shared with the filter (default: $INFISTREAM_JOB_KEY; the apps set it):
+        when set, only messages the filter tagged are accepted, each input once (stages/ledger.py).
+
+    Every input is written to `out` once: a second message for an input already written or
+    held (a duplicate, a replay, a forgery) is rejected and counted (``rejected`` in the totals).
     """
 
     forwards_end_of_stream = False
 
     def __init__(self, task: str = "auto", out: str = "", line: str = "", region: str = "", words: int = 2,
                  summary: str = "", show: str = "", reorder_window: int = 256, reorder_timeout_s: float = 5.0,
-                 eos_timeout_s: float = 30.0, print_summary: bool = True):
+                 eos_timeout_s: float = 30.0, print_summary: bool = True, run_id: str = "", job_key: str = ""):
         if task not in ("auto", "vehicles", "speech"):
             raise ConfigError(f"aggregator task must be auto, vehicles or speech, got {task!r}")
         if eos_timeout_s < 0 or reorder_timeout_s < 0 or reorder_window < 1:
@@ -92,6 +124,9 @@ class Aggregator(Stage):
         self.reorder_window, self.reorder_timeout_s = reorder_window, reorder_timeout_s
         self.eos_timeout_s = eos_timeout_s
         self.print_summary = print_summary
+        self.run_id = run_id
+        self._key = ledger.job_key(job_key)
+        self.rejected: Counter = Counter()     # reason -> messages refused (forged, duplicate, ...)
         self._streams: dict[str, _Stream] = {}
         self._finished: dict[str, StreamAccount] = {}
         self._finished_totals: dict[str, dict[str, Any]] = {}
@@ -105,7 +140,19 @@ class Aggregator(Stage):
     def setup(self) -> None:
         if self.out:
             self.out.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.out.open("w", encoding="utf-8")
+            self.run_id = self.run_id or os.environ.get(ledger.RUN_ID_ENV) or uuid.uuid4().hex
+            previous = ledger.read_results(self.out)
+            if previous is not None and previous.run_id == self.run_id:
+                # A restart within the same run: keep every whole line, resume from them.
+                with self.out.open("r+b") as file:
+                    file.truncate(previous.valid_bytes)
+                self._file = self.out.open("a", encoding="utf-8", buffering=1)
+                self._restore(previous)
+            else:
+                # Line-buffered: what a line says was resolved is in the file even if this
+                # process is killed right after (a restart reads it back).
+                self._file = self.out.open("w", encoding="utf-8", buffering=1)
+                self._write(ledger.header(self.run_id))
         if self.show:
             from stages.display import Display   # OpenCV window or video writer, only when asked
             self._display = Display(self.show, line=self.line, region=self.region)
@@ -117,13 +164,18 @@ class Aggregator(Stage):
             log.warning("[%s] %s seq %d arrived after its stream ended; not counted", self.name,
                         message.stream, message.seq)
             return []
+        if not self._authentic(message):
+            return []
         stream = self._stream(message)
+        if message.seq in stream.written:
+            self._reject(message, "duplicate", "already written")
+            return []
         try:
             prev_seq = message.meta.get("prev_seq")
             released = list(stream.order.push(message.seq, message,
-                                              prev_seq if isinstance(prev_seq, int) else None))
-        except ValueError as error:
-            log.warning("[%s] %s: %s; the duplicate is ignored", self.name, message.stream, error)
+                                              prev_seq if type(prev_seq) is int and 0 <= prev_seq < message.seq else None))
+        except ValueError:
+            self._reject(message, "duplicate", "already held")
             return []
         outputs = [self._resolve(stream, m, late) for _, m, late in released]
         if stream.marker is not None:     # a straggler after the marker: maybe the last one
@@ -131,6 +183,10 @@ class Aggregator(Stage):
         return outputs
 
     def end_of_stream(self, marker: Message) -> list[Message]:
+        if self._key is not None and not ledger.tag_matches(self._key, "eos", marker.stream, marker.seq,
+                                                             marker.meta.get("tag")):
+            self._reject(marker, "forged", "end-of-stream marker without the filter's tag")
+            return []
         if marker.stream in self._finished:
             return []
         stream = self._stream(marker)
@@ -161,6 +217,8 @@ class Aggregator(Stage):
         totals["balanced"] = totals["balanced"] and self._final_seen
         if self._after_end:
             totals["after_end"] = self._after_end
+        if self.rejected:
+            totals["rejected"] = dict(self.rejected)
         if self._file is not None:
             self._write({"summary": totals, "task_totals": self._task_totals()})
             self._file.close()
@@ -181,7 +239,8 @@ class Aggregator(Stage):
         if stream is None:
             task = self.task_name if self.task_name != "auto" else ("speech" if message.kind == "audio" else "vehicles")
             if message.kind == "result" and self.task_name == "auto":
-                task = (message.result or {}).get("task", "vehicles")
+                task = (message.result or {}).get("task")
+                task = task if task in TASKS else "vehicles"
             self._tasks_used.add(task)
             stream = _Stream(StreamAccount(message.stream),
                              make_task(task, line=self.line, region=self.region, words=self.words),
@@ -189,12 +248,88 @@ class Aggregator(Stage):
             self._streams[message.stream] = stream
         return stream
 
+    def _authentic(self, message: Message) -> bool:
+        """With a job key: a worker's result must carry the tag of a job the filter sent to the
+        workers; any other input the tag of one the filter answered itself (or sent as a job)."""
+        if self._key is None:
+            return True
+        given = message.meta.get("tag")
+        if ledger.tag_matches(self._key, "job", message.stream, message.seq, given):
+            return True
+        if message.kind != "result" and ledger.tag_matches(self._key, "direct", message.stream, message.seq, given):
+            return True
+        self._reject(message, "forged", "no valid tag from the filter" if given is not None else "untagged")
+        return False
+
+    def _reject(self, message: Message, reason: str, detail: str) -> None:
+        self.rejected[reason] += 1
+        if self.rejected[reason] <= _REJECTIONS_LOGGED:
+            log.warning("[%s] rejected %s seq %d on %.100r (%s: %s)%s", self.name, message.kind, message.seq,
+                        message.stream, reason, detail,
+                        "; further ones are only counted" if self.rejected[reason] == _REJECTIONS_LOGGED else "")
+
+    def _restore(self, previous: ledger.ResultsFile) -> None:
+        """Resume from what an earlier process of this run wrote (see docs/results.md, "Restarts")."""
+        for name, lines in previous.streams.items():
+            task_name = self.task_name
+            if task_name == "auto":
+                task_name = "speech" if any("words" in r for r in lines.records[:1]) else "vehicles"
+            self._tasks_used.add(task_name)
+            stream = _Stream(StreamAccount(name), make_task(task_name, line=self.line, region=self.region, words=self.words),
+                             ReorderBuffer(self.reorder_window, self.reorder_timeout_s))
+            account = stream.account
+            for record in lines.records:
+                if not stream.written.add(record["seq"]):
+                    continue
+                decision = record.get("decision")
+                if decision in ("infer", "skip", "reuse", "exit"):
+                    account.decisions[decision] += 1
+                    infer_ms = record.get("infer_ms", 0.0)
+                    account.model_ms += infer_ms if isinstance(infer_ms, (int, float)) else 0.0
+                    latency = record.get("latency_ms")
+                    if isinstance(latency, (int, float)):
+                        account.latency.add(latency / 1000)
+                    try:
+                        answer = stream.task.restore(record)
+                    except _BAD_FIELD:
+                        answer = None
+                    if answer is not None:
+                        stream.answers[record["seq"]] = answer
+                        while len(stream.answers) > REUSE_CACHE_SIZE:
+                            stream.answers.popitem(last=False)
+                else:
+                    account.unanswered += 1
+                account.late += record.get("late") is True
+                account.unresolved_reuse += record.get("unresolved") is True
+            # Inputs below this that were never written were given up on (or are lost): if one
+            # still comes, it is written then, as late.
+            stream.order.next_seq = stream.written.end
+            if lines.end is not None:      # it ended: its end line has the source's counters
+                end = lines.end
+                account.produced = end.get("produced")
+                account.dropped_at_source = end.get("dropped_at_source", 0)
+                account.dropped_by_reason = Counter(end.get("dropped_at_source_by_reason") or {})
+                account.uncounted = Counter(end.get("uncounted") or {})
+                account.end_missing = bool(end.get("streams_without_end"))
+                failed = end.get("failed") or [{}]
+                account.error = failed[0].get("error") if isinstance(failed[0], dict) else None
+                self._finished[name] = account
+                self._finished_totals[name] = {key: lines.end[key] for key in stream.task.totals() if key in lines.end}
+            else:
+                self._streams[name] = stream
+        log.warning("[%s] restarted: resumed %d stream(s) from %s (%d inputs already written)", self.name,
+                    len(previous.streams), self.out, sum(len(r.records) for r in previous.streams.values()))
+
     def _resolve(self, stream: _Stream, message: Message, late: bool) -> Message:
         account, task, now = stream.account, stream.task, time.time()
+        # Everything below reads header fields a peer wrote: each is checked, and a bad one makes
+        # this input unanswered (counted), never an exception that would lose the inputs
+        # released with it.
+        t_capture = message.t_capture if _plausible_time(message.t_capture, now) else now
         record: dict[str, Any] = {"stream": message.stream, "seq": message.seq, "pts": round(message.pts, 4)}
         try:
             decision = Decision.from_wire(message.decision)
-        except ResultError as error:
+        except _BAD_FIELD as error:
             log.warning("[%s] %s seq %d: bad decision (%s); counted unanswered", self.name, message.stream,
                         message.seq, error)
             decision = None
@@ -204,7 +339,7 @@ class Aggregator(Stage):
             try:
                 answer = task.parse(message.result)
                 model_ms = float(message.result.get("infer_ms", 0.0))
-            except ResultError as error:
+            except _BAD_FIELD as error:
                 log.warning("[%s] %s seq %d: %s; counted unanswered", self.name, message.stream, message.seq, error)
         elif action == "skip":
             answer = task.empty
@@ -212,6 +347,7 @@ class Aggregator(Stage):
             answer = stream.answers.get(decision.ref_seq)
             if answer is None:
                 account.unresolved_reuse += 1
+                record["unresolved"] = True
                 log.warning("[%s] %s seq %d reuses seq %d, whose result is unknown; taken as empty",
                             self.name, message.stream, message.seq, decision.ref_seq)
                 answer = task.empty
@@ -220,7 +356,7 @@ class Aggregator(Stage):
             try:
                 answer = task.parse_exit(decision.result)
                 record["exit"] = decision.exit
-            except ResultError as error:
+            except _BAD_FIELD as error:
                 log.warning("[%s] %s seq %d: bad early-exit result (%s); counted unanswered", self.name,
                             message.stream, message.seq, error)
 
@@ -228,7 +364,7 @@ class Aggregator(Stage):
             account.unanswered += 1
             record["decision"] = "unanswered"
         else:
-            account.add(action, message.t_capture, now, model_ms, decision.filter_ms)
+            account.add(action, t_capture, now, model_ms, decision.filter_ms)
             record["decision"] = action
             stream.answers[message.seq] = answer
             while len(stream.answers) > REUSE_CACHE_SIZE:
@@ -237,16 +373,25 @@ class Aggregator(Stage):
             record.update(task.update(message.pts, answer, fresh=fresh))
             if model_ms:
                 record["infer_ms"] = round(model_ms, 2)
-                record["worker"] = message.meta.get("worker")
+                worker = message.meta.get("worker")
+                record["worker"] = worker if isinstance(worker, str) and len(worker) <= 200 else None
         if late:
             account.late += 1
             record["late"] = True
-        record["latency_ms"] = round((now - message.t_capture) * 1000, 1)
+        record["latency_ms"] = round((now - t_capture) * 1000, 1)
         self._write(record)
+        stream.written.add(message.seq)
         if self._display is not None and message.arrays and answer is not None:
             self._display.show(message.arrays[0], answer, record, message.media)
-        return Message("result", message.stream, message.seq, pts=message.pts, t_capture=message.t_capture,
-                       media=message.media, decision=message.decision, result=record, meta=message.meta)
+        output = Message("result", message.stream, message.seq, pts=message.pts, t_capture=t_capture,
+                         media=message.media, decision=message.decision, result=record, meta=message.meta)
+        if _header_size(output) > MAX_HEADER_BYTES:
+            # Not sendable as it is (a peer's oversize or non-finite content): send the verdict only.
+            log.warning("[%s] %s seq %d: result too large or not plain JSON; published without its "
+                        "decision, meta and task fields", self.name, message.stream, message.seq)
+            output = Message("result", message.stream, message.seq, pts=message.pts, t_capture=t_capture,
+                             result={key: record[key] for key in ("stream", "seq", "decision") if key in record})
+        return output
 
     # -- ends of streams ----------------------------------------------------------------------
     def _finish_ready(self) -> list[Message]:
@@ -294,4 +439,10 @@ class Aggregator(Stage):
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+            try:
+                line = json.dumps(record, separators=(",", ":"), allow_nan=False)
+            except (TypeError, ValueError, RecursionError) as error:   # a peer's non-finite or odd value
+                log.warning("[%s] a line could not be written as plain JSON (%s); its verdict only", self.name, error)
+                line = json.dumps({key: record[key] for key in ("stream", "seq", "decision", "end") if key in record},
+                                  separators=(",", ":"))
+            self._file.write(line + "\n")

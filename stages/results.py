@@ -37,8 +37,25 @@ class ResultError(ValueError):
 
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ResultError(f"{what} must be a finite number, got {value!r}")
+        raise ResultError(f"{what} must be a finite number, got {value!r:.100}")
     return float(value)
+
+
+#: The longest time a filter or model may say it took for one input (an hour, in ms): a sum of
+#: peers' claims must stay finite.
+MAX_MS = 3.6e6
+
+
+def _milliseconds(value: Any, what: str) -> float:
+    ms = _number(value, what)
+    if not 0 <= ms <= MAX_MS:
+        raise ResultError(f"{what} must be between 0 and {MAX_MS:.0f} ms, got {value!r:.100}")
+    return ms
+
+
+def _index(value: Any) -> bool:
+    """An integer >= 0 (not a bool) that fits in 64 bits."""
+    return type(value) is int and 0 <= value < 2**63
 
 
 @dataclass(frozen=True)
@@ -58,14 +75,16 @@ class Decision:
     filter_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.action not in ACTIONS:
-            raise ResultError(f"decision action must be one of {ACTIONS}, got {self.action!r}")
-        if self.action == "reuse" and (not isinstance(self.ref_seq, int) or self.ref_seq < 0):
-            raise ResultError(f"a reuse decision needs ref_seq (an integer >= 0), got {self.ref_seq!r}")
-        if self.action == "exit" and (not isinstance(self.exit, int) or not isinstance(self.result, dict)):
-            raise ResultError(f"an exit decision needs exit (an integer) and result (an object), "
-                              f"got exit={self.exit!r} result={self.result!r}")
-        _number(self.filter_ms, "decision filter_ms")
+        if not isinstance(self.action, str) or self.action not in ACTIONS:
+            raise ResultError(f"decision action must be one of {ACTIONS}, got {self.action!r:.100}")
+        if self.action == "reuse" and not _index(self.ref_seq):
+            raise ResultError(f"a reuse decision needs ref_seq (an integer >= 0), got {self.ref_seq!r:.100}")
+        if self.action == "exit" and (not _index(self.exit) or not isinstance(self.result, dict)):
+            raise ResultError(f"an exit decision needs exit (an integer >= 0) and result (an object), "
+                              f"got exit={self.exit!r:.100} result={self.result!r:.100}")
+        if not isinstance(self.policy, str):
+            raise ResultError(f"decision policy must be a string, got {self.policy!r:.100}")
+        _milliseconds(self.filter_ms, "decision filter_ms")
 
     @property
     def needs_model(self) -> bool:
@@ -146,8 +165,8 @@ class Detections:
             raise ResultError(f"expected a vehicles result object, got {wire!r:.200}")
         try:
             return cls(np.asarray(wire.get("boxes", []), np.float32), np.asarray(wire.get("classes", []), np.int64),
-                       np.asarray(wire.get("scores", []), np.float32), _number(wire.get("infer_ms", 0.0), "infer_ms"))
-        except (TypeError, ValueError) as error:
+                       np.asarray(wire.get("scores", []), np.float32), _milliseconds(wire.get("infer_ms", 0.0), "infer_ms"))
+        except (TypeError, ValueError, OverflowError) as error:
             if isinstance(error, ResultError):
                 raise
             raise ResultError(f"malformed vehicles result: {error}") from error
@@ -181,7 +200,7 @@ class Transcript:
     def from_wire(cls, wire: dict[str, Any]) -> "Transcript":
         if not isinstance(wire, dict) or wire.get("task") != "speech" or not isinstance(wire.get("text", ""), str):
             raise ResultError(f"expected a speech result object, got {wire!r:.200}")
-        return cls(wire.get("text", ""), _number(wire.get("infer_ms", 0.0), "infer_ms"))
+        return cls(wire.get("text", ""), _milliseconds(wire.get("infer_ms", 0.0), "infer_ms"))
 
 
 EMPTY_TRANSCRIPT = Transcript()

@@ -31,6 +31,12 @@ class Task:
     def totals(self) -> dict[str, Any]:
         return {}
 
+    def restore(self, record: dict[str, Any]) -> Any:
+        """Count an answered input from its line in a results file, as `update` did when it was
+        written (a restarted aggregator resumes so); return its answer when the line holds it
+        whole (for later reuses), else None."""
+        raise NotImplementedError
+
     @staticmethod
     def describe(totals: dict[str, Any]) -> str:
         """One line for people about `totals` (summed over streams)."""
@@ -78,6 +84,20 @@ class VehicleTask(Task):
                 record["crossings"] = self.counter.crossings
         return record
 
+    def restore(self, record: dict[str, Any]) -> None:
+        # Counts and crossings come back; the tracks alive then do not (a line holds no boxes),
+        # so a vehicle tracked across the restart starts a new track.
+        self.frames += 1
+        self.vehicle_frames += bool(record.get("count"))
+        if self.counter is not None:
+            for crossing in record.get("new_crossings") or []:
+                if isinstance(crossing, dict):
+                    self.counter.crossings += 1
+                    for counts, key in ((self.counter.by_direction, "direction"), (self.counter.by_class, "class")):
+                        if isinstance(crossing.get(key), str):
+                            counts[crossing[key]] = counts.get(crossing[key], 0) + 1
+        return None
+
     def totals(self) -> dict[str, Any]:
         totals: dict[str, Any] = {"frames": self.frames, "frames_with_vehicles": self.vehicle_frames}
         if self.counter is not None:
@@ -123,6 +143,11 @@ class SpeechTask(Task):
         self.total_words += words
         self.needing += words > self.words
         return {"text": answer.text, "words": words, "needs_recognition": words > self.words}
+
+    def restore(self, record: dict[str, Any]) -> Transcript:
+        answer = Transcript(record.get("text") if isinstance(record.get("text"), str) else "")
+        self.update(0.0, answer, fresh=True)
+        return answer
 
     def totals(self) -> dict[str, Any]:
         return {"windows": self.windows, "windows_needing_recognition": self.needing, "words": self.total_words}

@@ -83,6 +83,8 @@ def test_every_decision_is_resolved_and_every_input_accounted_for(tmp_path):
     assert summary["model_ms_avoided"] == pytest.approx(4 * 110.0 / 3, abs=0.1)
     assert summary["filtering_rate"] == pytest.approx(4 / 7)
     lines = records(tmp_path)
+    assert set(lines[0]) == {"run", "format"}        # the header: which run wrote the file
+    lines = lines[1:]
     assert [r["seq"] for r in lines if "seq" in r] == [0, 1, 2, 3, 4, 5, 8]
     assert lines[1]["ref_seq"] == 0 and lines[1]["decision"] == "reuse"
     assert lines[-2]["end"] and lines[-2]["summary"]["lost"] == 1
@@ -199,3 +201,211 @@ def test_a_bad_line_or_region_is_refused_when_the_stage_is_built():
         Aggregator(line="1,2,3")
     with pytest.raises(ConfigError):
         Aggregator(region="0,0,10")
+
+
+# -- restarts: a crashed aggregator resumes its results file -------------------------------------
+
+def test_a_restart_of_the_same_run_appends_and_resumes_a_fresh_run_starts_a_new_file(tmp_path):
+    """A second aggregator process of the same run (the launcher restarting a crashed one) keeps
+    every line, resumes each stream's counts and written seqs, and never writes an input twice;
+    a process of another run starts the file anew."""
+    first = make_aggregator(tmp_path, run_id="run-1", eos_timeout_s=0, line="0,14,100,14")
+    run_messages(first, [frame(s, result=vehicles(s % 3)) for s in range(4)] + [frame(4, "reuse", ref_seq=3)])
+    first._file.write('{"stream":"cam","seq":5,"pts"')   # killed mid-line: the cut line is not kept
+    first._file.flush()                                   # (no teardown: SIGKILL runs none)
+    second = make_aggregator(tmp_path, run_id="run-1", eos_timeout_s=0, line="0,14,100,14")
+    # Seq 3 comes again (a re-sent or late input): already written, so rejected. Seq 5 was cut off.
+    outputs = run_messages(second, [frame(3, result=vehicles(0)), frame(5, result=vehicles(2)),
+                                    frame(6, "reuse", ref_seq=5), frame(7, "skip"), eos("cam", 8, final=True)])
+    second.teardown()
+    assert [m.seq for m in outputs if not m.is_eos] == [5, 6, 7]
+    lines = records(tmp_path)
+    assert lines[0] == {"run": "run-1", "format": 1} and sum("run" in r for r in lines) == 1
+    assert [r["seq"] for r in lines if "seq" in r] == [0, 1, 2, 3, 4, 5, 6, 7]
+    summary = json.loads((tmp_path / "summary.json").read_text())["total"]
+    assert (summary["produced"], summary["inferred"], summary["reused"], summary["skipped"]) == (8, 5, 2, 1)
+    assert summary["lost"] == 0 and summary["balanced"] and summary["rejected"] == {"duplicate": 1}
+    assert lines[-1]["task_totals"]["frames"] == 8 and lines[-1]["task_totals"]["frames_with_vehicles"] == 4
+    # Another run: a new file.
+    third = make_aggregator(tmp_path, run_id="run-2")
+    third.teardown()
+    assert [r.get("run") for r in records(tmp_path)][:1] == ["run-2"] and len(records(tmp_path)) == 2
+
+
+def test_a_restart_resumes_speech_answers_for_reuse_and_finished_streams(tmp_path):
+    first = make_aggregator(tmp_path, task="auto", run_id="r", eos_timeout_s=0)
+    said = Message("result", "mic", 0, decision={"action": "infer"}, result=Transcript("ask not what").to_wire())
+    run_messages(first, [said, eos("mic", 1), Message("result", "b", 0, decision={"action": "infer"},
+                                                      result=Transcript("hello there you").to_wire())])
+    second = make_aggregator(tmp_path, task="auto", run_id="r", eos_timeout_s=0)
+    outputs = run_messages(second, [Message("audio", "b", 1, decision={"action": "reuse", "ref_seq": 0}),
+                                    Message("audio", "mic", 0, decision={"action": "skip"}),   # after its end
+                                    eos("b", 2, final=True)])
+    second.teardown()
+    assert outputs[0].result["text"] == "hello there you" and outputs[0].result["words"] == 3
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["total"]["streams"] == 2 and summary["total"]["balanced"]
+    assert summary["total"]["after_end"] == 1
+    assert summary["task_totals"]["words"] == 3 + 3 + 3
+
+
+@pytest.mark.timeout(180)
+def test_an_aggregator_killed_mid_run_is_restarted_and_every_input_is_written_once(tmp_path, monkeypatch):
+    """SIGKILL the aggregator process of a running graph (source -> filter -> worker ->
+    aggregate): the launcher restarts it, the new process appends to --out what comes next
+    and the file holds every input at most once; what died in the killed process's queues is
+    counted lost, and the summary balances over the whole run (both processes)."""
+    import signal
+
+    from pipeline.graph import GraphRun, parse_graph
+    from tests.helpers.workers import expected_count
+    monkeypatch.setenv("INFISTREAM_JOB_KEY", "ab" * 16)     # the filter's tags checked end to end too
+    out, summary_path, count = tmp_path / "out.jsonl", tmp_path / "summary.json", 300
+    document = {"name": "restart", "transport": "ipc", "stages": [
+        {"name": "source", "stage": "tests.helpers.stages:CountingSource",
+         "params": {"count": count, "interval_ms": 15}},
+        {"name": "filter", "stage": "stages.filter:Filter", "inputs": ["source"], "params": {"policy": "stride:2"}},
+        {"name": "worker", "stage": "tests.helpers.workers:SeqDetector", "inputs": ["filter"], "sources": 0},
+        {"name": "aggregate", "stage": "stages.aggregate:Aggregator", "inputs": ["worker", "filter[1]"],
+         "params": {"task": "vehicles", "out": str(out), "summary": str(summary_path), "run_id": "restart-test",
+                    "eos_timeout_s": 3.0, "reorder_timeout_s": 1.0, "print_summary": False}}]}
+    run = GraphRun(parse_graph(document, "restart"), run_dir=tmp_path / "run", log_level="WARNING")
+    run.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 100):
+            assert run.poll(), "the graph ended before the kill"
+            time.sleep(0.05)
+        killed = run.pid("aggregate")
+        run.kill_stage("aggregate", signal.SIGKILL)
+        code = run.wait()
+    finally:
+        run.close()
+    assert code == 0
+    assert run.running["aggregate"].restarts == 1 and run.pid("aggregate") != killed
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0] == {"run": "restart-test", "format": 1} and sum("run" in r for r in lines) == 1
+    inputs = [r for r in lines if "seq" in r]
+    seqs = [r["seq"] for r in inputs]
+    assert len(seqs) == len(set(seqs)), "an input was written twice"
+    assert len(seqs) > 100                                   # the first process's lines are all kept
+    for record in inputs:
+        if record["decision"] == "infer":
+            assert record["count"] == expected_count(record["seq"])
+    summary = json.loads(summary_path.read_text())["total"]
+    assert summary["produced"] == count and summary["balanced"], summary
+    assert summary["inferred"] + summary["reused"] + summary["dropped"] == count
+    assert summary["inferred"] + summary["reused"] == len(seqs)
+    assert summary["lost"] == count - len(seqs) and summary["lost"] <= 30, summary
+    assert "rejected" not in summary or "forged" not in summary["rejected"], summary
+
+
+# -- hostile input: results a peer forged, repeated or filled with junk --------------------------
+
+HOSTILE_RESULTS = {
+    "class id beyond 64 bits": {"task": "vehicles", "boxes": [[1, 1, 2, 2]], "classes": [10**30], "scores": [0.5]},
+    "box beyond float": {"task": "vehicles", "boxes": [[10**400, 1, 2, 2]], "classes": [2], "scores": [0.5]},
+    "boxes nested deep": {"task": "vehicles", "boxes": json.loads("[" * 200 + "]" * 200), "classes": [], "scores": []},
+    "boxes as text": {"task": "vehicles", "boxes": "x" * 5000, "classes": [2], "scores": [0.5]},
+    "class names": {"task": "vehicles", "boxes": [[1, 1, 2, 2]], "classes": ["car"], "scores": [0.5]},
+    "model time infinite in sum": {"task": "vehicles", "boxes": [], "classes": [], "scores": [], "infer_ms": 1e308},
+    "model time as text": {"task": "vehicles", "infer_ms": "fast"},
+    "unknown task": {"task": "bogus"},
+    "task as list": {"task": [1, 2]},
+    "speech text as list": {"task": "speech", "text": ["a"]},
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_RESULTS)
+def test_a_hostile_result_is_counted_unanswered_and_loses_nothing_else(tmp_path, name):
+    """A worker's result is read field by field: bad content makes that input unanswered
+    (counted), and the good input released with it (held behind it) is still written."""
+    stage = make_aggregator(tmp_path, task="auto", eos_timeout_s=0)
+    outputs = run_messages(stage, [frame(1, result=vehicles(1)), frame(0, result=HOSTILE_RESULTS[name]),
+                                   frame(2, "reuse", ref_seq=0), eos("cam", 3, final=True)])
+    stage.teardown()
+    assert [m.seq for m in outputs if not m.is_eos] == [0, 1, 2]
+    summary = outputs[-1].meta["summary"]
+    assert (summary["unanswered"], summary["inferred"], summary["reused"]) == (1, 1, 1)
+    assert summary["balanced"] and summary["model_ms_spent"] < 1e7
+
+
+@pytest.mark.parametrize("decision", [
+    {"action": "reuse", "ref_seq": True}, {"action": "reuse", "ref_seq": 10**30}, {"action": ["infer"]},
+    {"action": "exit", "exit": 10**30, "result": {"count": 0}}, {"action": "skip", "filter_ms": 1e308},
+    {"action": "skip", "policy": {"nested": [1] * 1000}},
+])
+def test_a_hostile_decision_is_counted_unanswered(tmp_path, decision):
+    stage = make_aggregator(tmp_path, eos_timeout_s=0)
+    outputs = run_messages(stage, [Message("video", "cam", 0, decision=decision), eos("cam", 1, final=True)])
+    stage.teardown()
+    assert outputs[-1].meta["summary"]["unanswered"] == 1 and outputs[-1].meta["summary"]["balanced"]
+
+
+def test_a_result_that_cannot_be_published_as_it_is_goes_out_as_its_verdict_only(tmp_path):
+    """An input whose header is just under the limit, plus the result line, would exceed it:
+    the stage must not fail sending it on (a PUB output), so the verdict goes out alone."""
+    from pipeline.message import MAX_HEADER_BYTES, encode
+    stage = make_aggregator(tmp_path)
+    message = frame(0, result=vehicles(1))
+    message.meta["padding"] = "x" * (MAX_HEADER_BYTES - len(encode(message)[0]) - 40)
+    assert len(encode(message)[0]) <= MAX_HEADER_BYTES
+    [output] = stage.process(message)
+    encode(output)
+    assert output.result == {"stream": "cam", "seq": 0, "decision": "infer"}
+
+
+@pytest.mark.timeout(60)
+def test_forged_duplicate_and_hostile_results_on_the_workers_port_are_rejected_and_counted(tmp_path):
+    """The aggregator's results endpoint, bound on tcp as --remote-workers binds it, with the
+    run's job key: an attacker's results for real sequence numbers (untagged, tagged with the
+    wrong purpose or key), a forged end of stream, a worker's repeated result and a 5 KB hostile
+    result carrying a valid tag. Only the filter's and the real worker's messages count, each once;
+    the rest are counted rejections, and the stage runs to its normal end."""
+    from stages import ledger
+    from tests.conftest import free_tcp_port
+    key, other_key = bytes.fromhex("11" * 16), bytes.fromhex("22" * 16)
+    url = f"tcp://127.0.0.1:{free_tcp_port()}"
+    options = SocketOptions(hwm=64, recv_timeout_ms=100, linger_ms=1000)
+    stage = Aggregator(task="vehicles", out=str(tmp_path / "out.jsonl"), summary=str(tmp_path / "summary.json"),
+                       print_summary=False, job_key=key.hex(), eos_timeout_s=2.0)
+    thread = StageThread(stage, RunOptions(name="aggregate", inputs=[Endpoint(url, True)], socket=options,
+                                           metrics_interval_s=0, end_wait_s=0))
+    context = zmq.Context.instance()
+    filter_, worker, attacker = (Sender([Endpoint(url, False)], pattern="push", options=options, context=context)
+                                 for _ in range(3))
+
+    def tagged(message: Message, purpose: str, with_key: bytes = key) -> Message:
+        message.meta["tag"] = ledger.tag(with_key, purpose, message.stream, message.seq)
+        return message
+
+    thread.start()
+    try:
+        hostile = {"task": "vehicles", "boxes": [[1e300, 2, 3, 4]] * 100, "classes": [2**63 - 1] * 100,
+                   "scores": json.loads("[" * 25 + "]" * 25), "infer_ms": "x" * 1000}
+        assert len(json.dumps(hostile)) > 5000
+        for message in [frame(2, result=vehicles(3)),                                   # untagged
+                        tagged(frame(3, result=vehicles(3)), "direct"),                 # a result needs a job tag
+                        tagged(frame(3, result=vehicles(3)), "job", other_key),         # another run's key
+                        tagged(frame(4, "skip"), "direct", other_key),                  # not the filter's answer
+                        tagged(eos("cam", 2, final=True), "eos", other_key)]:           # ends nothing
+            assert attacker.send(message)
+        time.sleep(0.3)
+        for seq in range(4):
+            assert worker.send(tagged(frame(seq, result=vehicles(seq)), "job"))
+        assert worker.send(tagged(frame(1, result=vehicles(5)), "job"))                 # again: a duplicate
+        assert worker.send(tagged(frame(4, result=hostile), "job"))                     # a broken worker
+        assert filter_.send(tagged(frame(5, "skip"), "direct"))
+        assert filter_.send(tagged(eos("cam", 6, final=True), "eos"))
+        thread.join(20)
+    finally:
+        for socket in (filter_, worker, attacker):
+            socket.close()
+    assert thread.error is None and not thread.is_alive()
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    inputs = [line for line in lines if "seq" in line]
+    assert [(r["seq"], r["decision"], r.get("count")) for r in inputs] == \
+        [(0, "infer", 0), (1, "infer", 1), (2, "infer", 2), (3, "infer", 3), (4, "unanswered", None), (5, "skip", 0)]
+    summary = json.loads((tmp_path / "summary.json").read_text())["total"]
+    assert summary["rejected"] == {"forged": 5, "duplicate": 1}
+    assert summary["produced"] == 6 and summary["balanced"] and summary["lost"] == 0
