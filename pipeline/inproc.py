@@ -130,11 +130,17 @@ def detach(target: Channel, subscriber: deque[Message] | None) -> None:
 
 
 def wait_for_readers_to_leave(target: Channel, timeout_s: float, stop) -> bool:
+    """After the last message: True once the readers have taken everything queued.
+
+    While a reader is attached and messages wait, this waits as long as the readers take (a
+    slow reader loses nothing); `timeout_s` bounds only the wait with no reader attached (what
+    is queued then stays in the channel for the next one). `stop()`, checked every 0.2 s,
+    ends the wait early (False).
+    """
     deadline = time.monotonic() + timeout_s
     with target.lock:
-        while target.readers > 0:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or stop():
+        while target.queue:
+            if stop() or (target.readers == 0 and time.monotonic() >= deadline):
                 return False
-            target.left.wait(min(remaining, 0.2))
+            target.left.wait(0.2)
         return True

@@ -14,12 +14,16 @@ with a logged, counted reason and go on receiving.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import functools
 import logging
 import os
 import random
 import re
 import socket
+import struct
+import sys
+import termios
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -291,6 +295,7 @@ class Sender:
                                                        | zmq.EVENT_DISCONNECTED)
         self._peers = 0
         self._peers_seen = 0
+        self._connections: set[int] = set()  # file descriptors of the peers' connections
         self._buffer_capped_logged = False
         self.send_buffer_sizes: list[int] = []  # what the kernel granted each ipc connection, bytes
 
@@ -339,8 +344,11 @@ class Sender:
             self._peers_seen += joined
             if joined:
                 joined_fds.append(event["value"])  # the connection's file descriptor
-            elif event["value"] in joined_fds:
-                joined_fds.remove(event["value"])  # gone already: the number may be reused
+                self._connections.add(event["value"])
+            else:
+                self._connections.discard(event["value"])
+                if event["value"] in joined_fds:
+                    joined_fds.remove(event["value"])  # gone already: the number may be reused
             timeout_ms = 0
         if self._has_ipc and self.options.ipc_send_buffer_bytes:
             for fd in joined_fds:
@@ -373,26 +381,76 @@ class Sender:
             log.info("ipc send buffer capped at %d bytes by net.core.wmem_max (wanted %d); raising that "
                      "limit (sysctl -w net.core.wmem_max=%d) makes ipc links faster", got, wanted, wanted)
 
-    def wait_for_peers_to_leave(self, timeout: float, stop: Callable[[], bool] = lambda: False) -> bool:
-        """Wait until every connected peer has disconnected; False if some remain after `timeout` s.
+    #: Nothing left unread on the peers' connections for this long: everything sent has reached them.
+    DELIVERED_SETTLE_S = 0.3
+    #: While readers hold back what was sent, say so this often (seconds).
+    WAITING_LOG_S = 30.0
 
-        ZeroMQ drops messages still in flight when a sender closes while its receiver is at
-        its high-water mark, LINGER notwithstanding. A receiver disconnects only after it has
-        read the final end-of-stream marker, so waiting for that makes the end lossless.
-        A sender that sent messages before any reader ever connected (it connects to a
-        reader that is still loading its model, say) first waits for one to come: closing
-        now would drop everything queued once LINGER ran out.
-        `stop` is checked every 0.2 s and ends the wait early when it returns True.
+    def unread_bytes(self) -> int | None:
+        """Bytes this socket has written to its connected peers that they have not read yet.
+
+        Linux only (SIOCOUTQ on each connection: for ipc, what the reader has not taken; for
+        tcp, what the peer has not acknowledged); None elsewhere, or for inproc. What libzmq
+        still holds in its own queue is not counted: its io thread writes it out as soon as the
+        connection has room, so a connection with nothing unread soon carries the rest too.
+        """
+        if self._channel is not None or not sys.platform.startswith("linux"):
+            return None
+        self._update_peers(0)
+        total = 0
+        for fd in list(self._connections):
+            try:
+                total += struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+            except OSError:   # closed meanwhile: its peer left (the monitor says so next)
+                continue
+        return total
+
+    def wait_for_peers_to_leave(self, timeout: float, stop: Callable[[], bool] = lambda: False) -> bool:
+        """After the last message: wait until the readers have everything; False if given up.
+
+        ZeroMQ drops messages still queued when a sender closes while its receiver is at its
+        high-water mark, LINGER notwithstanding, so a lossless end waits until one of:
+
+        * every peer has left (a reader leaves once it has read the final end-of-stream marker);
+        * (Linux) the connected peers have read every byte written to them, and nothing more
+          came for `DELIVERED_SETTLE_S`: what was sent is theirs, and a reader that stays (a
+          worker pool serving other runs) is no reason to wait.
+
+        While readers are connected and still have something to read, this waits as long as
+        they take (a slow consumer, a reader waiting on its own downstream), logging every
+        `WAITING_LOG_S`: giving up then would lose the last messages, end-of-stream included.
+        `timeout` bounds only the wait where nothing tells whether the peers have read it all:
+        not Linux, or a sender that sent before any reader ever connected (it connects to a
+        reader still loading its model, say: closing now would drop everything once LINGER ran
+        out). `stop` is checked every 0.2 s and ends the wait early (False) when it returns True.
         """
         if self._channel is not None:
             return inproc.wait_for_readers_to_leave(self._channel, timeout, stop)
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        logged_at = started
+        delivered_since: float | None = None
         self._update_peers(0)
         while self._peers > 0 or (self.sent and not self._peers_seen):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or stop():
+            if stop():
                 return False
-            self._update_peers(int(min(remaining, 0.2) * 1000) + 1)
+            now = time.monotonic()
+            unread = self.unread_bytes() if self._peers > 0 else None
+            if unread is None:
+                delivered_since = None
+                if now >= deadline:
+                    return False
+            elif unread > 0:
+                delivered_since = None
+                if now - logged_at >= self.WAITING_LOG_S:
+                    logged_at = now
+                    log.info("%s: %d reader(s) still have %d bytes to read, %.0f s after the last message; "
+                             "waiting for them", self.targets[0], self._peers, unread, now - started)
+            else:
+                delivered_since = delivered_since or now
+                if now - delivered_since >= self.DELIVERED_SETTLE_S:
+                    return True
+            self._update_peers(int(min(max(deadline - now, 0.05), 0.1) * 1000) + 1)
         return True
 
     def close(self, linger_ms: int | None = None) -> None:
