@@ -29,8 +29,21 @@ graph ends), ``restart`` (``on-failure`` (default for non-sources) or ``no``) an
 
 Each stage runs as ``infistream stage ...`` in its own process, exactly as a user would run
 it by hand on another host. The launcher restarts a stage that crashes (its neighbours keep
-running and reconnect), ends the graph when every stage has ended, and on Ctrl-C stops the
-sources first so that end-of-stream flows through and every stage finishes its accounting.
+running and reconnect), ends the graph when every stage has ended, and on Ctrl-C (or SIGTERM)
+stops the sources first so that end-of-stream flows through and every stage finishes its
+accounting.
+
+When every stage that a stage reads from has ended cleanly, nothing more can come to it: the
+launcher tells it so (a file in the run directory, ``--inputs-closed-file``), and the stage
+ends once it has handled what is queued (`pipeline.stage.Stage.end_of_inputs`). So a pool
+worker ends after the filter, and an aggregator waiting for inputs that were lost with a
+killed worker ends as soon as every worker and the filter have, counting them as lost, rather
+than after its end-of-stream timeout. A stage with an input from outside the graph (a URL) is
+never told.
+
+The run directory (ipc sockets, per-stage metrics) is a temporary directory removed when the
+run ends, however it ends (`close`); the metrics are read before. A run directory given by
+the caller is kept, less its sockets.
 """
 
 from __future__ import annotations
@@ -38,10 +51,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,6 +278,19 @@ class GraphRun:
         # as the aggregator's PUB does). Once they end cleanly, every input has arrived.
         self._sinks = {spec.name for spec in graph.stages if spec.name not in readers}
         self.failed: list[str] = []
+        # Stages the launcher had to end (SIGTERM or SIGKILL) rather than ending by themselves.
+        self.terminated: list[str] = []
+        # Stage -> the stages it reads from, for stages that read only from the graph: once
+        # those have all ended cleanly, the stage is told its inputs are closed.
+        self._upstream = {spec.name: {split_reference(ref)[0] for ref in spec.inputs}
+                          for spec in graph.stages
+                          if not spec.is_source and spec.inputs and all("://" not in ref for ref in spec.inputs)}
+        self.inputs_closed: list[str] = []   # stages told so, in order
+        self._own_run_dir = run_dir is None
+        self._final_metrics: dict[str, dict] = {}
+
+    def inputs_closed_path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.inputs-closed"
 
     def metrics_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.metrics.json"
@@ -280,6 +308,8 @@ class GraphRun:
             command += ["--out", url]
         if self.graph.hwm:
             command += ["--hwm", str(self.graph.hwm)]
+        if spec.name in self._upstream:
+            command += ["--inputs-closed-file", str(self.inputs_closed_path(spec.name))]
         return command
 
     def start(self) -> None:
@@ -336,6 +366,7 @@ class GraphRun:
         pending = [s for s in self.running.values() if s.exit_code is None]
         if not pending:
             return False
+        self._close_inputs(pending)
         # Once every sink has ended cleanly, all data has arrived: what still runs is a
         # service (sources: 0) or a stage waiting for such a reader to leave. Stop them.
         sinks = [s for s in self.running.values() if s.spec.name in self._sinks]
@@ -351,9 +382,23 @@ class GraphRun:
             return False
         return True
 
+    def _close_inputs(self, pending: list[_Running]) -> None:
+        """Tell each running stage whose upstream stages have all ended cleanly that its inputs are closed."""
+        for stage in pending:
+            name = stage.spec.name
+            upstream = self._upstream.get(name)
+            if upstream is None or name in self.inputs_closed:
+                continue
+            if all(self.running[u].exit_code == 0 for u in upstream):
+                self.inputs_closed_path(name).touch()
+                self.inputs_closed.append(name)
+                log.info("graph %s: every stage %s reads from has ended; it ends once it has handled "
+                         "what is queued", self.graph.name, name)
+
     def _terminate(self, stages: list[_Running]) -> None:
         """SIGTERM `stages` (they stop gracefully), and kill those still running 10 s later."""
         for stage in stages:
+            self.terminated.append(stage.spec.name)
             stage.process.send_signal(signal.SIGTERM)
         self._wait_all(stages, 10.0)
 
@@ -372,15 +417,23 @@ class GraphRun:
         `watch` is called between checks (every `POLL_S`) and once at the end, e.g. to follow
         a results file and show progress.
         """
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM to the launcher stops the graph as Ctrl-C does, rather than orphaning it.
+            previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            while self.poll():
-                if watch:
-                    watch()
-                time.sleep(self.POLL_S)
-        except KeyboardInterrupt:
-            self.request_stop()
-            while self.poll():
-                time.sleep(self.POLL_S)
+            try:
+                while self.poll():
+                    if watch:
+                        watch()
+                    time.sleep(self.POLL_S)
+            except KeyboardInterrupt:
+                self.request_stop()
+                while self.poll():
+                    time.sleep(self.POLL_S)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         if watch:
             watch()
         return 1 if self.failed else 0
@@ -393,21 +446,45 @@ class GraphRun:
         finally:
             self.close()
 
+    def _read_metrics(self, name: str) -> dict:
+        if name in self._final_metrics:
+            return dict(self._final_metrics[name])
+        path = self.metrics_path(name)
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):   # not written (yet), or cut short by a kill
+            return {"stage": name}
+
     def stage_metrics(self) -> list[dict]:
+        """Each stage's metrics (written when it ended), with its restarts and exit."""
         rows = []
         for name, stage in self.running.items():
-            path = self.metrics_path(name)
-            snapshot = json.loads(path.read_text()) if path.exists() else {"stage": name}
+            snapshot = self._read_metrics(name)
             snapshot["restarts"] = stage.restarts
             snapshot["exit"] = _describe(stage.exit_code) if stage.exit_code is not None else "running"
             rows.append(snapshot)
         return rows
 
     def close(self) -> None:
-        for stage in self.running.values():
-            if stage.process.poll() is None:
-                stage.process.kill()
-                stage.process.wait()
+        """Kill what still runs and remove the run directory (keeping the metrics in memory)."""
+        try:
+            for stage in self.running.values():
+                if stage.process.poll() is None:
+                    self.terminated.append(stage.spec.name)
+                    stage.process.kill()
+                    stage.process.wait()
+        finally:
+            for name in self.running:
+                self._final_metrics[name] = self._read_metrics(name)
+            if self._own_run_dir:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            else:
+                for leftover in [*self.run_dir.glob("*.sock"), *self.run_dir.glob("*.inputs-closed")]:
+                    leftover.unlink(missing_ok=True)
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _describe(code: int | None) -> str:
