@@ -7,26 +7,31 @@ type string such as ``"|u1"`` or ``"<f4"``, and ``shape``). Buffers travel witho
 `numpy.frombuffer`. No pickle is ever used, so any language with a ZeroMQ binding can join;
 `docs/protocol.md` is the language-neutral description of the same rules.
 
-Header fields (version 1):
+Header fields (version 1); ``v``, ``kind``, ``stream`` and ``seq`` are required, the rest optional:
 
 ==============  ========================================================================
 ``v``           protocol version, the integer `PROTOCOL_VERSION`
 ``kind``        ``video`` | ``audio`` | ``result`` | ``eos``
-``stream``      stream id (non-empty string), e.g. ``cam0`` or ``actioncliptrain00001/video``
+``stream``      stream id (1 to 1,024 printable characters), e.g. ``cam0`` or
+                ``actioncliptrain00001/video``
 ``seq``         per-stream sequence number from 0; on ``eos``: how many inputs the stream had
-``pts``         presentation time in seconds from the stream's start
-``t_capture``   wall-clock capture time (seconds since the epoch)
+``pts``         presentation time in seconds from the stream's start (default 0)
+``t_capture``   wall-clock capture time (seconds since the epoch; default 0)
 ``media``       media facts: ``fps``, ``width``, ``height``, ``pixel_format``,
                 ``sample_rate``, ``channels``, ``sample_format``, ... (scalars)
-``buffers``     one ``{"dtype", "shape"}`` per array part
+``buffers``     one ``{"dtype", "shape"}`` per array part (dtype one of `WIRE_DTYPES`)
 ``decision``    the filter's decision, where set (an object)
 ``result``      the model's result, where set (an object)
 ``meta``        anything else a stage wants to carry (an object of JSON values); the runtime
                 sets ``prev_seq`` on an input that follows inputs a live source dropped
                 (the seq of the stream's previous input sent, -1 for none)
 ``final``       on ``eos`` only: true when the sending source has no more streams
-``dropped``     on ``eos`` only: inputs of the stream dropped before sending (live sources)
+``dropped``     on ``eos`` only: inputs of the stream dropped before sending
 ==============  ========================================================================
+
+Numbers are finite, integers fit in 64 bits, nesting is at most `MAX_DEPTH` levels; other
+top-level keys are dropped on receipt. `decode` turns every way a message can be malformed
+into a `MessageError` whose reason is one of `REJECTION_REASONS`.
 """
 
 from __future__ import annotations

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from contextlib import nullcontext as does_not_raise
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.message import (DEFAULT_MAX_MESSAGE_BYTES, MAX_HEADER_BYTES, PROTOCOL_VERSION, WIRE_DTYPES, Message,
-                              MessageError, decode, encode, eos)
+import pipeline.message
+import pipeline.transport
+from pipeline.message import (DEFAULT_MAX_MESSAGE_BYTES, MAX_HEADER_BYTES, PROTOCOL_VERSION, REJECTION_REASONS,
+                              WIRE_DTYPES, Message, MessageError, decode, encode, eos)
 
 
 def header(**fields) -> bytes:
@@ -168,3 +172,28 @@ def test_every_wire_dtype_round_trips(dtype):
 def test_numpy_scalars_of_the_builtin_types_are_accepted():
     message = Message("video", "s", 0, pts=np.float64(0.04), t_capture=np.float64(1.0))
     assert decode(encode(message)).pts == 0.04
+
+
+PROTOCOL_DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+# Reasons only a sender meets (building or encoding a message), never a receiver.
+SENDER_ONLY_REASONS = {"bad-array", "unencodable-header"}
+
+
+def test_the_documented_rejection_reasons_are_exactly_those_the_code_gives():
+    section = PROTOCOL_DOC.read_text().split("### What a receiver rejects", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `([a-z_-]+)` \|", section, flags=re.M)
+    assert documented == list(REJECTION_REASONS)
+    # Every reason raised in the code a receiver runs is in the table, and nothing else is.
+    sources = [Path(pipeline.message.__file__), Path(pipeline.transport.__file__)]
+    raised = {reason for path in sources
+              for reason in re.findall(r'MessageError\(\s*"([a-z_-]+)"', path.read_text())}
+    assert raised - SENDER_ONLY_REASONS == set(REJECTION_REASONS)
+
+
+def test_the_documented_dtypes_are_exactly_those_accepted():
+    text = PROTOCOL_DOC.read_text()
+    listing = text.split("Exactly\nthese 25 strings are accepted", 1)[1]
+    one_byte, little, big = re.findall(r"^\* (.*)$", listing, flags=re.M)[:3]
+    documented = re.findall(r"`(\|[a-z]\d+)`", one_byte) + re.findall(r"`(<[a-z]\d+)`", little)
+    documented += [">" + dtype[1:] for dtype in re.findall(r"`(<[a-z]\d+)`", little)] if "same eleven with `>`" in big else []
+    assert sorted(documented) == sorted(WIRE_DTYPES) and len(WIRE_DTYPES) == 25
