@@ -582,6 +582,7 @@ class Receiver:
             return
         if self._watch is not None:
             self._watch.close()
+            self._watch = None
         self.socket.close(linger=self.options.linger_ms if linger_ms is None else linger_ms)
 
     def __enter__(self) -> Receiver:
@@ -609,7 +610,11 @@ class _ConnectionWatch:
       go: end of file means the peer closed it (it left); anything else (bytes of the message
       libzmq refused, or nothing yet from a peer still connected) means libzmq closed it on
       its own. A failed CURVE handshake is told apart by its own event. A connection accepted
-      and closed between two looks (a fraction of a second) is not seen.
+      and closed between two looks (`Receiver.recv` looks whenever it waits for input, and at
+      least every `CHECK_S` while it reads) is not seen, nor counted.
+
+    Any other ZMTP protocol error of an established connection (a peer that is not ZeroMQ,
+    say) ends the same way and is counted the same.
     """
 
     CHECK_S = 0.1          # how often `Receiver.recv` looks at least, while it is called
