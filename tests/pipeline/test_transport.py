@@ -13,7 +13,8 @@ import zmq
 
 from pipeline.errors import EndpointError
 from pipeline.message import Message, encode
-from pipeline.transport import Endpoint, Receiver, Sender, SocketOptions, endpoints
+from pipeline.security import CurveConfig, create_keys, stop_authenticators
+from pipeline.transport import Endpoint, Receiver, Sender, SocketOptions, endpoints, free_tcp_port
 
 FAST = SocketOptions(hwm=4, send_timeout_ms=100, recv_timeout_ms=100, linger_ms=0)
 
@@ -273,3 +274,26 @@ def test_a_peer_that_leaves_and_comes_back_is_not_counted_as_a_rejection(process
                 assert _receive_seq(receiver, sender, seq) is not None
             receiver.recv(timeout=0.7)  # sees the peer leave, and the retries (grace period: 0.5 s)
         assert receiver.rejected == {}
+
+
+@pytest.mark.parametrize("receiver_binds", [False, True], ids=["receiver-connects", "receiver-binds"])
+@pytest.mark.parametrize("case", ["plaintext peer", "wrong server key"])
+def test_a_refused_curve_handshake_is_not_counted_as_an_oversize_message(tmp_path, receiver_binds, case):
+    """libzmq closes a connection whose CURVE handshake fails, as it does after an oversize part:
+    the connection watch must tell the two apart."""
+    server_public, server_secret = create_keys(tmp_path, "server")
+    client_public, client_secret = create_keys(tmp_path, "client")
+    stranger_public, _ = create_keys(tmp_path, "stranger")
+    server = CurveConfig(server_secret)
+    client = None if case == "plaintext peer" else CurveConfig(client_secret, server_public=stranger_public)
+    url = f"tcp://127.0.0.1:{free_tcp_port()}"
+    try:
+        with Receiver([Endpoint(url, receiver_binds)], options=replace(FAST, curve=server if receiver_binds else client)) \
+                as receiver, \
+                Sender([Endpoint(url, not receiver_binds)], options=replace(FAST, curve=client if receiver_binds else server)) \
+                as sender:
+            sender.send(_small(0))
+            assert receiver.recv(timeout=1.0) is None   # refused: nothing gets through
+            assert receiver.rejected == {}
+    finally:
+        stop_authenticators()
