@@ -39,9 +39,9 @@ drop-oldest queue, so a slow pipeline drops (and counts) the oldest inputs rathe
 Stopping (`StopRequest`): SIGINT (Ctrl-C) asks a stage to *finish*: a source stops producing
 and ends every stream with its marker and counts, then waits (up to `end_wait_s`) for its
 readers to take them; any other stage goes on until the final markers it waits for have
-arrived (a pool worker, `sources` 0: until its inputs pause for `IDLE_S`), for at most
-`stop_timeout_s`. SIGTERM, or a second SIGINT, stops at once. A repeated SIGINT within
-`DUPLICATE_SIGINT_S` counts once: Ctrl-C in a terminal reaches every process of the group,
+arrived (a pool worker, `sources` 0: until its inputs pause for `IDLE_S`), while inputs keep
+coming, giving up after `stop_timeout_s` without any. SIGTERM, or a second SIGINT, stops at
+once. A repeated SIGINT within `DUPLICATE_SIGINT_S` counts once: Ctrl-C in a terminal reaches every process of the group,
 and the launcher forwards one more to the sources.
 
 Source accounting: each stream's marker carries ``seq`` = inputs the source numbered (frames
@@ -171,8 +171,9 @@ class RunOptions:
     drain_timeout_s: after a stop request, how long a pending send may still wait for a peer.
     end_wait_s: after the final end-of-stream, how long to wait for readers to take it and leave
         (a reader that is a long-running service never leaves; this bounds the wait for it).
-    stop_timeout_s: asked to finish (SIGINT), how long a stage that is not a source goes on
-        waiting for the final end-of-stream markers before it stops anyway.
+    stop_timeout_s: asked to finish (SIGINT), a stage that is not a source goes on while inputs
+        keep coming (what was in flight drains through it); it stops anyway once no input came
+        for this long without the final end-of-stream markers.
     inputs_closed: a file that the launcher creates once every stage this one reads from has
         ended: the stage then handles what is queued, runs `Stage.end_of_inputs` and ends.
     """
@@ -323,12 +324,13 @@ def _run_worker(stage: Stage, options: RunOptions, receiver: Receiver, outputs: 
                 log.info("[%s] finishing: waiting for %s", options.name,
                          f"the final end of stream of {options.sources - finals} source(s)" if options.sources
                          else f"inputs to pause for {IDLE_S:.0f} s")
-            if time.monotonic() - stop_seen > options.stop_timeout_s:
-                log.warning("[%s] stopping %.0f s after the stop request, %s", options.name, options.stop_timeout_s,
-                            f"without the final end of stream of {options.sources - finals} source(s)"
-                            if options.sources else "with inputs still arriving")
+            idle = time.monotonic() - max(last_input, stop_seen)
+            if not options.sources and idle > IDLE_S:
                 return
-            if not options.sources and time.monotonic() - last_input > IDLE_S:
+            if idle > options.stop_timeout_s:
+                log.warning("[%s] stopping: no input for %.0f s since the stop request, and the final end of "
+                            "stream of %d source(s) has not come", options.name, options.stop_timeout_s,
+                            options.sources - finals)
                 return
         metrics.maybe_log()
         message = receiver.recv()

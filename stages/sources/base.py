@@ -44,7 +44,12 @@ def audio_media() -> dict[str, Any]:
 
 def video_message(stream: str, seq: int, frame: np.ndarray, pts: float, fps: float,
                   meta: dict[str, Any] | None = None, t_capture: float | None = None) -> Message:
-    """A ``video`` message for one HxWx3 uint8 BGR frame."""
+    """A ``video`` message for one HxWx3 uint8 BGR frame (made C-contiguous if it is not).
+
+    PyAV 18 returns frames whose width is not a multiple of its line alignment as a view with
+    padded rows; the wire format and the stages expect contiguous pixels.
+    """
+    frame = np.ascontiguousarray(frame)
     height, width = frame.shape[:2]
     return Message("video", stream, seq, pts=float(pts),
                    t_capture=time.time() if t_capture is None else t_capture,

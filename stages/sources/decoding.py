@@ -8,6 +8,8 @@ handle truncated and corrupt input the same way:
 * a video packet the decoder rejects is a frame read but undecodable: its ``seq`` is skipped
   (a gap the next frame's ``prev_seq`` names), and the stream's end-of-stream marker counts it
   in ``dropped`` and ``meta["source"]["dropped"]["undecodable"]``;
+* a video frame read that the decoder silently never outputs (H.264 frames before the first
+  keyframe) is counted the same way, its ``seq`` skipped at the end of the stream;
 * an audio packet the decoder rejects is logged and counted in the marker's
   ``meta["source"]["uncounted"]["undecodable-packets"]``: windows are cut from the samples that
   decoded, so how many windows it would have made is unknown, and the summary says so;
@@ -298,6 +300,7 @@ def decode_messages(container: av.container.InputContainer, location: Path, *,
     rejected = 0
     undecodable = {"video": 0, "audio": 0}
     video_packets = video_count = audio_count = 0
+    placeholders = 0   # 1-byte "dropped frame" packets of VfW-era AVI encoders: no picture, not a frame
     stopped_early = False
     packets = _packets(container, streams, problems)
     try:
@@ -305,6 +308,7 @@ def decode_messages(container: av.container.InputContainer, location: Path, *,
             is_video = stream is video
             if is_video and packet is not None and packet.size:
                 video_packets += 1
+                placeholders += packet.size <= 1
             try:
                 frames = stream.decode(packet)
             except av.error.FFmpegError as error:
@@ -342,6 +346,14 @@ def decode_messages(container: av.container.InputContainer, location: Path, *,
         for pts, samples, valid in resampling.push(None):
             yield audio_message(audio_id, audio_count, samples, pts, _window_meta(meta, valid, samples.size))
             audio_count += 1
+    # Frames read that never came out of the decoder, without an error (H.264 frames before the
+    # first keyframe, whose references are missing): undecodable too, their seqs a gap at the end.
+    silent = video_packets - placeholders - video_count if video is not None and not stopped_early else 0
+    if silent > 0:
+        logger.warning("%s: %d video frames were read but the decoder gave no picture for them (e.g. "
+                       "frames before the first keyframe); counted as undecodable", location, silent)
+        video_count += silent
+        undecodable["video"] += silent
     if video_count == undecodable["video"] and audio_count == 0:
         detail = "; ".join(problems) or "the streams hold no decodable frames"
         raise SourceFormatError(f"expected decodable {' and '.join(s.type for s in streams)} in {location}, "

@@ -56,12 +56,13 @@ class TcpStreamServer:
     The server listens, sends a session's frames to the client that connects, closes, and
     listens again for the next session. Leaving the ``with`` block waits for it (bounded) and
     kills it if it is still running. `pace`: frames per second to send at (None: as fast as
-    they encode).
+    they encode); `size`: the picture's width and height (default 160x96).
     """
 
     sessions: list[int]
     port: int = field(default_factory=free_tcp_port)
     pace: float | None = None
+    size: tuple[int, int] | None = None
 
     @property
     def url(self) -> str:
@@ -70,7 +71,8 @@ class TcpStreamServer:
     def __enter__(self) -> TcpStreamServer:
         self.process = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("stream_server.py")),
-             *(["--pace", str(self.pace)] if self.pace else []), str(self.port), *map(str, self.sessions)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             *(["--pace", str(self.pace)] if self.pace else []),
+             *(["--size", "{}x{}".format(*self.size)] if self.size else []), str(self.port), *map(str, self.sessions)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # The server prints "listening N" just before FFmpeg binds; give it a moment more.
         # (Probing the port with a connection would consume the session.)
         line = self.process.stdout.readline()
