@@ -12,7 +12,7 @@ Header fields (version 1); ``v``, ``kind``, ``stream`` and ``seq`` are required,
 ==============  ========================================================================
 ``v``           protocol version, the integer `PROTOCOL_VERSION`
 ``kind``        ``video`` | ``audio`` | ``result`` | ``eos``
-``stream``      stream id (1 to 1,024 printable characters), e.g. ``cam0`` or
+``stream``      stream id (1 to 1,024 characters, no control characters), e.g. ``cam0`` or
                 ``actioncliptrain00001/video``
 ``seq``         per-stream sequence number from 0; on ``eos``: how many inputs the stream had
 ``pts``         presentation time in seconds from the stream's start (default 0)
@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -56,7 +57,7 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_BUFFERS = 16
 MAX_DIMENSIONS = 8
 MAX_DEPTH = 32              # JSON nesting of the header: objects and arrays inside each other
-MAX_STREAM_CHARS = 1024     # a stream id is printable text (no control characters) of at most this
+MAX_STREAM_CHARS = 1024     # a stream id is text (no control characters, no line breaks) of at most this
 INT64_MAX = 2**63 - 1       # every integer in a header fits a signed 64-bit integer
 INT64_MIN = -(2**63)
 
@@ -82,7 +83,8 @@ REJECTION_REASONS: dict[str, str] = {
     "bad-version": "`v` is missing or not the integer 1",
     "missing-field": "`kind`, `stream` or `seq` is missing",
     "bad-kind": "`kind` is not one of video, audio, result, eos",
-    "bad-stream": f"`stream` is not a non-empty printable string of at most {MAX_STREAM_CHARS} characters",
+    "bad-stream": f"`stream` is not a string of 1 to {MAX_STREAM_CHARS} characters without control characters, "
+                  "line breaks or lone surrogates",
     "bad-seq": "`seq` is not an integer >= 0",
     "bad-pts": "`pts` is not a number",
     "bad-t_capture": "`t_capture` is not a number",
@@ -103,6 +105,17 @@ REJECTION_REASONS: dict[str, str] = {
 }
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+# Characters a stream id must not hold: control characters (newlines, tabs, NUL, escapes), line
+# and paragraph separators, and lone surrogates (not text; they cannot be written as UTF-8).
+_NOT_TEXT = frozenset(("Cc", "Cs", "Zl", "Zp"))
+
+
+def _is_text(value: str) -> bool:
+    """No character of `value` is in `_NOT_TEXT` (the slow check, for what `str.isprintable`
+    refuses though it is fine in a name: a no-break or ideographic space, a zero-width joiner)."""
+    return not any(unicodedata.category(char) in _NOT_TEXT for char in value)
 
 
 def _is_count(value: Any) -> bool:
@@ -152,9 +165,9 @@ class Message:
         if not isinstance(self.kind, str) or self.kind not in KINDS:
             raise MessageError("bad-kind", f"kind must be one of {KINDS}, got {_short(self.kind)}")
         if (not isinstance(self.stream, str) or not self.stream or len(self.stream) > MAX_STREAM_CHARS
-                or not self.stream.isprintable()):
-            raise MessageError("bad-stream", f"stream must be a non-empty printable string of at most "
-                               f"{MAX_STREAM_CHARS} characters, got {_short(self.stream)}")
+                or not (self.stream.isprintable() or _is_text(self.stream))):
+            raise MessageError("bad-stream", f"stream must be a non-empty string of at most {MAX_STREAM_CHARS} "
+                               f"characters without control characters or line breaks, got {_short(self.stream)}")
         if not _is_count(self.seq):
             raise MessageError("bad-seq", f"seq must be an integer 0..{INT64_MAX}, got {_short(self.seq)}")
         if not _is_finite_number(self.pts):

@@ -136,6 +136,10 @@ def test_bad_messages_cannot_be_built_or_encoded(build, reason):
     ([header(stream="")], "bad-stream"),
     ([b'{"v":1,"kind":"video","stream":"\\ud800","seq":0}'], "bad-stream"),   # a lone surrogate
     ([header(stream="caf\u00e9/\U0001f600")], None),
+    ([header(stream="clip\u00a0one \u3000\u5f71\u50cf\U0001f468\u200d\U0001f469")], None),  # no-break, ideographic space, ZWJ
+    ([header(stream="a\tb")], "bad-stream"),
+    ([header(stream="a\u2028b")], "bad-stream"),
+    ([header(stream="a\x85b")], "bad-stream"),
     ([header(kind=["video"])], "bad-kind"),
     ([b'{"v":1,"stream":"s","seq":0}'], "missing-field"),
     ([header(media={"fps": [25]})], "bad-media"),
