@@ -632,7 +632,9 @@ class _ConnectionWatch:
         self._connected = {t.url for t in sources if not t.bind}
         self._established: set[str] = set()              # connected endpoints past their handshake
         self._silent: dict[str, float] = {}              # connected endpoint -> when it dropped
-        self._accepted: dict[int, socket.socket] = {}   # libzmq's descriptor -> our duplicate
+        # libzmq's descriptor of an accepted connection -> (our duplicate, its inode, endpoint)
+        self._accepted: dict[int, tuple[socket.socket, int, str]] = {}
+        self._gone: set[int] = set()     # accepted descriptors found closed, awaiting their events
         self._failed_handshakes: Counter[str] = Counter()  # bound endpoint -> failures not yet matched
 
     def check(self) -> list[MessageError]:
@@ -654,21 +656,30 @@ class _ConnectionWatch:
                     self._silent.pop(endpoint, None)
             elif kind == zmq.EVENT_ACCEPTED:
                 # Gone already if it disconnects later in this batch: the number may be reused.
+                if value in self._accepted:    # its disconnect event was lost
+                    drops += self._let_go(value)
                 if not any(k == zmq.EVENT_DISCONNECTED and v == value for k, v, _ in events[index + 1:]):
-                    self._duplicate(value)
+                    self._duplicate(value, endpoint)
             elif kind in self._FAILED:
                 self._failed_handshakes[endpoint] += 1
             elif kind == zmq.EVENT_DISCONNECTED:
-                duplicate = self._accepted.pop(value, None)
-                if duplicate is None:
+                if value in self._accepted:
+                    drops += self._let_go(value)
+                else:
                     self._failed_handshakes.pop(endpoint, None)
-                    continue
-                closed_by_libzmq = self._closed_by_us(duplicate)
-                if self._failed_handshakes[endpoint] > 0:
-                    self._failed_handshakes[endpoint] -= 1   # refused by CURVE, not by size
-                elif closed_by_libzmq:
-                    drops.append(MessageError("oversize", f"a part over {self.limit} bytes (ZMQ_MAXMSGSIZE) "
-                                              f"came on {endpoint}: dropped unread, connection closed"))
+        # A disconnect whose event was lost (the monitor's queue overflowed while nobody read it):
+        # libzmq's descriptor is closed or is another socket now. Our duplicate must not keep the
+        # connection open, and what closed it still counts.
+        # Decided at the next check, once its events (a failed handshake, say) have been read.
+        for fd, (_, inode, _) in list(self._accepted.items()):
+            if fd in self._gone:
+                drops += self._let_go(fd)
+                continue
+            try:
+                if os.fstat(fd).st_ino != inode:
+                    self._gone.add(fd)
+            except OSError:
+                self._gone.add(fd)
         for endpoint, since in list(self._silent.items()):
             if now - since >= self.RETRY_GRACE_S:
                 del self._silent[endpoint]
@@ -677,11 +688,26 @@ class _ConnectionWatch:
                 self._reconnect(endpoint)
         return drops
 
-    def _duplicate(self, fd: int) -> None:
+    def _duplicate(self, fd: int, endpoint: str) -> None:
         try:
-            self._accepted[fd] = socket.socket(fileno=os.dup(fd))
+            duplicate = socket.socket(fileno=os.dup(fd))
         except OSError as error:   # closed meanwhile
             log.debug("could not watch connection fd %d: %s", fd, error)
+            return
+        self._accepted[fd] = (duplicate, os.fstat(duplicate.fileno()).st_ino, endpoint)
+
+    def _let_go(self, fd: int) -> list[MessageError]:
+        """libzmq let the accepted connection `fd` go: an ``oversize`` drop if libzmq closed it."""
+        duplicate, _, endpoint = self._accepted.pop(fd)
+        self._gone.discard(fd)
+        closed_by_libzmq = self._closed_by_us(duplicate)
+        if self._failed_handshakes[endpoint] > 0:
+            self._failed_handshakes[endpoint] -= 1   # refused by CURVE, not by size
+            return []
+        if not closed_by_libzmq:
+            return []
+        return [MessageError("oversize", f"a part over {self.limit} bytes (ZMQ_MAXMSGSIZE) came on {endpoint}: "
+                             f"dropped unread, connection closed")]
 
     @staticmethod
     def _closed_by_us(connection: socket.socket) -> bool:
@@ -707,6 +733,6 @@ class _ConnectionWatch:
     def close(self) -> None:
         self.zmq_socket.disable_monitor()
         self.monitor.close(linger=0)
-        for connection in self._accepted.values():
+        for connection, _, _ in self._accepted.values():
             connection.close()
         self._accepted.clear()
