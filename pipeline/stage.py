@@ -41,8 +41,8 @@ and ends every stream with its marker and counts, then waits (up to `end_wait_s`
 readers to take them; any other stage goes on until the final markers it waits for have
 arrived (a pool worker, `sources` 0: until its inputs pause for `IDLE_S`), while inputs keep
 coming, giving up after `stop_timeout_s` without any. SIGTERM, or a second SIGINT, stops at
-once. A repeated SIGINT within `DUPLICATE_SIGINT_S` counts once: Ctrl-C in a terminal reaches every process of the group,
-and the launcher forwards one more to the sources.
+once. A repeated SIGINT within `DUPLICATE_SIGINT_S` counts once: Ctrl-C in a terminal reaches
+every process of the group, and the launcher forwards one more to the sources.
 
 Source accounting: each stream's marker carries ``seq`` = inputs the source numbered (frames
 read, undecodable ones included) and ``dropped`` = those never sent, with the count by reason
