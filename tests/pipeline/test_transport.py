@@ -76,9 +76,7 @@ def test_round_trip_in_order_without_copying(transport, make_url):
 def test_sender_times_out_instead_of_blocking_forever(transport, make_url):
     url = make_url(transport)
     with Sender([Endpoint(url, True)], options=FAST) as sender:
-        started = time.monotonic()
-        assert sender.send(frame_message(0)) is False      # nobody connected: not sent
-        assert time.monotonic() - started < 1.0
+        assert sender.send(frame_message(0)) is False      # nobody connected: it returned, not sent
 
 
 def test_high_water_mark_bounds_the_queue(make_url):
@@ -221,15 +219,14 @@ def test_inproc_fan_in_while_a_sender_waits_for_readers_to_leave(make_url):
     assert first.send(frame_message(0, "a"))
     waiter.start()
     feeder.start()
-    started = time.monotonic()
+    # A missed wake-up leaves a sender waiting out its 2 s timeout (a send that fails) or the
+    # receiver its own (a None): outcomes, not elapsed time, which a busy machine stretches.
     received = [receiver.recv(timeout=2) for _ in range(201)]
-    elapsed = time.monotonic() - started
     feeder.join(5)
     receiver.close()
     waiter.join(5)
     assert None not in received and all(results["b"]) and results["left"] is True
     assert sorted((m.stream, m.seq) for m in received) == [("a", 0)] + [("b", seq) for seq in range(200)]
-    assert elapsed < 1.5, f"a sender missed its wake-up: 201 messages took {elapsed:.1f} s"
 
 
 def _small(seq: int) -> Message:

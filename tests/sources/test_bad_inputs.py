@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import pytest
@@ -62,13 +61,11 @@ OPEN_ERRORS = [
 def test_bad_files_fail_on_open_with_our_error(tmp_path: Path, kind: str, error: type, words: str,
                                                opener: str) -> None:
     path = make_file(tmp_path, kind)
-    start = time.monotonic()
     with pytest.raises(error) as raised:
         if opener == "open_source":
             open_source(path).open()
         else:
             {"VideoFileSource": VideoFileSource, "AudioFileSource": AudioFileSource}[opener](path).open()
-    assert time.monotonic() - start < 5
     assert str(path) in str(raised.value) and words in str(raised.value)
     assert not isinstance(raised.value, (KeyError, AttributeError))
     assert type(raised.value).__module__ == "pipeline.errors"  # never a raw av exception

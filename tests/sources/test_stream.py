@@ -64,8 +64,9 @@ def test_reconnects_and_keeps_counting() -> None:
             frames = check_stream(list(source), f"127.0.0.1:{server.port}")
             elapsed = time.monotonic() - start
     assert len(frames) == 50 and source.connections == 2
-    # After the second session the three refused tries sleep 0.1 + 0.2 + 0.4 s, then it ends.
-    assert 0.7 <= elapsed < 15
+    # After the second session the three refused tries sleep 0.1 + 0.2 + 0.4 s, then it ends
+    # (at least that long; no upper bound: a busy machine stretches it, issue 8 item 7).
+    assert 0.7 <= elapsed
 
 
 @pytest.mark.timeout(60)
@@ -90,12 +91,14 @@ def test_stalled_server_ends_the_stream_at_the_read_timeout() -> None:
         source = NetworkStreamSource(url, read_timeout_s=1.0, reconnect=ReconnectPolicy(attempts=0))
         frames = check_stream(list(source), f"127.0.0.1:{listener.getsockname()[1]}")
         elapsed = time.monotonic() - start
+        server_still_holding = thread.is_alive()   # it holds the connection until released
     finally:
         release.set()
         listener.close()
         thread.join(5)
     assert len(frames) == 40
-    assert 0.9 <= elapsed < 5  # ended by the 1 s read timeout, not by the server
+    # Ended by the 1 s read timeout, not by the server: it still held the connection open.
+    assert server_still_holding and 0.9 <= elapsed
 
 
 @pytest.mark.timeout(60)
@@ -108,7 +111,7 @@ def test_unreachable_url_fails_after_the_tries_within_bounded_time() -> None:
     elapsed = time.monotonic() - start
     assert url in str(raised.value) and "gave up after 3 tries" in str(raised.value)
     assert "Connection refused" in str(raised.value)
-    assert 0.6 <= elapsed < 5  # back-off 0.2 s then 0.4 s between the three tries
+    assert 0.6 <= elapsed  # back-off 0.2 s then 0.4 s between the three tries
 
 
 @pytest.mark.timeout(60)
@@ -121,7 +124,7 @@ def test_silent_server_times_out_on_open() -> None:
             NetworkStreamSource(url, open_timeout_s=1.0, reconnect=ReconnectPolicy(attempts=1, initial_delay_s=0.1)).open()
         elapsed = time.monotonic() - start
     assert url in str(raised.value) and isinstance(raised.value, TimeoutError)
-    assert 2.0 <= elapsed < 6  # two tries of 1 s each
+    assert 2.0 <= elapsed  # two tries of 1 s each
 
 
 @pytest.mark.timeout(60)
