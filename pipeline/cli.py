@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     stage.add_argument("--curve-clients", type=Path, metavar="DIR",
                        help="accept only clients whose public .key is in DIR (with --curve-secret)")
     stage.add_argument("--end-wait", type=float, default=RunOptions.end_wait_s, metavar="SECONDS",
-                       help="after the final end-of-stream, how long to wait for readers to leave")
+                       help="after the final end-of-stream, how long to wait for readers where it cannot be told "
+                            "whether they have read everything (none ever connected; not Linux)")
     stage.add_argument("--inputs-closed-file", type=Path, metavar="FILE",
                        help="once FILE exists (the launcher creates it when every stage this one reads from "
                             "has ended), handle what is queued and end")

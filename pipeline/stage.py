@@ -169,8 +169,10 @@ class RunOptions:
         ends by itself; 0 runs until stopped (a worker serving a pool).
     live_queue: inputs a live source may hold while the pipeline is busy before it drops the oldest.
     drain_timeout_s: after a stop request, how long a pending send may still wait for a peer.
-    end_wait_s: after the final end-of-stream, how long to wait for readers to take it and leave
-        (a reader that is a long-running service never leaves; this bounds the wait for it).
+    end_wait_s: after the final end-of-stream, the runtime waits until its readers have read
+        everything (as long as connected readers still have something to read; see
+        `Sender.wait_for_peers_to_leave`); this bounds the wait only where that cannot be told
+        (no reader ever connected, or not Linux).
     stop_timeout_s: asked to finish (SIGINT), a stage that is not a source goes on while inputs
         keep coming (what was in flight drains through it); it stops anyway once no input came
         for this long without the final end-of-stream markers.
