@@ -9,6 +9,17 @@ Every app runs the same shape of graph, one process per stage (pipeline/graph.py
 The workers share the filter's first output (PUSH: each input for the model reaches one of
 them); the filter's second output takes everything else straight to the aggregator, which
 reads all of them, restores the order, resolves decisions, counts and accounts.
+
+With ``--remote-workers`` the filter's jobs and the aggregator's results are also offered on
+two tcp endpoints that workers on other hosts connect to. With ``--curve-secret`` those two
+endpoints are CurveZMQ servers (encrypted; with ``--curve-clients`` only the listed workers'
+keys may connect), each behind a small relay stage, so that the app's own links stay plain ipc:
+
+    filter[0] -> jobs-gate (@JOBS_URL, CURVE) -> remote workers -> (@RESULTS_URL, CURVE) results-gate -> aggregate
+
+In every run the filter tags what it sends and the aggregator takes only tagged results, each
+input once (a per-run job key in $INFISTREAM_JOB_KEY; stages/ledger.py), and the aggregator
+is given a run id so that a restart of it appends to --out (docs/results.md, "Restarts").
 """
 
 from __future__ import annotations
@@ -16,11 +27,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
+import shlex
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.assets import cache_dir
+from pipeline.errors import ConfigError
 from pipeline.graph import GraphRun, parse_graph, stage_table
 from pipeline.transport import local_url
 from stages.detect import offline_environment
@@ -36,6 +51,13 @@ def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
                         help="also bind these two endpoints (e.g. tcp://0.0.0.0:5551,tcp://0.0.0.0:5552) so that "
                              "workers on other hosts can join: `infistream stage stages.detect:YoloWorker "
                              "--in tcp://THIS_HOST:5551 --out tcp://THIS_HOST:5552 --sources 0`")
+    parser.add_argument("--curve-secret", default=None, metavar="FILE",
+                        help="with --remote-workers: encrypt the jobs and results endpoints with CurveZMQ, using "
+                             "this host's NAME.key_secret (`infistream keys NAME`); NAME.key beside it is what "
+                             "remote workers pass as --curve-server")
+    parser.add_argument("--curve-clients", default=None, metavar="DIR",
+                        help="with --curve-secret: accept only workers whose public .key is in DIR "
+                             "(without it, any worker that has this host's public key may join)")
     parser.add_argument("--out", default=default_out, help=f"per-input results, JSON Lines (default {default_out})")
     parser.add_argument("--summary", default=None, help="also write the savings summary as JSON here")
     parser.add_argument("--publish", default=None, metavar="URL",
@@ -53,6 +75,7 @@ def consumer_graph(name: str, args: argparse.Namespace, source: dict[str, Any], 
     remote = getattr(args, "remote_workers", None)
     if args.workers < (0 if remote else 1):
         raise SystemExit(f"{name}: --workers must be at least {0 if remote else 1}, got {args.workers}")
+    curve = _curve_options(name, args)
     source = {"realtime": args.realtime, **source}
     stages: list[dict[str, Any]] = [
         {"name": "source", "stage": "stages.source:Source", "params": source},
@@ -60,7 +83,17 @@ def consumer_graph(name: str, args: argparse.Namespace, source: dict[str, Any], 
          "params": {"policy": args.filter, "keep_frames": keep_frames}},
     ]
     workers = [f"worker-{i + 1}" for i in range(args.workers)]
-    if remote:
+    if remote and curve:
+        # Two relays hold the CURVE endpoints; the app's own workers read the filter directly
+        # (the filter's PUSH shares the jobs between them and the jobs gate).
+        jobs, results = _remote_endpoints(name, remote)
+        stages += [{"name": "jobs-gate", "stage": "stages.relay:Relay", "inputs": ["filter"], "outputs": ["@" + jobs],
+                    "sources": 0, "curve": curve},
+                   {"name": "results-gate", "stage": "stages.relay:Relay", "inputs": ["@" + results],
+                    "sources": 0, "curve": curve}]
+        worker_io = {"inputs": ["filter"]}
+        aggregate_inputs = [*[f"worker-{i + 1}" for i in range(args.workers)], "results-gate", "filter[1]"]
+    elif remote:
         # The filter binds the jobs endpoint and the aggregator the results endpoint; every
         # worker, local or on another host, connects to both.
         jobs, results = _remote_endpoints(name, remote)
@@ -76,11 +109,55 @@ def consumer_graph(name: str, args: argparse.Namespace, source: dict[str, Any], 
                        "params": {**worker_params, "keep_frames": keep_frames}})
     aggregate = {"name": "aggregate", "stage": "stages.aggregate:Aggregator", "inputs": aggregate_inputs,
                  "sources": 1,
-                 "params": {"out": args.out, **({"summary": args.summary} if args.summary else {}), **aggregator}}
+                 # One id per run: a restarted aggregator appends to --out, a new run starts it anew.
+                 "params": {"out": args.out, "run_id": uuid.uuid4().hex,
+                            **({"summary": args.summary} if args.summary else {}), **aggregator}}
     if args.publish:
         aggregate.update(outputs=[args.publish], out_pattern="pub")
     stages.append(aggregate)
+    if remote:
+        print(f"{name}: workers on other hosts join with\n  {remote_worker_command(args, worker, worker_params)}",
+              file=sys.stderr)
     return {"name": name, "transport": args.transport, "stages": stages}
+
+
+def remote_worker_command(args: argparse.Namespace, worker: str, worker_params: dict[str, Any]) -> str:
+    """The command line that starts a worker on another host for this run (THIS_HOST: this one's
+    address as the other host reaches it; WORKER: the worker's own certificate name)."""
+    jobs, results = _remote_endpoints("app", args.remote_workers)
+    host = lambda url: url.replace("0.0.0.0", "THIS_HOST").replace("*", "THIS_HOST")   # noqa: E731
+    command = ["infistream", "stage", worker, "--name", "remote", "--in", host(jobs), "--out", host(results),
+               "--sources", "0"]
+    for key, value in worker_params.items():
+        command += ["--param", f"{key}={value}"]
+    curve = _curve_options("app", args)
+    if curve:
+        command += ["--curve-secret", "WORKER.key_secret", "--curve-server", curve["server"]]
+    return shlex.join(command)
+
+
+def _curve_options(name: str, args: argparse.Namespace) -> dict[str, str] | None:
+    """The CURVE certificates of the remote-worker endpoints, or None; refuses what cannot work."""
+    secret, clients = getattr(args, "curve_secret", None), getattr(args, "curve_clients", None)
+    if secret is None:
+        if clients:
+            raise SystemExit(f"{name}: --curve-clients needs --curve-secret")
+        return None
+    if not getattr(args, "remote_workers", None):
+        raise SystemExit(f"{name}: --curve-secret secures the --remote-workers endpoints; give those too")
+    if getattr(args, "transport", "ipc") != "ipc":
+        raise SystemExit(f"{name}: with --curve-secret the app's own links must stay on ipc (--transport ipc)")
+    secret_path = Path(secret)
+    public = secret_path.with_name(secret_path.name.removesuffix("_secret"))
+    from pipeline.security import CurveConfig
+    try:
+        CurveConfig(secret_path, public, Path(clients) if clients else None)
+    except ConfigError as error:
+        raise SystemExit(f"{name}: {error}") from None
+    if not secret_path.name.endswith(".key_secret"):
+        raise SystemExit(f"{name}: --curve-secret must be a NAME.key_secret file (infistream keys NAME)")
+    return {"secret": str(secret_path.resolve()), "server": str(public.resolve()),
+            **({"clients": str(Path(clients).resolve())} if clients else {})}
 
 
 def check_source(app: str, uri: str, media: str) -> None:
@@ -120,6 +197,9 @@ def run_graph(document: dict, args: argparse.Namespace, watch: Callable[[], None
     offline_environment()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MPLCONFIGDIR", str(cache_dir() / "matplotlib"))
+    # The filter and the aggregator of this run share a job key (they inherit it; it stays off
+    # the command lines): the aggregator takes only results the filter sent out.
+    os.environ.setdefault("INFISTREAM_JOB_KEY", secrets.token_hex(16))
     graph = parse_graph(document, document["name"])
     run = GraphRun(graph, log_level=args.log_level.upper())
     code = run.run(watch)

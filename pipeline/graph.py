@@ -25,7 +25,9 @@ Per stage, optional: ``outputs`` (URLs to bind, when others outside the graph co
 ``in_pattern`` (pull|sub), ``out_pattern`` (push|pub), ``sources`` (final end-of-stream
 markers to wait for; by default the number of source stages upstream, 0 = run until the
 graph ends), ``restart`` (``on-failure`` (default for non-sources) or ``no``) and
-``max_restarts`` (default 3). ``${assets}`` in a string parameter is the shared assets directory.
+``max_restarts`` (default 3), ``curve`` (``{secret: FILE, server: FILE, clients: DIR}``: the
+stage's ``--curve-*`` options, for its tcp sockets). ``${assets}`` in a string parameter is the
+shared assets directory.
 
 Each stage runs as ``infistream stage ...`` in its own process, exactly as a user would run
 it by hand on another host. The launcher restarts a stage that crashes (its neighbours keep
@@ -73,7 +75,9 @@ from pipeline.transport import free_tcp_port, local_url
 log = logging.getLogger(__name__)
 
 _STAGE_KEYS = {"name", "stage", "params", "inputs", "outputs", "in_pattern", "out_pattern", "sources",
-               "restart", "max_restarts"}
+               "restart", "max_restarts", "curve"}
+#: A stage's ``curve`` key: ``{secret: FILE, server: FILE, clients: DIR}`` -> its --curve-* options.
+_CURVE_KEYS = {"secret": "--curve-secret", "server": "--curve-server", "clients": "--curve-clients"}
 _GRAPH_KEYS = {"name", "transport", "hwm", "stages"}
 # Exit codes of `infistream stage` (see pipeline.cli): a bad configuration or a failed setup
 # would fail again, so only crashes and runtime errors are restarted.
@@ -94,6 +98,7 @@ class StageSpec:
     sources: int | None = None
     restart: str | None = None
     max_restarts: int = 3
+    curve: dict[str, str] | None = None    # CurveZMQ certificates for the stage's tcp sockets
     is_source: bool = False
 
 
@@ -162,6 +167,10 @@ def parse_graph(document: Any, where: str = "graph", overrides: dict[str, dict[s
             spec.restart = "no" if spec.is_source else "on-failure"
         if spec.restart not in ("no", "on-failure"):
             raise ConfigError(f"{where}: stage {spec.name!r} restart must be 'no' or 'on-failure', got {spec.restart!r}")
+        if spec.curve is not None and (not isinstance(spec.curve, dict) or set(spec.curve) - set(_CURVE_KEYS)
+                                       or "secret" not in spec.curve):
+            raise ConfigError(f"{where}: stage {spec.name!r} curve must be a mapping with secret (and optionally "
+                              f"server, clients), got {spec.curve!r}")
         stages.append(spec)
     graph = GraphSpec(document.get("name", Path(where).stem), stages, transport, document.get("hwm"))
     names = {s.name for s in stages}
@@ -308,6 +317,9 @@ class GraphRun:
             command += ["--out", url]
         if self.graph.hwm:
             command += ["--hwm", str(self.graph.hwm)]
+        for key, option in _CURVE_KEYS.items():
+            if spec.curve and spec.curve.get(key):
+                command += [option, str(spec.curve[key])]
         if spec.name in self._upstream:
             command += ["--inputs-closed-file", str(self.inputs_closed_path(spec.name))]
         return command

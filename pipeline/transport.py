@@ -152,8 +152,9 @@ class SocketOptions:
         (208 KiB) is less than one 640x480 frame: each frame then took several rounds of
         write, wake the reader, wait. The kernel caps it at ``net.core.wmem_max``. What sits
         in it adds to `hwm`: up to four more 640x480 frames per connection at 4 MiB.
-    curve: certificates to encrypt (and authenticate) every link with CurveZMQ; see
-        `pipeline.security`. Both ends of a link must be secured, or neither.
+    curve: certificates to encrypt (and authenticate) every tcp link with CurveZMQ; see
+        `pipeline.security`. Both ends of a link must be secured, or neither. Sockets with
+        only ipc or inproc endpoints stay plain (they never leave the host).
     """
 
     hwm: int = 2
@@ -224,7 +225,8 @@ def _open_socket(context: zmq.Context, pattern: str, targets: list[Endpoint], op
         if options.buffer_bytes:
             socket.setsockopt(zmq.SNDBUF, options.buffer_bytes)
             socket.setsockopt(zmq.RCVBUF, options.buffer_bytes)
-        if options.curve is not None:
+        if options.curve is not None and any(t.url.startswith("tcp://") for t in targets):
+            # CurveZMQ is for links that can leave the host: ipc and inproc stay plain.
             if len({t.bind for t in targets}) > 1:
                 raise EndpointError("a CurveZMQ socket either binds or connects, not both")
             secure(socket, options.curve, bind=targets[0].bind)
