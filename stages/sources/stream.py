@@ -73,8 +73,9 @@ class NetworkStreamSource(MediaSource):
     Every blocking FFmpeg call is bounded: ``av.open(url, timeout=(open_timeout_s,
     read_timeout_s))``. When the connection ends for any reason, the source reconnects
     following `reconnect`; the stream id stays the same and ``seq`` keeps counting, so the
-    runtime sees one stream with no gaps, except one ``seq`` skipped per packet the decoder
-    rejects (counted as ``undecodable`` in the end-of-stream marker). ``pts`` starts at 0 and stays monotonic across
+    runtime sees one stream with no gaps, except one ``seq`` skipped per frame read that the
+    decoder rejects or never outputs (a connection joining mid-GOP), counted as ``undecodable``
+    in the end-of-stream marker. ``pts`` starts at 0 and stays monotonic across
     reconnections: within a connection it follows the stream's timestamps, and a new
     connection continues from the wall time elapsed since the first frame.
 
@@ -119,7 +120,8 @@ class NetworkStreamSource(MediaSource):
         self.options = {str(k): str(v) for k, v in (options or {}).items()}
         self.max_frames = max_frames
         self.connections = 0       # successful connections so far
-        self.rejected_packets = 0  # packets the decoder refused (skipped)
+        self.rejected_packets = 0  # frames read but undecodable: packets refused, or never output
+        self.read_packets = 0      # video packets read (frames, for the accounting)
         self._container: av.container.InputContainer | None = None
 
     @property
@@ -205,6 +207,7 @@ class NetworkStreamSource(MediaSource):
                     except av.error.FFmpegError as flush_error:
                         logger.debug("stream %s: decoder flush failed: %s", self.location, flush_error)
                     return
+                self.read_packets += packet.size > 1   # not the flush packet, not a 1-byte placeholder
                 try:
                     frames = packet.decode()
                 except av.error.FFmpegError as error:
@@ -228,6 +231,7 @@ class NetworkStreamSource(MediaSource):
             clock = FrameClock(video, fps)  # timestamps restart with each connection
             base: tuple[float, float] | None = None  # (pts offset, stream time) of this connection
             received = 0
+            read_before, rejected_before = self.read_packets, self.rejected_packets
             for frame in self._frames(container):
                 now = time.monotonic()
                 origin = now if origin is None else origin
@@ -248,6 +252,13 @@ class NetworkStreamSource(MediaSource):
                     yield source_eos(self.stream, count, {"undecodable": skipped})
                     return
             self._close()
+            # Frames read that the decoder never output without an error (a connection joining
+            # mid-GOP: the frames before the first keyframe) are undecodable too.
+            silent = (self.read_packets - read_before) - received - (self.rejected_packets - rejected_before)
+            if silent > 0:
+                logger.info("stream %s: %d frames read on this connection gave no picture (e.g. before its "
+                            "first keyframe); counted as undecodable", self.location, silent)
+                self.rejected_packets += silent
             # Tries count until a connection delivers a frame, so a server that accepts and
             # hangs up at once cannot keep the source reconnecting forever.
             failures = 0 if received else failures

@@ -7,8 +7,11 @@ count what the decoder rejected, or say that it cannot.
 
 from __future__ import annotations
 
+import http.server
+import io
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import av
@@ -20,10 +23,12 @@ from stages.filter import Filter
 from stages.savings import format_summary
 from stages.source import Source
 from stages.sources.audio import AudioFileSource
+from stages.sources.stream import NetworkStreamSource, ReconnectPolicy
 from stages.sources.video import VideoFileSource
 from tests.pipeline.test_stage import chain, join_all
 
 from .conftest import asset
+from .stream_server import write_mpegts
 
 VIDEO = "traffic/street_two_lane.mp4"          # 905 frames, H.264
 SOUNDTRACK = "audio/soundtrack/steamboat_willie_1928.mp4"   # AAC audio
@@ -114,3 +119,48 @@ def test_lost_audio_makes_the_summary_say_the_accounting_is_incomplete(garbled_a
     assert total["uncounted"] == {"undecodable-packets": 10} and total["streams_with_uncounted"] == 1
     assert not total["balanced"]
     assert "accounting incomplete: the source lost input it could not count" in format_summary(total)
+
+
+def damaged_transport_stream(frames: int = 100, seed: int = 8) -> bytes:
+    """An H.264 MPEG-TS of the stream server's pattern, 20 TS packets 30 % in garbled (headers
+    kept): the demuxer still reads every frame's packet, the decoder gives no picture for some."""
+    buffer = io.BytesIO()
+    write_mpegts(buffer, frames)
+    data = bytearray(buffer.getvalue())
+    rng = np.random.default_rng(seed)
+    first = len(data) // 188 * 3 // 10
+    for index in range(first, first + 20):
+        offset = index * 188
+        assert data[offset] == 0x47   # a TS packet's sync byte: keep its 4-byte header
+        data[offset + 4:offset + 188] = rng.integers(0, 256, 184, dtype=np.uint8).tobytes()
+    return bytes(data)
+
+
+def test_a_network_stream_counts_frames_read_that_give_no_picture(tmp_path):
+    body = damaged_transport_stream()
+    (tmp_path / "live.ts").write_bytes(body)
+    read = sum(1 for packet in av.open(str(tmp_path / "live.ts")).demux(video=0) if packet.size > 1)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/live.ts"
+        messages = list(NetworkStreamSource(url, reconnect=ReconnectPolicy(attempts=0)))
+    finally:
+        server.shutdown()
+        server.server_close()
+    frames, marker = messages[:-1], messages[-1]
+    assert marker.is_eos and marker.seq == read and 0 < marker.dropped == read - len(frames), (read, len(frames))
+    assert marker.meta["source"] == {"dropped": {"undecodable": marker.dropped}}
+    assert [m.seq for m in frames] == sorted({m.seq for m in frames}) and frames[-1].seq < read
