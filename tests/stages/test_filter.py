@@ -1,0 +1,55 @@
+"""The filter: decisions, routing, and the tags that let the aggregator trust what it receives."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.message import Message, eos
+from stages import ledger
+from stages.filter import Filter
+
+KEY = "cd" * 16
+
+
+def video(seq: int) -> Message:
+    return Message("video", "cam", seq, arrays=(np.zeros((4, 4, 3), np.uint8),))
+
+
+def test_with_a_job_key_every_message_leaves_tagged_for_its_route():
+    stage = Filter("stride:2", job_key=KEY)
+    key = bytes.fromhex(KEY)
+    inferred, reused = stage.process(video(0)), stage.process(video(1))
+    assert stage.route(inferred) == 0 and stage.route(reused) == 1
+    assert ledger.tag_matches(key, "job", "cam", 0, inferred.meta["tag"])
+    assert ledger.tag_matches(key, "direct", "cam", 1, reused.meta["tag"])
+    assert not ledger.tag_matches(key, "job", "cam", 1, reused.meta["tag"])   # a direct tag is no job tag
+    # The marker is sent by the filter itself, tagged (the runtime would forward it untagged).
+    assert stage.forwards_end_of_stream is False
+    marker = stage.end_of_stream(eos("cam", 2, final=True, dropped=0))
+    assert marker.is_eos and marker.final and ledger.tag_matches(key, "eos", "cam", 2, marker.meta["tag"])
+    assert stage.route(marker) == 1
+
+
+def test_without_a_key_nothing_is_tagged_and_the_runtime_forwards_markers(monkeypatch):
+    monkeypatch.delenv(ledger.JOB_KEY_ENV, raising=False)
+    stage = Filter("none")
+    assert "tag" not in stage.process(video(0)).meta
+    assert stage.forwards_end_of_stream is True and stage.end_of_stream(eos("cam", 1)) is None
+
+
+def test_a_short_or_malformed_key_is_a_configuration_error():
+    import pytest
+
+    from pipeline.errors import ConfigError
+    for bad in ("abc", "zz" * 16, "ab" * 8):
+        with pytest.raises(ConfigError, match="job key"):
+            Filter(job_key=bad)
+
+
+def test_seq_set_keeps_ranges_not_members():
+    seqs = ledger.SeqSet()
+    for seq in list(range(0, 1000)) + list(range(1001, 5000)) + [7000]:
+        assert seqs.add(seq)
+    assert not seqs.add(500) and 1000 not in seqs and 4999 in seqs and 5000 not in seqs
+    assert seqs.ranges == 3 and len(seqs) == 4999 + 1 and seqs.end == 7001
+    assert seqs.add(1000) and seqs.ranges == 2
