@@ -137,6 +137,8 @@ class Detections:
                               f"{len(boxes)} boxes, {len(classes)} classes, {len(scores)} scores")
         if not np.isfinite(boxes).all() or (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
             raise ResultError("detection boxes must be finite x1, y1, x2, y2 with x2 >= x1 and y2 >= y1")
+        if not np.isfinite(scores).all():
+            raise ResultError("detection scores must be finite")
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "classes", classes)
         object.__setattr__(self, "scores", scores)
@@ -164,8 +166,11 @@ class Detections:
         if not isinstance(wire, dict) or wire.get("task") != "vehicles":
             raise ResultError(f"expected a vehicles result object, got {wire!r:.200}")
         try:
-            return cls(np.asarray(wire.get("boxes", []), np.float32), np.asarray(wire.get("classes", []), np.int64),
-                       np.asarray(wire.get("scores", []), np.float32), _milliseconds(wire.get("infer_ms", 0.0), "infer_ms"))
+            with np.errstate(over="ignore", invalid="ignore"):   # too large for float32: inf, refused below
+                boxes = np.asarray(wire.get("boxes", []), np.float32)
+                scores = np.asarray(wire.get("scores", []), np.float32)
+            return cls(boxes, np.asarray(wire.get("classes", []), np.int64),
+                       scores, _milliseconds(wire.get("infer_ms", 0.0), "infer_ms"))
         except (TypeError, ValueError, OverflowError) as error:
             if isinstance(error, ResultError):
                 raise
