@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import signal
@@ -60,6 +61,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -287,6 +289,10 @@ class GraphRun:
         # as the aggregator's PUB does). Once they end cleanly, every input has arrived.
         self._sinks = {spec.name for spec in graph.stages if spec.name not in readers}
         self.failed: list[str] = []
+        # One id for this run, in every stage's environment (restarts included): a restarted
+        # aggregator appends to the results file of its own run only (docs/results.md).
+        self.run_id = uuid.uuid4().hex
+        self._environment = {**os.environ, "INFISTREAM_RUN_ID": self.run_id}
         # Stages the launcher had to end (SIGTERM or SIGKILL) rather than ending by themselves.
         self.terminated: list[str] = []
         # Stage -> the stages it reads from, for stages that read only from the graph: once
@@ -328,7 +334,7 @@ class GraphRun:
         for spec in self.graph.stages:
             command = self.command(spec)
             log.debug("starting %s: %s", spec.name, " ".join(command))
-            self.running[spec.name] = _Running(spec, command, subprocess.Popen(command))
+            self.running[spec.name] = _Running(spec, command, subprocess.Popen(command, env=self._environment))
         log.info("graph %s: %d stages started (run dir %s)", self.graph.name, len(self.running), self.run_dir)
 
     def request_stop(self, grace_s: float | None = None) -> None:
@@ -368,7 +374,7 @@ class GraphRun:
                 stage.restarts += 1
                 log.warning("stage %s exited with %s; restarting (%d of %d)", stage.spec.name, _describe(code),
                             stage.restarts, stage.spec.max_restarts)
-                stage.process = subprocess.Popen(stage.command)
+                stage.process = subprocess.Popen(stage.command, env=self._environment)
                 continue
             stage.exit_code = code
             self.failed.append(stage.spec.name)

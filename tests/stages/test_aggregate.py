@@ -267,7 +267,8 @@ def test_an_aggregator_killed_mid_run_is_restarted_and_every_input_is_written_on
         {"name": "filter", "stage": "stages.filter:Filter", "inputs": ["source"], "params": {"policy": "stride:2"}},
         {"name": "worker", "stage": "tests.helpers.workers:SeqDetector", "inputs": ["filter"], "sources": 0},
         {"name": "aggregate", "stage": "stages.aggregate:Aggregator", "inputs": ["worker", "filter[1]"],
-         "params": {"task": "vehicles", "out": str(out), "summary": str(summary_path), "run_id": "restart-test",
+         # No run_id: the launcher gives every stage of the run $INFISTREAM_RUN_ID, restarts included.
+         "params": {"task": "vehicles", "out": str(out), "summary": str(summary_path),
                     "eos_timeout_s": 3.0, "reorder_timeout_s": 1.0, "print_summary": False}}]}
     run = GraphRun(parse_graph(document, "restart"), run_dir=tmp_path / "run", log_level="WARNING")
     run.start()
@@ -284,7 +285,7 @@ def test_an_aggregator_killed_mid_run_is_restarted_and_every_input_is_written_on
     assert code == 0
     assert run.running["aggregate"].restarts == 1 and run.pid("aggregate") != killed
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert lines[0] == {"run": "restart-test", "format": 1} and sum("run" in r for r in lines) == 1
+    assert lines[0] == {"run": run.run_id, "format": 1} and sum("run" in r for r in lines) == 1
     inputs = [r for r in lines if "seq" in r]
     seqs = [r["seq"] for r in inputs]
     assert len(seqs) == len(set(seqs)), "an input was written twice"
