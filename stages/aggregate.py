@@ -159,12 +159,12 @@ class Aggregator(Stage):
             self._display.open()
 
     def process(self, message: Message) -> list[Message]:
+        if not self._authentic(message):   # first: a forgery counts as nothing else
+            return []
         if message.stream in self._finished:
             self._after_end += 1
             log.warning("[%s] %s seq %d arrived after its stream ended; not counted", self.name,
                         message.stream, message.seq)
-            return []
-        if not self._authentic(message):
             return []
         stream = self._stream(message)
         if message.seq in stream.written:
