@@ -168,7 +168,10 @@ class Aggregator(Stage):
             return []
         stream = self._stream(message)
         if message.seq in stream.written:
-            self._reject(message, "duplicate", "already written")
+            if message.seq < stream.written.floor:
+                self._reject(message, "too-old", "behind more gaps than are remembered")
+            else:
+                self._reject(message, "duplicate", "already written")
             return []
         try:
             prev_seq = message.meta.get("prev_seq")

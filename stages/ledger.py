@@ -1,7 +1,8 @@
 """What the aggregator must remember to write every input once, and to trust only real results.
 
 * `SeqSet`: the sequence numbers already written for one stream, as sorted ranges (a stream's
-  written seqs are nearly contiguous, so this stays a handful of ranges however long it runs).
+  written seqs are nearly contiguous, so this stays a handful of ranges however long it runs;
+  past `max_ranges` gaps the oldest gap is closed: its seqs count as done, `floor` says up to where).
 * Job tags: the filter stamps every message it sends with ``meta["tag"]``, an HMAC of the run's
   job key over (purpose, stream, seq): purpose ``job`` for an input it sends to the workers
   (who copy ``meta`` into their result), ``direct`` for an input it answered itself and ``eos``
@@ -38,12 +39,19 @@ PURPOSES = ("job", "direct", "eos")
 
 
 class SeqSet:
-    """A set of non-negative integers stored as sorted, disjoint, non-adjacent [start, end) ranges."""
+    """A set of non-negative integers stored as sorted, disjoint, non-adjacent [start, end) ranges.
 
-    def __init__(self) -> None:
+    Bounded: with more than `max_ranges` ranges (a stream with that many gaps: drops, losses),
+    the oldest gap is closed, its numbers taken as members; `floor` is then the end of the first
+    range, below which membership means "written, or too old to tell".
+    """
+
+    def __init__(self, max_ranges: int = 4096) -> None:
         self._starts: list[int] = []
         self._ends: list[int] = []
         self.count = 0
+        self.max_ranges = max_ranges
+        self.floor = 0
 
     def __contains__(self, seq: int) -> bool:
         index = bisect.bisect_right(self._starts, seq) - 1
@@ -79,6 +87,10 @@ class SeqSet:
             self._starts.insert(index + 1, seq)
             self._ends.insert(index + 1, seq + 1)
         self.count += 1
+        if len(self._starts) > self.max_ranges:      # close the oldest gap
+            self._ends[0] = self._ends.pop(1)
+            del self._starts[1]
+            self.floor = self._ends[0]
         return True
 
 

@@ -53,3 +53,14 @@ def test_seq_set_keeps_ranges_not_members():
     assert not seqs.add(500) and 1000 not in seqs and 4999 in seqs and 5000 not in seqs
     assert seqs.ranges == 3 and len(seqs) == 4999 + 1 and seqs.end == 7001
     assert seqs.add(1000) and seqs.ranges == 2
+
+
+def test_seq_set_stays_bounded_with_a_gap_after_every_input():
+    """A live stream that drops every other frame leaves a gap after each written input: the
+    set closes its oldest gaps beyond `max_ranges`, so memory stays bounded for any run length."""
+    seqs = ledger.SeqSet(max_ranges=100)
+    for seq in range(0, 100_000, 2):
+        assert seqs.add(seq)
+    assert seqs.ranges == 100 and len(seqs) == 50_000
+    assert seqs.floor == 100_000 - 2 * 99 - 1          # everything below: written or too old to tell
+    assert 1 in seqs and 99_999 not in seqs and 99_997 not in seqs and 99_998 in seqs
