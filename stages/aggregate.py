@@ -15,7 +15,10 @@ filter when nothing needs the model), and:
 
 End-of-stream markers are held (``forwards_end_of_stream = False``): with several workers, the
 marker can overtake results still in flight on another worker, so a stream ends here only when
-all of its inputs are in or `eos_timeout_s` has passed since its marker (the rest count as lost).
+all of its inputs are in or `eos_timeout_s` has passed since its marker or the last input after
+it (the rest count as lost),
+or, in a graph run by the launcher, as soon as the filter and every worker have ended and what
+they sent is handled (`end_of_inputs`): what is missing then died with a worker.
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ class Aggregator(Stage):
     show: ``window`` (an OpenCV window) or a video file to write annotated frames to; needs
         the frames, so the filter and workers upstream must run with ``keep_frames``.
     reorder_window / reorder_timeout_s: how far out of order inputs may arrive.
-    eos_timeout_s: how long a stream waits after its end-of-stream marker for stragglers.
+    eos_timeout_s: how long a stream waits for stragglers after its end-of-stream marker, or
+        after the last straggler that came (a backlog on a slow worker is not a loss).
     print_summary: print the savings summary to stdout when the stage ends.
     run_id: which run this is (default: $INFISTREAM_RUN_ID, which the launcher sets, else a new
         one). `out` starts with a line naming it; a process of the same run (the launcher
@@ -182,6 +186,9 @@ class Aggregator(Stage):
             return []
         outputs = [self._resolve(stream, m, late) for _, m, late in released]
         if stream.marker is not None:     # a straggler after the marker: maybe the last one
+            # Inputs still coming: a worker is working through a backlog (a busy machine), not
+            # lost. The timeout counts from the last of them.
+            stream.marker_at = time.monotonic()
             outputs += self._finish_ready()
         return outputs
 
@@ -207,6 +214,17 @@ class Aggregator(Stage):
         for stream in self._streams.values():
             outputs += [self._resolve(stream, m, late) for _, m, late in stream.order.poll()]
         return outputs + self._finish_ready()
+
+    def end_of_inputs(self) -> list[Message]:
+        """Every stage this one reads from has ended and all they sent is handled (the launcher
+        says so): inputs still missing died with a worker and will not come. End every stream
+        now, counting them as lost, rather than wait out `eos_timeout_s`."""
+        outputs: list[Message] = []
+        for name in list(self._streams):
+            outputs += self._finish(name)
+        if self._final_seen and outputs and outputs[-1].is_eos:
+            outputs[-1].final = True
+        return outputs
 
     def teardown(self) -> None:
         # A stop cut the run short: end what is still open so its inputs are accounted for.
@@ -425,6 +443,8 @@ class Aggregator(Stage):
         self._finished[name] = account
         self._finished_totals[name] = stream.task.totals()
         summary = {**account.summary(), **stream.task.totals()}
+        if stream.order.gave_up:   # gaps waited for until the reorder timeout (or window) ran out
+            summary["reorder_gave_up"] = stream.order.gave_up
         self._write({"stream": name, "end": True, "summary": summary})
         marker = stream.marker
         outputs.append(eos(name, account.produced, dropped=account.dropped_at_source,

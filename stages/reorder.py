@@ -30,6 +30,7 @@ class ReorderBuffer(Generic[Item]):
         self.clock = clock
         self.next_seq = 0
         self.skipped = 0         # sequence numbers given up on (dropped, lost, or late)
+        self.gave_up = 0         # gaps nobody declared that were waited for until the timeout or window
         self._held: dict[int, tuple[float, Item]] = {}
         self._waiting_since: float | None = None   # when the current gap started to hold items back
         self._declared: dict[int, int] = {}        # first seq of a declared gap -> the seq after it
@@ -81,6 +82,7 @@ class ReorderBuffer(Generic[Item]):
             if not (force or len(self._held) > self.window or now - self._waiting_since >= self.timeout_s):
                 return
             # Give up on the gap: jump to the earliest held item.
+            self.gave_up += not force
             first = min(self._held)
             self.skipped += first - self.next_seq
             self.next_seq = first

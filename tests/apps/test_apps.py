@@ -213,9 +213,15 @@ def test_a_worker_on_another_host_joins_over_tcp(one_worker, assets, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_worker_killed_mid_run_loses_only_its_frames_in_flight_and_they_are_accounted(assets, tmp_path):
     """SIGKILL one of two YOLO workers halfway through a paced clip: the launcher restarts it,
-    the run completes, and the frames that died with it are counted as lost, not silently gone."""
+    the run completes, and the frames that died with it are counted as lost, not silently gone.
+
+    And the run ends by itself as soon as everything has: the aggregator is told that the filter
+    and both workers have ended (issue 8: it waited out its end-of-stream timeout, after two 10 s
+    waits for readers to leave, 30-40 s in all). Its timeout is set far beyond this test's, so a
+    run that still waited for it would fail here."""
     import argparse
     import signal
     import time
@@ -229,7 +235,7 @@ def test_a_worker_killed_mid_run_loses_only_its_frames_in_flight_and_they_are_ac
                               transport="ipc", realtime=True, remote_workers=None)
     document = consumer_graph("kill-test", args, {"uri": str(asset_or_skip(assets, VIDEO)), "media": "video",
                                                    "max_frames": 200, "progress": False},
-                              "stages.detect:YoloWorker", {}, {"task": "vehicles", "eos_timeout_s": 3.0,
+                              "stages.detect:YoloWorker", {}, {"task": "vehicles", "eos_timeout_s": 3600.0,
                                                                "print_summary": False})
     run = GraphRun(parse_graph(document, "kill-test"), run_dir=tmp_path / "run", log_level="WARNING")
     run.start()
@@ -245,12 +251,19 @@ def test_a_worker_killed_mid_run_loses_only_its_frames_in_flight_and_they_are_ac
         run.close()
     assert code == 0
     assert run.running["worker-1"].restarts == 1 and run.pid("worker-1") != killed_pid
+    # Every stage ended by itself, the workers and the aggregator once what they read from had.
+    assert run.terminated == [] and {"worker-1", "worker-2", "aggregate"} <= set(run.inputs_closed)
     summary = json.loads(summary_path.read_text())["total"]
     assert summary["produced"] == 200 and summary["balanced"]
     assert summary["inferred"] + summary["lost"] == 200
     assert summary["lost"] <= 8, summary    # at most what sat in the dead worker's queue and hands
     frames, _ = read_jsonl(out)
-    assert [f["seq"] for f in frames] == sorted(f["seq"] for f in frames)
+    seqs = [f["seq"] for f in frames]
+    assert len(seqs) == len(set(seqs)) == 200 - summary["lost"]   # each input once
+    # In order, except inputs that came after their turn had passed (a worker's first inference
+    # can take longer than the reorder timeout on a busy machine): those are marked and counted.
+    in_order = [f["seq"] for f in frames if not f.get("late")]
+    assert in_order == sorted(in_order) and summary["late"] == len(frames) - len(in_order)
 
 
 def test_a_live_stream_faster_than_the_detector_drops_frames_and_accounts_for_every_one(tmp_path):
@@ -269,11 +282,11 @@ def test_a_live_stream_faster_than_the_detector_drops_frames_and_accounts_for_ev
     assert summary["late"] == 0
     seqs = [f["seq"] for f in frames]
     assert seqs == sorted(seqs)
-    # The stream arrives within a fraction of a second, while the worker still loads its model, so
-    # every frame waits about as long; a stall on the dropped frames (the 5 s reorder timeout)
-    # would hold the frames after the gap back by 5 s more.
-    latencies = [f["latency_ms"] for f in frames]
-    assert max(latencies) - min(latencies) < 2500, latencies
+    # The source declares each gap it leaves (prev_seq), so the aggregator never waits for a
+    # dropped frame: no gap ran into the reorder timeout (a count, not a latency, which a busy
+    # machine stretches: issue 8, item 7).
+    ends = [json.loads(line) for line in out.read_text().splitlines() if '"end":true' in line]
+    assert len(ends) == 1 and ends[0]["summary"].get("reorder_gave_up", 0) == 0, ends
 
 
 @pytest.mark.parametrize("app, source, message", [
