@@ -206,16 +206,29 @@ class _Outputs:
         self.stop = stop
         self.drain_timeout_s = options.drain_timeout_s
 
-    def send(self, message: Message, route: int | None = None) -> bool:
+    def send(self, message: Message, route: int | None = None) -> str | None:
         """Send to every output, or only to output `route` when there are several.
 
-        Returns False when some output did not take it (given up on after a stop, and counted).
+        Returns None when every output took it, else why one did not (counted in
+        ``metrics.dropped`` under that reason): ``send-timeout`` (given up on after a stop), or
+        the `MessageError` reason of a message that cannot be encoded (a received header
+        re-encoded past 64 KiB, a result that is not JSON): raising would end the stage, and a
+        retry would fail the same way.
         """
         senders = self.senders if route is None or len(self.senders) < 2 else [self.senders[route]]
-        delivered = True
+        failed: str | None = None
         for sender in senders:
             stop_seen_at = None
-            while not _send(sender, message, self.metrics):
+            while True:
+                try:
+                    if sender.send(message):
+                        break
+                except MessageError as error:
+                    failed = error.reason
+                    self.metrics.dropped[error.reason] += 1
+                    log.warning("[%s] dropped %s seq %d: cannot be sent: %s", self.metrics.stage,
+                                message.stream, message.seq, error)
+                    break
                 # Blocked: downstream is busy or absent. Keep trying (lossless) until a stop
                 # request has been pending for drain_timeout_s, then count the loss.
                 if self.stop.is_set():
@@ -225,11 +238,11 @@ class _Outputs:
                         log.warning("[%s] dropped %s seq %d on %s: no peer took it within %.1f s of stopping",
                                     self.metrics.stage, message.stream, message.seq, sender.targets[0],
                                     self.drain_timeout_s)
-                        delivered = False
+                        failed = "send-timeout"
                         break
         if self.senders:
             self.metrics.outputs += 1
-        return delivered
+        return failed
 
     def wait_for_readers(self, timeout: float) -> None:
         """After the final end-of-stream: wait until downstream has read it (see Sender), as long
@@ -368,19 +381,6 @@ def _run_worker(stage: Stage, options: RunOptions, receiver: Receiver, outputs: 
                 emit(_call(stage.end_of_inputs, None, metrics))
                 outputs.wait_for_readers(options.end_wait_s)
                 return
-
-
-def _send(sender: Sender, message: Message, metrics: StageMetrics) -> bool:
-    """`sender.send(message)`, except that a message that cannot be encoded is counted as dropped
-    (by reason, e.g. ``oversize-header``: a received header re-encoded past 64 KiB, or a result
-    that is not JSON) and logged, and True returned: raising would end the stage, and a retry
-    would fail the same way."""
-    try:
-        return sender.send(message)
-    except MessageError as error:
-        metrics.dropped[error.reason] += 1
-        log.warning("[%s] dropped %s seq %d: cannot be sent: %s", metrics.stage, message.stream, message.seq, error)
-        return True
 
 
 def _as_messages(produced: Outputs) -> Iterable[Message]:
@@ -524,10 +524,11 @@ def _run_source(stage: SourceStage, options: RunOptions, outputs: _Outputs,
                 continue
             ledger.sending(message)
             metrics.inputs += 1
-            if outputs.send(message):
+            failed = outputs.send(message)
+            if failed is None:
                 ledger.sent(message)
             else:
-                ledger.drop(message.stream, "send-timeout")
+                ledger.drop(message.stream, failed)
             if stop.is_set() and not stage.live:   # a live feed ends itself, counting what it held
                 break
     except Exception as error:   # end the streams, saying why, then fail

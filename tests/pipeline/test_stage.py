@@ -48,7 +48,8 @@ def test_source_relay_sink_delivers_everything_and_ends(transport, make_url):
                                           ("check", SlowRelay()), ("relay", Relay()), ("sink", sink)])
     join_all(threads)
     totals = sink.summary()["totals"]
-    assert totals == {"streams": 2, "produced": 600, "received": 600, "dropped_at_source": 0, "lost": 0}
+    assert totals == {"streams": 2, "produced": 600, "received": 600, "dropped_at_source": 0, "lost": 0,
+                      "evicted": 0, "lost_unknown": 0}
     assert threads[1].metrics["errors"] == 0 and threads[1].metrics["eos"] == 2
 
 
@@ -65,7 +66,7 @@ def test_a_failing_process_call_loses_that_input_only(make_url):
     join_all(threads)
     assert threads[1].metrics["errors"] == 10
     assert sink.summary()["totals"] == {"streams": 1, "produced": 20, "received": 10, "dropped_at_source": 0,
-                                        "lost": 10}
+                                        "lost": 10, "evicted": 0, "lost_unknown": 0}
 
 
 def test_live_source_drops_oldest_when_pipeline_is_slow_and_counts_it(make_url):
