@@ -446,15 +446,39 @@ class GraphRun:
                         watch()
                     time.sleep(self.POLL_S)
             except KeyboardInterrupt:
-                self.request_stop()
-                while self.poll():
-                    time.sleep(self.POLL_S)
+                self._drain_after_interrupt()
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
         if watch:
             watch()
         return 1 if self.failed else 0
+
+    def _drain_after_interrupt(self) -> None:
+        """After Ctrl-C: let the streams end and drain. Another Ctrl-C stops every stage now
+        (SIGTERM, then SIGKILL 10 s later); one within a second of the first is the same key
+        press reaching the launcher twice (terminal and process group) and is not counted."""
+        self.request_stop()
+        first = time.monotonic()
+        while True:
+            try:
+                while self.poll():
+                    time.sleep(self.POLL_S)
+                return
+            except KeyboardInterrupt:
+                if time.monotonic() - first < 1.0:
+                    continue
+                pending = [s for s in self.running.values() if s.exit_code is None]
+                log.warning("graph %s: interrupted again; stopping %s now", self.graph.name,
+                            [s.spec.name for s in pending])
+                try:
+                    self._terminate(pending)
+                except KeyboardInterrupt:   # impatient: kill what is left
+                    for stage in pending:
+                        if stage.process.poll() is None:
+                            stage.process.kill()
+                        stage.exit_code = stage.process.wait()
+                return
 
     def run(self, watch: Callable[[], None] | None = None) -> int:
         """Start every stage, watch until the graph ends, and clean up; 0 when all ended cleanly."""

@@ -301,3 +301,35 @@ def test_a_run_directory_is_removed_after_a_failure_and_after_ctrl_c(tmp_path):
         assert "per-stage statistics" in output and "exit code 0" in output, output[-3000:]
         assert left == [], output[-3000:]
         (tmp_path / "out.jsonl").unlink()
+
+
+@pytest.mark.timeout(90)
+def test_a_second_ctrl_c_stops_a_draining_launcher_at_once_without_a_traceback(tmp_path):
+    """The first SIGINT lets the streams drain (here slowly: 2 s per frame queued); a second one,
+    more than a second later, stops every stage now. Before, it raised KeyboardInterrupt out of
+    the launcher's wait: a traceback, and stages left to the process group."""
+    document = four_stage_graph(tmp_path, "ipc", count=10**6)
+    document["stages"][1]["params"] = {"delay_ms": 2000}
+    graph = tmp_path / "slow.yaml"
+    graph.write_text(yaml.safe_dump(document))
+    temp = Path(tempfile.mkdtemp(prefix="infi-"))
+    log = tmp_path / "launcher.log"
+    with log.open("w") as output_file:
+        launcher = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(graph)], cwd=ROOT,
+                                    env={**os.environ, "TMPDIR": str(temp)}, stdout=output_file,
+                                    stderr=subprocess.STDOUT)
+    try:
+        wait_for_frames(tmp_path / "out.jsonl", at_least=1)
+        launcher.send_signal(signal.SIGINT)
+        time.sleep(1.5)
+        assert launcher.poll() is None, "the first Ctrl-C should still be draining the slow stage"
+        launcher.send_signal(signal.SIGINT)
+        launcher.wait(timeout=40)
+    finally:
+        launcher.kill()
+    output = log.read_text()
+    left = list(temp.iterdir())
+    shutil.rmtree(temp)
+    assert "Traceback" not in output, output[-3000:]
+    assert "interrupted again" in output and "per-stage statistics" in output, output[-3000:]
+    assert left == [], output[-3000:]
