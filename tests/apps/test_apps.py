@@ -31,6 +31,17 @@ def read_jsonl(path: Path) -> tuple[list[dict], dict]:
     return frames, lines[-1]["summary"]
 
 
+def assert_in_order_except_late(frames: list[dict], summary: dict, count: int) -> list[dict]:
+    """Every seq 0..count-1 once; in order, except inputs that came after their turn had passed
+    (with a pool, one worker's inference can outlast the 5 s reorder timeout on a busy machine:
+    issue 8, item 7), which are marked and counted. Returns the frames sorted by seq."""
+    by_seq = sorted(frames, key=lambda f: f["seq"])
+    assert [f["seq"] for f in by_seq] == list(range(count))
+    in_order = [f["seq"] for f in frames if not f.get("late")]
+    assert in_order == sorted(in_order) and summary["late"] == len(frames) - len(in_order)
+    return by_seq
+
+
 @pytest.fixture(scope="module")
 def one_worker(assets, tmp_path_factory) -> tuple[list[dict], dict]:
     """90 frames (frames 60-150 hold cars) counted with one worker and no filter: the reference."""
@@ -49,7 +60,7 @@ def test_two_workers_give_the_same_per_frame_results_in_order_as_one(one_worker,
     assert done.returncode == 0, done.stderr[-3000:]
     frames, summary = read_jsonl(out)
     reference, _ = one_worker
-    assert [f["seq"] for f in frames] == list(range(150))
+    frames = assert_in_order_except_late(frames, summary, 150)
     assert [(f["count"], f["by_class"]) for f in frames] == [(f["count"], f["by_class"]) for f in reference]
     assert sum(f["count"] for f in frames) > 0, "the chosen frames should hold vehicles"
     assert summary["balanced"] and summary["inferred"] == 150
@@ -206,7 +217,8 @@ def test_a_worker_on_another_host_joins_over_tcp(one_worker, assets, tmp_path):
         remote.wait(20)
     frames, summary = read_jsonl(out)
     reference, _ = one_worker
-    assert [f["seq"] for f in frames] == list(range(150)) and summary["balanced"]
+    assert summary["balanced"]
+    frames = assert_in_order_except_late(frames, summary, 150)
     assert [(f["count"], f["by_class"]) for f in frames] == [(f["count"], f["by_class"]) for f in reference]
     workers = {f["worker"] for f in frames}
     assert workers == {"worker-1", "remote"}, workers
