@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import itertools
+import signal
 from pathlib import Path
 
 import pytest
 
 from pipeline.assets import ENV_VAR, assets_dir
 from pipeline.transport import free_tcp_port  # noqa: F401 (tests import it from here)
+
+# A test run that a script starts in the background (`make test &`, some CI runners) inherits
+# SIGINT ignored (POSIX: without job control, asynchronous commands ignore SIGINT), and so would
+# every app and launcher the tests start: the tests that press Ctrl-C would then press nothing.
+# A handled signal is reset to its default in a child process, so this reaches them too.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TRANSPORTS = ("inproc", "ipc", "tcp")
 _names = itertools.count()

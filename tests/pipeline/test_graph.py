@@ -193,8 +193,10 @@ def test_graph_with_a_service_stage_ends_when_its_sink_has_everything(tmp_path):
     run = GraphRun(parse_graph(document), tmp_path / "run", log_level="WARNING")
     assert run.run() == 0
     # The service stage was told its input had closed once the stage before it ended, and ended
-    # by itself, as did the sink after it: the launcher had to end nothing.
-    assert run.inputs_closed[:2] == ["check", "relay"] and run.terminated == []
+    # by itself, as did the sink after it: the launcher had to end nothing. (Whether `check` is
+    # told too depends on who is faster: it may end on its final marker before the launcher sees
+    # the source gone.)
+    assert "relay" in run.inputs_closed and run.terminated == []
     seqs, ends = read_jsonl(tmp_path / "out.jsonl")
     assert sorted(seqs["synthetic0"]) == list(range(100)) and ends["synthetic1"]["seq"] == 100
 
@@ -315,12 +317,17 @@ def test_a_second_ctrl_c_stops_a_draining_launcher_at_once_without_a_traceback(t
     temp = Path(tempfile.mkdtemp(prefix="infi-"))
     log = tmp_path / "launcher.log"
     with log.open("w") as output_file:
-        launcher = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(graph)], cwd=ROOT,
-                                    env={**os.environ, "TMPDIR": str(temp)}, stdout=output_file,
+        launcher = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "--log-level", "INFO", "run", str(graph)],
+                                    cwd=ROOT, env={**os.environ, "TMPDIR": str(temp)}, stdout=output_file,
                                     stderr=subprocess.STDOUT)
     try:
         wait_for_frames(tmp_path / "out.jsonl", at_least=1)
         launcher.send_signal(signal.SIGINT)
+        # The second press must come more than a second after the launcher took the first
+        # (a busy machine can delay that): wait until it says so.
+        deadline = time.monotonic() + 30
+        while "stopping sources" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
         time.sleep(1.5)
         assert launcher.poll() is None, "the first Ctrl-C should still be draining the slow stage"
         launcher.send_signal(signal.SIGINT)
