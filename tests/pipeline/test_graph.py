@@ -256,6 +256,34 @@ def test_a_source_does_not_close_while_a_slow_reader_still_has_messages_to_read(
     assert (sink.totals["produced"], sink.totals["received"], sink.totals["lost"]) == (40, 40, 0)
 
 
+class Launcher:
+    """`infistream run GRAPH` in its own process, as a user starts it, with its output in `log`
+    (a file, not a pipe that could fill and block the stages) and its run directory under a
+    fresh, short TMPDIR (ipc paths are limited to 107 bytes). Leaving the block kills it if it
+    still runs and keeps in `left` whatever it left behind in that TMPDIR."""
+
+    def __init__(self, graph: Path, log: Path, *options: str):
+        self.graph, self.log, self.options = graph, log, options
+        self.left: list[Path] = []
+
+    def __enter__(self) -> "Launcher":
+        self.temp = Path(tempfile.mkdtemp(prefix="infi-"))
+        with self.log.open("w") as output_file:
+            self.process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *self.options, "run", str(self.graph)],
+                                            cwd=ROOT, env={**os.environ, "TMPDIR": str(self.temp)},
+                                            stdout=output_file, stderr=subprocess.STDOUT)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.left = list(self.temp.iterdir())
+        shutil.rmtree(self.temp)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
 @pytest.mark.timeout(60)
 def test_a_run_directory_is_removed_when_the_run_ends(tmp_path):
     """Issue 8: every run left its directory (sockets, metrics) behind in /tmp."""
@@ -285,21 +313,11 @@ def test_a_run_directory_is_removed_after_a_failure_and_after_ctrl_c(tmp_path):
     for sig in (signal.SIGINT, signal.SIGTERM):
         graph = tmp_path / f"endless-{sig.name}.yaml"
         graph.write_text(yaml.safe_dump(four_stage_graph(tmp_path, "ipc", count=10**6, interval_ms=5)))
-        temp = Path(tempfile.mkdtemp(prefix="infi-"))   # short: ipc paths are limited to 107 bytes
-        env = {**os.environ, "TMPDIR": str(temp)}
-        log = tmp_path / f"launcher-{sig.name}.log"
-        with log.open("w") as output_file:   # a file, not a pipe that could fill and block the stages
-            launcher = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(graph)], cwd=ROOT,
-                                        env=env, stdout=output_file, stderr=subprocess.STDOUT)
-        try:
+        with Launcher(graph, tmp_path / f"launcher-{sig.name}.log") as launcher:
             wait_for_frames(tmp_path / "out.jsonl", at_least=20)
-            launcher.send_signal(sig)
-            launcher.wait(timeout=40)
-        finally:
-            launcher.kill()
-        output = log.read_text()
-        left = list(temp.iterdir())
-        shutil.rmtree(temp)
+            launcher.process.send_signal(sig)
+            launcher.process.wait(timeout=40)
+        output, left = launcher.output(), launcher.left
         assert "per-stage statistics" in output and "exit code 0" in output, output[-3000:]
         assert left == [], output[-3000:]
         (tmp_path / "out.jsonl").unlink()
@@ -314,29 +332,19 @@ def test_a_second_ctrl_c_stops_a_draining_launcher_at_once_without_a_traceback(t
     document["stages"][1]["params"] = {"delay_ms": 2000}
     graph = tmp_path / "slow.yaml"
     graph.write_text(yaml.safe_dump(document))
-    temp = Path(tempfile.mkdtemp(prefix="infi-"))
-    log = tmp_path / "launcher.log"
-    with log.open("w") as output_file:
-        launcher = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "--log-level", "INFO", "run", str(graph)],
-                                    cwd=ROOT, env={**os.environ, "TMPDIR": str(temp)}, stdout=output_file,
-                                    stderr=subprocess.STDOUT)
-    try:
+    with Launcher(graph, tmp_path / "launcher.log", "--log-level", "INFO") as launcher:
         wait_for_frames(tmp_path / "out.jsonl", at_least=1)
-        launcher.send_signal(signal.SIGINT)
+        launcher.process.send_signal(signal.SIGINT)
         # The second press must come more than a second after the launcher took the first
         # (a busy machine can delay that): wait until it says so.
         deadline = time.monotonic() + 30
-        while "stopping sources" not in log.read_text() and time.monotonic() < deadline:
+        while "stopping sources" not in launcher.output() and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(1.5)
-        assert launcher.poll() is None, "the first Ctrl-C should still be draining the slow stage"
-        launcher.send_signal(signal.SIGINT)
-        launcher.wait(timeout=40)
-    finally:
-        launcher.kill()
-    output = log.read_text()
-    left = list(temp.iterdir())
-    shutil.rmtree(temp)
+        assert launcher.process.poll() is None, "the first Ctrl-C should still be draining the slow stage"
+        launcher.process.send_signal(signal.SIGINT)
+        launcher.process.wait(timeout=40)
+    output, left = launcher.output(), launcher.left
     assert "Traceback" not in output, output[-3000:]
     assert "interrupted again" in output and "per-stage statistics" in output, output[-3000:]
     assert left == [], output[-3000:]
