@@ -38,13 +38,15 @@ from pipeline.assets import cache_dir
 from pipeline.errors import ConfigError
 from pipeline.graph import GraphRun, parse_graph, stage_table
 from pipeline.transport import local_url
+from models.registry import POLICIES, parse_policy
 from stages.detect import offline_environment
 
 
 def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--filter", default="none", metavar="POLICY",
-                        help="which inputs skip the heavy model: none (default) or stride:N (infer one input "
-                             "in N, reuse it for the others)")
+                        help="which inputs skip the heavy model (default none): "
+                             + "; ".join(f"{e.usage}: {e.summary}" for e in POLICIES.values())
+                             + "; A+B: a cascade, the first policy that decides answers")
     parser.add_argument("--workers", type=int, default=1,
                         help="heavy-model worker processes on this host (default 1; 0 with --remote-workers)")
     parser.add_argument("--remote-workers", default=None, metavar="JOBS_URL,RESULTS_URL",
@@ -72,6 +74,10 @@ def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
 def consumer_graph(name: str, args: argparse.Namespace, source: dict[str, Any], worker: str,
                    worker_params: dict[str, Any], aggregator: dict[str, Any], keep_frames: bool = False) -> dict:
     """The graph document (as a graph YAML file would hold it) for one consumer app run."""
+    try:   # a bad --filter is refused here, before any process starts (building loads no weights)
+        parse_policy(args.filter)
+    except ConfigError as error:
+        raise SystemExit(f"{name}: {error}") from None
     remote = getattr(args, "remote_workers", None)
     if args.workers < (0 if remote else 1):
         raise SystemExit(f"{name}: --workers must be at least {0 if remote else 1}, got {args.workers}")

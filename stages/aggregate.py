@@ -40,7 +40,7 @@ from pipeline.message import MAX_HEADER_BYTES, Message, eos
 from pipeline.stage import Stage
 from stages import ledger
 from stages.reorder import ReorderBuffer
-from stages.results import Decision, ResultError
+from models.base import Decision, ResultError
 from stages.savings import StreamAccount, format_summary, summarize
 from stages.tasks import TASKS, Task, make_task
 from stages.tracking import CountingLine, GeometryError, Region
@@ -305,6 +305,8 @@ class Aggregator(Stage):
                 decision = record.get("decision")
                 if decision in ("infer", "skip", "reuse", "exit"):
                     account.decisions[decision] += 1
+                    policy = record.get("policy")
+                    account.count_policy(policy if isinstance(policy, str) else "")
                     infer_ms = record.get("infer_ms", 0.0)
                     account.model_ms += infer_ms if isinstance(infer_ms, (int, float)) else 0.0
                     latency = record.get("latency_ms")
@@ -385,8 +387,10 @@ class Aggregator(Stage):
             account.unanswered += 1
             record["decision"] = "unanswered"
         else:
-            account.add(action, t_capture, now, model_ms, decision.filter_ms)
+            account.add(action, t_capture, now, model_ms, decision.filter_ms, decision.policy)
             record["decision"] = action
+            if decision.policy:
+                record["policy"] = decision.policy[:64]
             stream.answers[message.seq] = answer
             while len(stream.answers) > REUSE_CACHE_SIZE:
                 stream.answers.popitem(last=False)

@@ -1,4 +1,4 @@
-"""The filter stage: one decision per input, from a policy (models/policies.py).
+"""The filter stage: one decision per input, from a policy or a cascade of them (models/registry.py).
 
 Inputs the policy sends to the heavy model keep their pixels; every other input travels on as
 a header only (its decision says why), so the aggregator still sees every sequence number
@@ -21,12 +21,16 @@ from dataclasses import replace
 
 from pipeline.message import Message
 from pipeline.stage import Stage
+from models.base import Decision, Policy
+from models.registry import parse_policy
 from stages import ledger
-from models.policies import Policy, parse_policy
+
+log = logging.getLogger(__name__)
 
 
 class Filter(Stage):
-    """policy: ``none`` (infer everything) or ``stride:N``; see `models.policies.parse_policy`.
+    """policy: a `models.registry` spec: ``none`` (infer everything), ``stride:N``, or several
+    joined with ``+`` (a cascade). Its weights load in `setup`, not here.
 
     keep_frames: keep the pixels of inputs that are not inferred too (a display downstream
     needs every frame).
@@ -39,9 +43,18 @@ class Filter(Stage):
         # Tagged markers are sent by end_of_stream (the runtime would forward them untagged).
         self.forwards_end_of_stream = self._key is None
 
+    def setup(self) -> None:
+        self.policy.open()
+
+    def teardown(self) -> None:
+        self.policy.close()
+        costs = getattr(self.policy, "cost_summary", None)
+        if costs is not None:
+            log.info("[%s] cost per policy: %s", self.name, costs())
+
     def process(self, message: Message) -> Message:
         started = time.perf_counter()
-        decision = self.policy.decide(message)
+        decision = self.policy.decide(message) or Decision("infer", policy=self.policy.name)
         decision = replace(decision, filter_ms=(time.perf_counter() - started) * 1000)
         arrays = message.arrays if decision.needs_model or self.keep_frames else ()
         meta = message.meta
@@ -59,7 +72,7 @@ class Filter(Stage):
         try:
             self.policy.end_stream(message.stream)
         except Exception:   # the marker must go on whatever the policy does
-            logging.getLogger(__name__).exception("[%s] policy failed to end stream %s", self.name, message.stream)
+            log.exception("[%s] policy failed to end stream %s", self.name, message.stream)
         if self._key is None:
             return None
         return replace(message, meta={**message.meta, "tag": ledger.tag(self._key, "eos", message.stream, message.seq)})

@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.message import Message
 from pipeline.stage import Stage
-from stages.results import INFER, Decision
+from models.base import INFER, Decision
 
 log = logging.getLogger(__name__)
 

@@ -18,105 +18,18 @@ Box coordinates are pixels of the frame as the source sent it (x right, y down).
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+# The schema's checks and the filter's `Decision` live in models/base.py: a policy builds
+# decisions without importing stages.
+from models.base import ResultError, _milliseconds
+
 #: COCO class ids (0-based, as Ultralytics numbers them) that count as vehicles.
 VEHICLE_CLASSES: dict[int, str] = {2: "car", 3: "motorcycle", 5: "bus", 7: "truck"}
-
-ACTIONS = ("infer", "skip", "reuse", "exit")
-
-
-class ResultError(ValueError):
-    """A decision or result object that does not follow the schema above."""
-
-
-def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ResultError(f"{what} must be a finite number, got {value!r:.100}")
-    return float(value)
-
-
-#: The longest time a filter or model may say it took for one input (an hour, in ms): a sum of
-#: peers' claims must stay finite.
-MAX_MS = 3.6e6
-
-
-def _milliseconds(value: Any, what: str) -> float:
-    ms = _number(value, what)
-    if not 0 <= ms <= MAX_MS:
-        raise ResultError(f"{what} must be between 0 and {MAX_MS:.0f} ms, got {value!r:.100}")
-    return ms
-
-
-def _index(value: Any) -> bool:
-    """An integer >= 0 (not a bool) that fits in 64 bits."""
-    return type(value) is int and 0 <= value < 2**63
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The filter's verdict on one input.
-
-    infer: run the heavy model. skip: the model's answer would be the empty result.
-    reuse: the answer of input `ref_seq` of the same stream holds. exit: an early-exit network
-    answered at exit `exit` with `result`.
-    """
-
-    action: str
-    ref_seq: int | None = None
-    exit: int | None = None
-    result: dict[str, Any] | None = None
-    policy: str = ""
-    filter_ms: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.action, str) or self.action not in ACTIONS:
-            raise ResultError(f"decision action must be one of {ACTIONS}, got {self.action!r:.100}")
-        if self.action == "reuse" and not _index(self.ref_seq):
-            raise ResultError(f"a reuse decision needs ref_seq (an integer >= 0), got {self.ref_seq!r:.100}")
-        if self.action == "exit" and (not _index(self.exit) or not isinstance(self.result, dict)):
-            raise ResultError(f"an exit decision needs exit (an integer >= 0) and result (an object), "
-                              f"got exit={self.exit!r:.100} result={self.result!r:.100}")
-        if not isinstance(self.policy, str):
-            raise ResultError(f"decision policy must be a string, got {self.policy!r:.100}")
-        _milliseconds(self.filter_ms, "decision filter_ms")
-
-    @property
-    def needs_model(self) -> bool:
-        return self.action == "infer"
-
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {"action": self.action}
-        if self.ref_seq is not None:
-            wire["ref_seq"] = self.ref_seq
-        if self.exit is not None:
-            wire["exit"] = self.exit
-        if self.result is not None:
-            wire["result"] = self.result
-        if self.policy:
-            wire["policy"] = self.policy
-        if self.filter_ms:
-            wire["filter_ms"] = round(self.filter_ms, 4)
-        return wire
-
-    @classmethod
-    def from_wire(cls, wire: dict[str, Any] | None) -> "Decision":
-        """The decision in a header; an input no filter has seen means `infer`."""
-        if wire is None:
-            return INFER
-        if not isinstance(wire, dict):
-            raise ResultError(f"decision must be an object, got {type(wire).__name__}")
-        return cls(action=wire.get("action"), ref_seq=wire.get("ref_seq"), exit=wire.get("exit"),
-                   result=wire.get("result"), policy=wire.get("policy", ""), filter_ms=wire.get("filter_ms", 0.0))
-
-
-INFER = Decision("infer")
-
 
 @dataclass(frozen=True)
 class Detections:

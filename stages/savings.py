@@ -31,6 +31,9 @@ FAILED_LISTED = 10
 #: Reasons kept per stream from a marker's counters (a marker is input from the network).
 _MAX_REASONS = 16
 _MAX_ERROR_CHARS = 500
+#: Policies named per stream in its accounting (decisions are input from the network).
+_MAX_POLICIES = 16
+_MAX_POLICY_CHARS = 64
 
 
 def _counts(value: Any) -> Counter:
@@ -58,6 +61,10 @@ class StreamAccount:
     unresolved_reuse: int = 0         # reuse of an input whose result is not (or no longer) known
     model_ms: float = 0.0             # heavy-model time spent, summed over workers
     filter_ms: float = 0.0
+    # Per policy that answered (its name from the decision; "" when none was named): inputs,
+    # and the filter time of those inputs (the whole cascade's, up to that policy's answer).
+    by_policy: Counter = field(default_factory=Counter)
+    policy_ms: Counter = field(default_factory=Counter)
     first_capture: float | None = None
     first_done: float | None = None
     last_done: float | None = None
@@ -111,14 +118,26 @@ class StreamAccount:
             self.end_missing = True
             self.produced = self.received + self.dropped_at_source
 
-    def add(self, action: str, t_capture: float, now: float, model_ms: float = 0.0, filter_ms: float = 0.0) -> None:
+    def add(self, action: str, t_capture: float, now: float, model_ms: float = 0.0, filter_ms: float = 0.0,
+            policy: str = "") -> None:
         self.decisions[action] += 1
         self.model_ms += model_ms
         self.filter_ms += filter_ms
+        self.count_policy(policy, filter_ms)
         self.first_capture = t_capture if self.first_capture is None else min(self.first_capture, t_capture)
         self.first_done = now if self.first_done is None else self.first_done
         self.last_done = now
         self.latency.add(now - t_capture)
+
+    def count_policy(self, policy: str, filter_ms: float = 0.0) -> None:
+        """One input answered by `policy` (a name from the wire: bounded in length and in number)."""
+        if not policy:
+            return
+        policy = policy[:_MAX_POLICY_CHARS]
+        if policy not in self.by_policy and len(self.by_policy) >= _MAX_POLICIES:
+            policy = "(other)"
+        self.by_policy[policy] += 1
+        self.policy_ms[policy] += filter_ms
 
     def summary(self) -> dict[str, Any]:
         return summarize([self])
@@ -144,10 +163,12 @@ def summarize(accounts: list[StreamAccount]) -> dict[str, Any]:
     # the source already decodes) is in wall_s, not in the steady rate.
     steady_s = (max(ends) - min(firsts)) if firsts and ends else 0.0
     latencies = sorted(sample for account in accounts for sample in account.latency.recent)
-    by_reason, uncounted = Counter(), Counter()
+    by_reason, uncounted, by_policy, policy_ms = Counter(), Counter(), Counter(), Counter()
     for account in accounts:
         by_reason.update(account.dropped_by_reason)
         uncounted.update(account.uncounted)
+        by_policy.update(account.by_policy)
+        policy_ms.update(account.policy_ms)
     failed = [a for a in accounts if a.error is not None]
     return {
         "streams": len(accounts),
@@ -176,6 +197,9 @@ def summarize(accounts: list[StreamAccount]) -> dict[str, Any]:
         # Estimated: the inputs the filter answered would each have cost a mean inference.
         "model_ms_avoided": round(not_inferred * mean_model_ms, 1) if mean_model_ms is not None else None,
         "filter_ms_spent": round(filter_ms, 1),
+        # Which policy answered how many inputs, and the filter time of those inputs.
+        "by_policy": {name: {"inputs": n, "filter_ms": round(policy_ms[name], 1)}
+                      for name, n in sorted(by_policy.items(), key=lambda item: -item[1])},
         "wall_s": round(wall_s, 3),
         "end_to_end_fps": round((answered - 1) / steady_s, 2) if steady_s > 0 and answered > 1 else None,
         "latency_ms_p50": _ms(percentile(latencies, 0.50)) if latencies else None,
@@ -228,6 +252,9 @@ def format_summary(summary: dict[str, Any], title: str = "savings") -> str:
         lines.append(f"  heavy model: {summary['model_ms_spent'] / 1000:,.1f} s spent "
                      f"({summary['model_ms_per_inference']:.1f} ms per input), "
                      f"~{summary['model_ms_avoided'] / 1000:,.1f} s avoided; filter {summary['filter_ms_spent'] / 1000:,.2f} s")
+    if summary.get("by_policy"):
+        lines.append("  answered by: " + ", ".join(f"{name} {entry['inputs']:,} ({entry['filter_ms'] / 1000:,.2f} s)"
+                                                   for name, entry in summary["by_policy"].items()))
     if summary["end_to_end_fps"] is not None:
         lines.append(f"  end to end: {summary['end_to_end_fps']:,.1f} inputs/s; {summary['wall_s']:.1f} s from the first "
                      f"capture to the last result, "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.policies import InferAll, Stride, parse_policy
+from models.baselines.stride import InferAll, Stride
+from models.registry import parse_policy
 from pipeline.errors import ConfigError
 from pipeline.message import Message, eos
 from stages.filter import Filter
@@ -40,7 +41,8 @@ def test_stride_keeps_streams_apart_and_forgets_ended_ones():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("stride", "needs N"), ("stride:x", "whole number"), ("stride:0", "at least 1"), ("magic", "unknown filter"),
+    ("stride", "needs N"), ("stride:x", "whole number"), ("stride:0", "at least 1"), ("magic", "unknown filter policy 'magic'; expected one of: none, stride:N"),
+    ("none:3", "takes no options"), ("stride:2+", "empty part"), ("stride:2+stride:2", "twice"), ("", "needs a policy"),
 ])
 def test_bad_policy_specs_are_refused_clearly(spec, message):
     with pytest.raises(ConfigError, match=message):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 from pathlib import Path
 
@@ -16,7 +15,8 @@ from pipeline.message import Message, eos
 from pipeline.stage import RunOptions, StageThread
 from pipeline.transport import Endpoint, Receiver, Sender, SocketOptions
 from stages.aggregate import Aggregator
-from stages.results import Decision, Detections, Transcript
+from models.base import Decision
+from stages.results import Detections, Transcript
 
 
 def vehicles(n: int, infer_ms: float = 30.0) -> dict:
@@ -410,3 +410,33 @@ def test_forged_duplicate_and_hostile_results_on_the_workers_port_are_rejected_a
     summary = json.loads((tmp_path / "summary.json").read_text())["total"]
     assert summary["rejected"] == {"forged": 5, "duplicate": 1}
     assert summary["produced"] == 6 and summary["balanced"] and summary["lost"] == 0
+
+
+def test_the_summary_says_which_policy_answered_each_input_and_what_the_filter_cost(tmp_path):
+    aggregator = make_aggregator(tmp_path)
+    messages = [
+        frame(0, result=vehicles(1), policy="skip+reuse", filter_ms=1.0),   # no policy decided: the model ran
+        frame(1, "skip", policy="skip", filter_ms=0.5),
+        frame(2, "reuse", ref_seq=0, policy="reuse", filter_ms=0.75),
+        frame(3, "reuse", ref_seq=0, policy="reuse", filter_ms=0.25),
+        frame(4, result=vehicles(1)),                                          # a run with no filter names none
+        eos("cam", 5, final=True),
+    ]
+    run_messages(aggregator, messages)
+    aggregator.teardown()
+    per_input = [r.get("policy") for r in records(tmp_path) if "seq" in r]
+    assert per_input == ["skip+reuse", "skip", "reuse", "reuse", None]
+    total = json.loads((tmp_path / "summary.json").read_text())["total"]
+    assert total["by_policy"] == {"reuse": {"inputs": 2, "filter_ms": 1.0}, "skip+reuse": {"inputs": 1, "filter_ms": 1.0},
+                                  "skip": {"inputs": 1, "filter_ms": 0.5}}
+    assert total["balanced"]
+
+
+def test_policy_names_from_the_wire_are_bounded(tmp_path):
+    aggregator = make_aggregator(tmp_path)
+    run_messages(aggregator, [frame(seq, "skip", policy=f"p{seq}" + "x" * 100) for seq in range(40)]
+                 + [eos("cam", 40, final=True)])
+    aggregator.teardown()
+    by_policy = json.loads((tmp_path / "summary.json").read_text())["total"]["by_policy"]
+    assert len(by_policy) == 17 and by_policy["(other)"]["inputs"] == 24
+    assert max(len(name) for name in by_policy) == 64

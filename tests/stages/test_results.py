@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.results import INFER, Decision, Detections, ResultError, Transcript, count_words
+from models.base import INFER, Decision, ResultError
+from stages.results import Detections, Transcript, count_words
 
 
 @pytest.mark.parametrize("decision", [

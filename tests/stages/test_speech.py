@@ -24,7 +24,8 @@ from pipeline.graph import GraphRun, parse_graph  # noqa: E402
 from pipeline.message import Message  # noqa: E402
 from pipeline.stage import RunOptions, Stage, StageThread, run_stage  # noqa: E402
 from pipeline.transport import Endpoint, SocketOptions  # noqa: E402
-from stages.results import Decision, Transcript  # noqa: E402
+from models.base import Decision  # noqa: E402
+from stages.results import Transcript  # noqa: E402
 from stages.source import Source  # noqa: E402
 from stages.sources import open_source  # noqa: E402
 from stages.speech import (TINY_EN_SHA256, ModelChecksumError, ModelError, ModelNotFoundError,  # noqa: E402

@@ -1,0 +1,154 @@
+"""What every filter policy is and returns: the `Decision` per input and the `Policy` contract.
+
+A policy sees the inputs of its streams in order and, for each, either decides (a `Decision`:
+infer, skip, reuse an earlier input's answer, or answer from an early exit) or has no opinion
+(None), so that the next policy of a cascade decides (models/cascade.py). Policies depend on
+`pipeline` only, never on `stages`: the filter stage runs them, and tests and benchmarks can
+run them on messages without any stage.
+
+Lifecycle, like every resource here: build it cheaply (check options, load nothing), `open()`
+it where it will run (weights load there: the filter stage's `setup`), `close()` it after; or
+``with policy:``. Between, `decide` is called per input, `feedback` with the final answer of an
+input once the aggregator has it (Reuse learns from it), and `end_stream` when a stream ends.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import ConfigError
+from pipeline.message import Message
+
+ACTIONS = ("infer", "skip", "reuse", "exit")
+
+
+class ResultError(ValueError):
+    """A decision or result object that does not follow the wire schema (stages/results.py shows it)."""
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ResultError(f"{what} must be a finite number, got {value!r:.100}")
+    return float(value)
+
+
+#: The longest time a filter or model may say it took for one input (an hour, in ms): a sum of
+#: peers' claims must stay finite.
+MAX_MS = 3.6e6
+
+
+def _milliseconds(value: Any, what: str) -> float:
+    ms = _number(value, what)
+    if not 0 <= ms <= MAX_MS:
+        raise ResultError(f"{what} must be between 0 and {MAX_MS:.0f} ms, got {value!r:.100}")
+    return ms
+
+
+def _index(value: Any) -> bool:
+    """An integer >= 0 (not a bool) that fits in 64 bits."""
+    return type(value) is int and 0 <= value < 2**63
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The filter's verdict on one input.
+
+    infer: run the heavy model. skip: the model's answer would be the empty result.
+    reuse: the answer of input `ref_seq` of the same stream holds. exit: an early-exit network
+    answered at exit `exit` with `result`.
+    """
+
+    action: str
+    ref_seq: int | None = None
+    exit: int | None = None
+    result: dict[str, Any] | None = None
+    policy: str = ""
+    filter_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.action, str) or self.action not in ACTIONS:
+            raise ResultError(f"decision action must be one of {ACTIONS}, got {self.action!r:.100}")
+        if self.action == "reuse" and not _index(self.ref_seq):
+            raise ResultError(f"a reuse decision needs ref_seq (an integer >= 0), got {self.ref_seq!r:.100}")
+        if self.action == "exit" and (not _index(self.exit) or not isinstance(self.result, dict)):
+            raise ResultError(f"an exit decision needs exit (an integer >= 0) and result (an object), "
+                              f"got exit={self.exit!r:.100} result={self.result!r:.100}")
+        if not isinstance(self.policy, str):
+            raise ResultError(f"decision policy must be a string, got {self.policy!r:.100}")
+        _milliseconds(self.filter_ms, "decision filter_ms")
+
+    @property
+    def needs_model(self) -> bool:
+        return self.action == "infer"
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"action": self.action}
+        if self.ref_seq is not None:
+            wire["ref_seq"] = self.ref_seq
+        if self.exit is not None:
+            wire["exit"] = self.exit
+        if self.result is not None:
+            wire["result"] = self.result
+        if self.policy:
+            wire["policy"] = self.policy
+        if self.filter_ms:
+            wire["filter_ms"] = round(self.filter_ms, 4)
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any] | None) -> "Decision":
+        """The decision in a header; an input no filter has seen means `infer`."""
+        if wire is None:
+            return INFER
+        if not isinstance(wire, dict):
+            raise ResultError(f"decision must be an object, got {type(wire).__name__}")
+        return cls(action=wire.get("action"), ref_seq=wire.get("ref_seq"), exit=wire.get("exit"),
+                   result=wire.get("result"), policy=wire.get("policy", ""), filter_ms=wire.get("filter_ms", 0.0))
+
+
+INFER = Decision("infer")
+
+
+class Policy:
+    """Decides per input, or has no opinion. Keeps bounded state per stream, released by `end_stream`.
+
+    `name` is how the policy was named on the command line (``stride:3``, ``skip``); every
+    decision it makes carries it, so the accounting can say which policy answered each input.
+    """
+
+    name: str = ""
+
+    @classmethod
+    def from_spec(cls, argument: str) -> Policy:
+        """Build from the text after ``name:`` on the command line ("" when there is none)."""
+        if argument:
+            raise ConfigError(f"--filter {cls.name or cls.__name__} takes no options, got {argument!r}")
+        return cls()
+
+    def open(self) -> None:
+        """Load what the policy needs (weights); called once, where it will run."""
+
+    def close(self) -> None:
+        """Release what `open` loaded. Safe to call more than once."""
+
+    def decide(self, message: Message) -> Decision | None:
+        """This input's decision, or None: no opinion (the next policy of a cascade decides)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement decide()")
+
+    def feedback(self, stream: str, seq: int, result: dict[str, Any]) -> None:
+        """The final answer of input `seq` of `stream` (the aggregator's result record)."""
+
+    def end_stream(self, stream: str) -> None:
+        """The stream ended: forget its state."""
+
+    def __enter__(self) -> Policy:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
