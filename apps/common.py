@@ -85,7 +85,9 @@ def consumer_graph(name: str, args: argparse.Namespace, source: dict[str, Any], 
     source = {"realtime": args.realtime, **source}
     stages: list[dict[str, Any]] = [
         {"name": "source", "stage": "stages.source:Source", "params": source},
-        {"name": "filter", "stage": "stages.filter:Filter", "inputs": ["source"],
+        # The aggregator's results come back to the filter (a side input): its policies learn
+        # the final answers of the inputs they let through.
+        {"name": "filter", "stage": "stages.filter:Filter", "inputs": ["source"], "side_inputs": ["aggregate"],
          "params": {"policy": args.filter, "keep_frames": keep_frames}},
     ]
     workers = [f"worker-{i + 1}" for i in range(args.workers)]
@@ -114,12 +116,12 @@ def consumer_graph(name: str, args: argparse.Namespace, source: dict[str, Any], 
         stages.append({"name": worker_name, "stage": worker, "sources": 0, **worker_io,
                        "params": {**worker_params, "keep_frames": keep_frames}})
     aggregate = {"name": "aggregate", "stage": "stages.aggregate:Aggregator", "inputs": aggregate_inputs,
-                 "sources": 1,
+                 "sources": 1, "out_pattern": "pub",
                  # One id per run: a restarted aggregator appends to --out, a new run starts it anew.
                  "params": {"out": args.out, "run_id": uuid.uuid4().hex,
                             **({"summary": args.summary} if args.summary else {}), **aggregator}}
     if args.publish:
-        aggregate.update(outputs=[args.publish], out_pattern="pub")
+        aggregate["outputs"] = [args.publish]
     stages.append(aggregate)
     if remote:
         print(f"{name}: workers on other hosts join with\n  {remote_worker_command(args, worker, worker_params)}",

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     stage.add_argument("--name", help="the stage's name in logs and metrics (default: the class name)")
     stage.add_argument("--in", dest="inputs", action="append", default=[], metavar="URL",
                        help="endpoint to read from (connects unless prefixed with @; repeatable)")
+    stage.add_argument("--side-in", dest="side_inputs", action="append", default=[], metavar="URL",
+                       help="a side input: a PUB endpoint read between messages without blocking, e.g. results "
+                            "fed back to a filter (connects unless prefixed with @; repeatable)")
     stage.add_argument("--out", dest="outputs", action="append", default=[], metavar="URL",
                        help="endpoint to write to (binds unless prefixed with >; repeatable)")
     stage.add_argument("--param", dest="params", action="append", default=[], type=_key_value, metavar="K=V")
@@ -126,6 +129,7 @@ def run_one_stage(args: argparse.Namespace) -> int:
         metrics_interval_s=args.metrics_interval,
         metrics_path=args.metrics_json,
         inputs_closed=args.inputs_closed_file,
+        side_inputs=endpoints(args.side_inputs, bind_default=False),
     )
     stop = StopRequest()   # SIGINT: finish the streams; SIGTERM: stop now
     install_stop_signals(stop)

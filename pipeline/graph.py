@@ -25,7 +25,10 @@ Per stage, optional: ``outputs`` (URLs to bind, when others outside the graph co
 ``in_pattern`` (pull|sub), ``out_pattern`` (push|pub), ``sources`` (final end-of-stream
 markers to wait for; by default the number of source stages upstream, 0 = run until the
 graph ends), ``restart`` (``on-failure`` (default for non-sources) or ``no``) and
-``max_restarts`` (default 3), ``curve`` (``{secret: FILE, server: FILE, clients: DIR}``: the
+``max_restarts`` (default 3), ``side_inputs`` (stage names or URLs read as side inputs, see
+`pipeline.stage`: e.g. the filter reads the aggregator's published results; a stage named
+here must publish, ``out_pattern: pub``, and a side input neither counts as a source nor
+closes a cycle), ``curve`` (``{secret: FILE, server: FILE, clients: DIR}``: the
 stage's ``--curve-*`` options, for its tcp sockets). ``${assets}`` in a string parameter is the
 shared assets directory.
 
@@ -77,7 +80,7 @@ from pipeline.transport import free_tcp_port, local_url
 log = logging.getLogger(__name__)
 
 _STAGE_KEYS = {"name", "stage", "params", "inputs", "outputs", "in_pattern", "out_pattern", "sources",
-               "restart", "max_restarts", "curve"}
+               "restart", "max_restarts", "curve", "side_inputs"}
 #: A stage's ``curve`` key: ``{secret: FILE, server: FILE, clients: DIR}`` -> its --curve-* options.
 _CURVE_KEYS = {"secret": "--curve-secret", "server": "--curve-server", "clients": "--curve-clients"}
 _GRAPH_KEYS = {"name", "transport", "hwm", "stages"}
@@ -101,6 +104,7 @@ class StageSpec:
     restart: str | None = None
     max_restarts: int = 3
     curve: dict[str, str] | None = None    # CurveZMQ certificates for the stage's tcp sockets
+    side_inputs: list[str] = field(default_factory=list)
     is_source: bool = False
 
 
@@ -162,6 +166,7 @@ def parse_graph(document: Any, where: str = "graph", overrides: dict[str, dict[s
         spec.params = _expand(dict(spec.params or {}))
         spec.inputs = list(spec.inputs or [])
         spec.outputs = list(spec.outputs or [])
+        spec.side_inputs = list(spec.side_inputs or [])
         if any(s.name == spec.name for s in stages):
             raise ConfigError(f"{where}: two stages are named {spec.name!r}")
         spec.is_source = issubclass(load_stage_class(spec.stage), SourceStage)
@@ -189,6 +194,16 @@ def parse_graph(document: Any, where: str = "graph", overrides: dict[str, dict[s
             if "://" not in reference and split_reference(reference)[0] not in names:
                 raise ConfigError(f"{where}: stage {spec.name!r} reads from {reference!r}, which is neither "
                                   f"a stage of this graph {sorted(names)} nor an endpoint URL")
+        for reference in spec.side_inputs:
+            if "://" in reference:
+                continue
+            publisher = split_reference(reference)[0]
+            if publisher not in names:
+                raise ConfigError(f"{where}: stage {spec.name!r} has side input {reference!r}, which is neither "
+                                  f"a stage of this graph {sorted(names)} nor an endpoint URL")
+            if graph.stage(publisher).out_pattern != "pub":
+                raise ConfigError(f"{where}: stage {spec.name!r} has side input {reference!r}, but {publisher!r} "
+                                  f"does not publish (give it out_pattern: pub)")
         if spec.sources is None:
             spec.sources = _count_sources(graph, spec, set())
     return graph
@@ -219,7 +234,8 @@ def _count_sources(graph: GraphSpec, spec: StageSpec, seen: set[str]) -> int:
 
 
 def wire(graph: GraphSpec, run_dir: Path) -> dict[str, dict[str, list[str]]]:
-    """Endpoints per stage: ``{name: {"inputs": [...], "outputs": [...]}}``, URLs with @ or >.
+    """Endpoints per stage: ``{name: {"inputs": [...], "outputs": [...], "side_inputs": [...]}}``,
+    URLs with @ or >.
 
     A stage read by name gets an output endpoint of its own per output read (ipc socket in
     `run_dir`, or a free 127.0.0.1 port), bound by it and connected to by its readers.
@@ -227,7 +243,7 @@ def wire(graph: GraphSpec, run_dir: Path) -> dict[str, dict[str, list[str]]]:
     out_urls: dict[str, list[str]] = {}
     wanted: dict[str, int] = {}   # stage -> how many of its outputs are read by name
     for spec in graph.stages:
-        for reference in spec.inputs:
+        for reference in spec.inputs + spec.side_inputs:
             if "://" not in reference:
                 name, index = split_reference(reference)
                 wanted[name] = max(wanted.get(name, 0), index + 1)
@@ -240,19 +256,20 @@ def wire(graph: GraphSpec, run_dir: Path) -> dict[str, dict[str, list[str]]]:
             else:
                 urls.append(f"@tcp://127.0.0.1:{free_tcp_port()}")
         out_urls[spec.name] = urls
-    wiring = {}
-    for spec in graph.stages:
-        inputs = []
-        for reference in spec.inputs:
+    def reader_urls(references: list[str]) -> list[str]:
+        urls = []
+        for reference in references:
             if "://" in reference:
-                inputs.append(reference if reference[0] in "@>" else ">" + reference)
+                urls.append(reference if reference[0] in "@>" else ">" + reference)
             else:
                 name, index = split_reference(reference)
                 upstream = out_urls[name][index]
                 bound = upstream[1:] if upstream[0] == "@" else upstream
-                inputs.append(">" + local_url(bound))
-        wiring[spec.name] = {"inputs": inputs, "outputs": out_urls[spec.name]}
-    return wiring
+                urls.append(">" + local_url(bound))
+        return urls
+
+    return {spec.name: {"inputs": reader_urls(spec.inputs), "outputs": out_urls[spec.name],
+                        "side_inputs": reader_urls(spec.side_inputs)} for spec in graph.stages}
 
 
 @dataclass
@@ -321,6 +338,8 @@ class GraphRun:
             command += ["--in", url]
         for url in wiring["outputs"]:
             command += ["--out", url]
+        for url in wiring["side_inputs"]:
+            command += ["--side-in", url]
         if self.graph.hwm:
             command += ["--hwm", str(self.graph.hwm)]
         for key, option in _CURVE_KEYS.items():

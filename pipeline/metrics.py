@@ -67,6 +67,7 @@ class StageMetrics:
         self.outputs = 0
         self.eos = 0
         self.errors = 0
+        self.side_inputs = 0                     # messages taken from side inputs (not inputs)
         self.dropped: Counter[str] = Counter()   # by cause, e.g. "live-queue", "send-timeout"
         self.rejected: Counter[str] = Counter()  # malformed messages, by reason
         self.process = LatencyWindow()
@@ -94,6 +95,7 @@ class StageMetrics:
             "dropped": dict(self.dropped),
             "rejected": dict(self.rejected),
             "errors": self.errors,
+            **({"side_inputs": self.side_inputs} if self.side_inputs else {}),
         }
 
     def maybe_log(self, now: float | None = None) -> None:

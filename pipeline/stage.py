@@ -23,6 +23,12 @@ A stage is a small class. Its lifecycle, which the runtime guarantees:
    straight to the aggregator.
 5. ``tick()`` runs about every `TICK_S` seconds between messages, whether or not any arrive,
    for stages that act on time (a reorder timeout, a held end-of-stream marker).
+   ``side_input(message)`` runs for each message of a *side input* (`RunOptions.side_inputs`:
+   SUB sockets read between data messages without blocking, e.g. the aggregator's results,
+   which the filter learns from). Side inputs are not inputs: they are not counted as such,
+   their end-of-stream markers end nothing, and a stage never waits for them. Best effort: a
+   publisher drops what a slow side reader has not taken (counted by nobody; the reader must
+   not rely on seeing every message).
 6. ``end_of_inputs()`` runs when the launcher says that every stage this one reads from has
    ended (`RunOptions.inputs_closed`) and nothing is left to read: whatever is still missing
    will not come. The stage returns its final messages (an aggregator ends the streams it was
@@ -139,6 +145,9 @@ class Stage:
         """Every upstream stage has ended and what it sent is handled; return final messages."""
         return None
 
+    def side_input(self, message: Message) -> None:
+        """A message from a side input (see the module docstring); it sends nothing on."""
+
     def route(self, message: Message) -> int | None:
         """The output (index) `message` goes to when the stage has several; None: all of them."""
         return None
@@ -178,6 +187,7 @@ class RunOptions:
         for this long without the final end-of-stream markers.
     inputs_closed: a file that the launcher creates once every stage this one reads from has
         ended: the stage then handles what is queued, runs `Stage.end_of_inputs` and ends.
+    side_inputs: SUB endpoints read without blocking between messages, for `Stage.side_input`.
     """
 
     name: str
@@ -194,6 +204,7 @@ class RunOptions:
     metrics_interval_s: float = 10.0
     metrics_path: Path | None = None
     inputs_closed: Path | None = None
+    side_inputs: list[Endpoint] = field(default_factory=list)
 
 
 class _Outputs:
@@ -284,7 +295,7 @@ def run_stage(stage: Stage, options: RunOptions, *, stop: threading.Event | None
         if isinstance(stage, SourceStage):
             _end_failed_source(stage, options, metrics, context, error)
         raise StageError(options.name, "setup", error) from error
-    receiver = outputs = None
+    receiver = side = outputs = None
     try:
         outputs = _Outputs(options, metrics, stop, context)
         if isinstance(stage, SourceStage):
@@ -294,7 +305,10 @@ def run_stage(stage: Stage, options: RunOptions, *, stop: threading.Event | None
                 raise ConfigError(f"stage {options.name!r} ({type(stage).__name__}) needs at least one input endpoint")
             receiver = Receiver(options.inputs, pattern=options.in_pattern, options=options.socket, context=context,
                                 rejected=metrics.rejected)   # counted as they happen
-            _run_worker(stage, options, receiver, outputs, metrics, stop)
+            if options.side_inputs:
+                side = Receiver(options.side_inputs, pattern="sub", options=options.socket, context=context,
+                                rejected=metrics.rejected)
+            _run_worker(stage, options, receiver, outputs, metrics, stop, side)
     except StageError:
         raise
     except Exception as error:
@@ -306,6 +320,8 @@ def run_stage(stage: Stage, options: RunOptions, *, stop: threading.Event | None
             log.exception("[%s] teardown failed", options.name)
         if receiver is not None:
             receiver.close(linger_ms=0)
+        if side is not None:
+            side.close(linger_ms=0)
         if outputs is not None:
             outputs.close()
         snapshot = metrics.snapshot()
@@ -315,8 +331,13 @@ def run_stage(stage: Stage, options: RunOptions, *, stop: threading.Event | None
     return snapshot
 
 
+#: Side-input messages handled at most between two data messages, so that a busy side input
+#: never starves the main one.
+SIDE_BATCH = 64
+
+
 def _run_worker(stage: Stage, options: RunOptions, receiver: Receiver, outputs: _Outputs,
-                metrics: StageMetrics, stop: threading.Event) -> None:
+                metrics: StageMetrics, stop: threading.Event, side: Receiver | None = None) -> None:
     finals = 0          # final end-of-stream markers sent on: the stage ends after `options.sources`
     next_tick = time.monotonic() + TICK_S
 
@@ -348,6 +369,13 @@ def _run_worker(stage: Stage, options: RunOptions, receiver: Receiver, outputs: 
                             options.sources - finals)
                 return
         metrics.maybe_log()
+        if side is not None:
+            for _ in range(SIDE_BATCH):
+                update = side.recv(timeout=0)
+                if update is None:
+                    break
+                metrics.side_inputs += 1
+                _call(stage.side_input, update, metrics)
         message = receiver.recv()
         if message is not None:
             last_input = time.monotonic()

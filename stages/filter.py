@@ -63,6 +63,12 @@ class Filter(Stage):
             meta = {**meta, "tag": ledger.tag(self._key, purpose, message.stream, message.seq)}
         return replace(message, decision=decision.to_wire(), arrays=arrays, meta=meta)
 
+    def side_input(self, message: Message) -> None:
+        """The aggregator's result for an input (its side input in the apps): the policy learns
+        the final answers of the inputs it let through (Reuse fills its cache from them)."""
+        if message.kind == "result" and isinstance(message.result, dict):
+            self.policy.feedback(message.stream, message.seq, message.result)
+
     def route(self, message: Message) -> int:
         """Output 0 (the workers): inputs for the model. Output 1 (the aggregator): the rest."""
         needs_model = not message.is_eos and (message.decision or {}).get("action") == "infer"

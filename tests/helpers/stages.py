@@ -63,3 +63,27 @@ class SlowRelay(Stage):
         if self.delay_s:
             time.sleep(self.delay_s)
         return message
+
+
+class SideReader(Stage):
+    """Relays its inputs; counts the messages of its side inputs and writes, at teardown, how
+    many it saw and how many inputs it had, as JSON, to `report`."""
+
+    def __init__(self, report: str):
+        self.report = report
+        self.side_seen: list[tuple[str, int]] = []
+        self.inputs = 0
+
+    def process(self, message: Message) -> Message:
+        self.inputs += 1
+        return message
+
+    def side_input(self, message: Message) -> None:
+        self.side_seen.append((message.stream, message.seq))
+
+    def teardown(self) -> None:
+        import json
+        with open(self.report, "w") as report:
+            json.dump({"inputs": self.inputs, "side": len(self.side_seen),
+                       "side_seqs_in_order": all(a[1] < b[1] for a, b in zip(self.side_seen, self.side_seen[1:])
+                                                 if a[0] == b[0])}, report)

@@ -11,7 +11,7 @@ from models.base import Decision, Policy
 from models.cascade import Cascade
 from models.registry import POLICIES, PolicyEntry, parse_policy, policy_help
 from pipeline.errors import ConfigError
-from pipeline.message import Message
+from pipeline.message import Message, eos
 from stages.filter import Filter
 
 
@@ -122,3 +122,12 @@ def test_help_and_errors_list_every_registered_policy():
     with pytest.raises(ConfigError) as refused:
         parse_policy("skip")
     assert all(entry.usage in str(refused.value) for entry in POLICIES.values())
+
+
+def test_the_filter_hands_the_aggregators_results_to_its_policy_as_feedback():
+    stage = Filter("none")
+    tracked = EvenSkipper()
+    stage.policy = tracked
+    stage.side_input(Message("result", "cam", 7, result={"decision": "infer", "count": 3}))
+    stage.side_input(eos("cam", 8))        # not a result: nothing to learn
+    assert tracked.calls == ["feedback:cam:7"]
