@@ -30,6 +30,14 @@ def results(out: Path) -> int:
     return sum(1 for line in out.read_text().splitlines() if '"seq"' in line) if out.exists() else 0
 
 
+def wait_for_results(app: subprocess.Popen, out: Path, at_least: int, timeout: float = 150) -> None:
+    """Until the app's results file has `at_least` lines (stages start slowly under load)."""
+    deadline = time.monotonic() + timeout
+    while results(out) < at_least:
+        assert app.poll() is None and time.monotonic() < deadline, app.communicate(timeout=5)
+        time.sleep(0.2)
+
+
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("ctrl_c", ["app", "process-group"])
 def test_stopping_a_live_run_brings_every_count_to_the_summary(ctrl_c, tmp_path):
@@ -43,10 +51,7 @@ def test_stopping_a_live_run_brings_every_count_to_the_summary(ctrl_c, tmp_path)
         app = start_app("--source", server.url, "--out", str(out), "--summary", str(summary_path),
                         "--log-level", "INFO")
         try:
-            deadline = time.monotonic() + 150
-            while results(out) < 10:
-                assert app.poll() is None and time.monotonic() < deadline, app.communicate(timeout=5)
-                time.sleep(0.2)
+            wait_for_results(app, out, at_least=10)
             if ctrl_c == "app":
                 app.send_signal(signal.SIGINT)
             else:
@@ -75,10 +80,7 @@ def test_an_aggregator_stopped_before_the_end_of_stream_does_not_claim_a_balance
     with TcpStreamServer([6000], pace=100, size=(640, 360)) as server:
         app = start_app("--source", server.url, "--out", str(out), "--summary", str(summary_path))
         try:
-            deadline = time.monotonic() + 150
-            while results(out) < 5:
-                assert app.poll() is None and time.monotonic() < deadline, app.communicate(timeout=5)
-                time.sleep(0.2)
+            wait_for_results(app, out, at_least=5)
             aggregator = subprocess.run(["pgrep", "-g", str(app.pid), "-f", "stages.aggregate:Aggregator"],
                                         capture_output=True, text=True).stdout.split()
             assert len(aggregator) == 1, aggregator
