@@ -84,10 +84,27 @@ def _parser() -> argparse.ArgumentParser:
                             "has ended), handle what is queued and end")
     stage.add_argument("--metrics-json", type=Path, help="write the stage's metrics here at the end")
     stage.add_argument("--metrics-interval", type=float, default=10.0, help="seconds between progress logs")
+    _add_plugin_commands(commands)
     keys = commands.add_parser("keys", help="create a CurveZMQ certificate pair for a stage")
     keys.add_argument("name", help="certificate name, e.g. the stage's or host's name")
     keys.add_argument("--dir", type=Path, default=Path("certificates"), help="where to write them")
     return parser
+
+
+#: Entry-point group through which installed packages add subcommands (the filter tools in
+#: models/cli.py add ``infistream filter``): the runtime names none of them, so it depends on none.
+PLUGIN_GROUP = "infistream.commands"
+
+
+def _add_plugin_commands(commands: argparse._SubParsersAction) -> None:
+    """Let each installed plugin add its subcommand: ``register(commands)`` adds a parser whose
+    defaults include ``handler`` (called with the parsed arguments, returning the exit code)."""
+    from importlib.metadata import entry_points
+    for entry in entry_points(group=PLUGIN_GROUP):
+        try:
+            entry.load()(commands)
+        except Exception as error:   # a broken plugin must not take the runtime's commands down
+            print(f"infistream: command plugin {entry.name} ({entry.value}) failed to load: {error}", file=sys.stderr)
 
 
 def _configure_logging(level: str, name: str) -> None:
@@ -170,11 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # as with gunicorn or uvicorn; a console script does not put the directory on sys.path.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    name = {"run": "launcher", "keys": "keys"}.get(args.command) or args.name or args.target.rpartition(":")[2]
+    handler = getattr(args, "handler", None)
+    name = ({"run": "launcher", "keys": "keys"}.get(args.command) or (args.command if handler else None)
+            or args.name or args.target.rpartition(":")[2])
     _configure_logging(args.log_level, name)
     try:
         commands = {"run": run_graph, "stage": run_one_stage, "keys": make_keys}
-        return commands[args.command](args)
+        return (handler or commands[args.command])(args)
     except (ConfigError, EndpointError) as error:
         log.error("configuration error: %s", error)
         return EXIT_CONFIG

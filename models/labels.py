@@ -1,0 +1,169 @@
+"""Labels for free: the detector's answers on recorded clips, and the redundancy rules on them.
+
+`label_clip` runs the real YOLO worker once over a clip (a graph of the project's own stages,
+started by name: source -> YoloWorker -> JsonlSink) and keeps its per-frame detections as JSON
+Lines, cached by the clip's content hash and the detector's settings: labelling the same clip
+with the same detector again reads the file. Each line is one frame, ``{"seq", "pts", "boxes",
+"classes", "scores"}``; the last is ``{"end": true, "frames": N, "source": {...}}`` with the
+source's counters (frames it could not decode are gaps in ``seq``, never made up).
+
+The redundancy rules (`count_labels`) turn detections into what a filter learns: a frame is
+``empty`` when it holds no vehicle, and ``same-count`` when its count equals the reference
+frame's (the previous decoded frame), optionally counting only boxes whose centre lies in a
+region. Classes are COCO's 0-based ids: car 2, motorcycle 3, bus 5, truck 7.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from pipeline.assets import cache_dir
+from pipeline.errors import ConfigError
+from pipeline.graph import GraphRun, parse_graph
+
+log = logging.getLogger(__name__)
+
+#: Bumped when the label file's format or the way it is made changes: old caches are not reused.
+LABEL_FORMAT = 1
+VEHICLE_CLASSES = (2, 3, 5, 7)
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """What decides the detector's answers, hence the cache key (the YoloWorker's parameters)."""
+
+    weights: str = ""            # "" = the shared offline YOLOv8n INT8 (see stages/detect.py)
+    conf: float = 0.25
+    iou: float = 0.7
+    imgsz: int = 640
+    classes: str = "2,3,5,7"
+
+    def key(self) -> str:
+        weights = Path(self.weights)
+        identity = {**asdict(self), "format": LABEL_FORMAT,
+                    "weights_sha256": file_sha256(weights) if self.weights and weights.is_file() else None}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def label_path(clip: Path, settings: DetectorSettings, out_dir: Path, max_frames: int | None = None) -> Path:
+    """Where the labels of `clip` under `settings` are cached (content hash, not name or date)."""
+    limit = f"-first{max_frames}" if max_frames else ""
+    return out_dir / f"{clip.stem}-{file_sha256(clip)[:16]}-{settings.key()}{limit}.jsonl"
+
+
+def default_label_dir() -> Path:
+    return cache_dir() / "labels"
+
+
+def label_clip(clip: Path | str, settings: DetectorSettings = DetectorSettings(), out_dir: Path | None = None,
+               max_frames: int | None = None, progress: bool = False, refresh: bool = False) -> Path:
+    """The per-frame detections of `clip` (a JSON Lines file, made now or read from the cache)."""
+    clip = Path(clip)
+    if not clip.is_file():
+        raise ConfigError(f"cannot label {clip}: no such file")
+    out_dir = Path(out_dir or default_label_dir())
+    target = label_path(clip, settings, out_dir, max_frames)
+    if target.exists() and not refresh:
+        log.info("labels of %s: cached in %s", clip.name, target)
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="infistream-label-") as temp:
+        raw = Path(temp) / "raw.jsonl"
+        graph = parse_graph({"name": "label", "stages": [
+            {"name": "source", "stage": "stages.source:Source",
+             "params": {"uri": str(clip), "media": "video", "progress": progress,
+                        **({"max_frames": max_frames} if max_frames else {})}},
+            {"name": "detect", "stage": "stages.detect:YoloWorker", "inputs": ["source"],
+             "params": {"weights": settings.weights, "conf": settings.conf, "iou": settings.iou,
+                        "imgsz": settings.imgsz, "classes": settings.classes}},
+            {"name": "sink", "stage": "stages.sinks:JsonlSink", "inputs": ["detect"], "params": {"path": str(raw)}},
+        ]}, "label")
+        run = GraphRun(graph, log_level=logging.getLevelName(logging.getLogger().level) or "WARNING")
+        if run.run() != 0:
+            raise RuntimeError(f"labelling {clip} failed: stage(s) {run.failed} ended with errors (see the log)")
+        partial = target.with_suffix(".partial")
+        frames = _write_labels(raw, partial)
+        os.replace(partial, target)   # never a half-written file under the final name
+    log.info("labels of %s: %d frames in %s", clip.name, frames, target)
+    return target
+
+
+def _write_labels(raw: Path, out: Path) -> int:
+    frames, end = [], None
+    for line in raw.read_text().splitlines():
+        header = json.loads(line)
+        if header.get("kind") == "eos":
+            end = header
+            continue
+        result = header.get("result") or {}
+        frames.append({"seq": header["seq"], "pts": header.get("pts", 0.0), "boxes": result.get("boxes", []),
+                       "classes": result.get("classes", []), "scores": result.get("scores", [])})
+    if end is None:
+        raise RuntimeError(f"the detector's output {raw} has no end of stream: labels would be incomplete")
+    frames.sort(key=lambda frame: frame["seq"])
+    if len(frames) + int(end.get("dropped", 0)) != end["seq"]:
+        raise RuntimeError(f"{len(frames)} labelled frames + {end.get('dropped', 0)} dropped at the source "
+                           f"!= {end['seq']} frames read: refusing incomplete labels")
+    with out.open("w") as stream:
+        for frame in frames:
+            stream.write(json.dumps(frame, separators=(",", ":")) + "\n")
+        stream.write(json.dumps({"end": True, "frames": end["seq"], "labelled": len(frames),
+                                 "source": (end.get("meta") or {}).get("source", {})}) + "\n")
+    return len(frames)
+
+
+@dataclass(frozen=True)
+class FrameLabels:
+    """Per labelled frame of one clip: seq, pts, vehicle count, and the two redundancy labels."""
+
+    seq: np.ndarray          # int64
+    pts: np.ndarray          # float64 seconds
+    count: np.ndarray        # int32 vehicles (in the region, when one is given)
+    empty: np.ndarray        # bool: no vehicle
+    same_count: np.ndarray   # bool: count equals the previous labelled frame's (False for the first)
+
+
+def read_detections(path: Path) -> Iterator[dict[str, Any]]:
+    for line in Path(path).read_text().splitlines():
+        record = json.loads(line)
+        if not record.get("end"):
+            yield record
+
+
+def count_labels(path: Path, region: Sequence[float] | None = None,
+                 classes: Sequence[int] = VEHICLE_CLASSES) -> FrameLabels:
+    """The redundancy labels of a label file; `region` = x1, y1, x2, y2 counts only boxes whose
+    centre lies inside it."""
+    seqs, pts, counts = [], [], []
+    wanted = set(classes)
+    for frame in read_detections(path):
+        boxes = np.asarray(frame["boxes"], np.float64).reshape(-1, 4)
+        keep = np.array([int(c) in wanted for c in frame["classes"]], bool)
+        if region is not None and len(boxes):
+            x1, y1, x2, y2 = region
+            cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+            keep &= (cx >= x1) & (cx <= x2) & (cy >= y1) & (cy <= y2)
+        seqs.append(frame["seq"])
+        pts.append(frame["pts"])
+        counts.append(int(keep.sum()) if len(keep) else 0)
+    count = np.asarray(counts, np.int32)
+    same = np.zeros(len(count), bool)
+    same[1:] = count[1:] == count[:-1]
+    return FrameLabels(np.asarray(seqs, np.int64), np.asarray(pts, np.float64), count, count == 0, same)
