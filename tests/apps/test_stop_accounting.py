@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -20,10 +22,18 @@ ENV = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0", "HF_HUB_OFFLI
        "YOLO_CONFIG_DIR": str(ROOT / ".cache" / "ultralytics")}
 
 
-def start_app(*args: str) -> subprocess.Popen:
-    # Its own process group, as a terminal gives a foreground job: Ctrl-C reaches the whole group.
-    return subprocess.Popen([sys.executable, str(ROOT / "apps" / "vehicle_count.py"), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT, start_new_session=True)
+@contextlib.contextmanager
+def running_app(*args: str) -> Iterator[subprocess.Popen]:
+    """The vehicle-counting app in its own process group, as a terminal gives a foreground job
+    (Ctrl-C reaches the whole group); the whole group is killed on leaving if it still runs."""
+    app = subprocess.Popen([sys.executable, str(ROOT / "apps" / "vehicle_count.py"), *args], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT, start_new_session=True)
+    try:
+        yield app
+    finally:
+        if app.poll() is None:
+            os.killpg(app.pid, signal.SIGKILL)
+            app.wait()
 
 
 def results(out: Path) -> int:
@@ -47,21 +57,15 @@ def test_stopping_a_live_run_brings_every_count_to_the_summary(ctrl_c, tmp_path)
     traceback. Before, the marker and the drops never arrived and the summary still said balanced."""
     out, summary_path = tmp_path / "live.jsonl", tmp_path / "summary.json"
     # About a minute of stream (it outlives the test), in frames large enough that few are in flight.
-    with TcpStreamServer([6000], pace=100, size=(640, 360)) as server:
-        app = start_app("--source", server.url, "--out", str(out), "--summary", str(summary_path),
-                        "--log-level", "INFO")
-        try:
-            wait_for_results(app, out, at_least=10)
-            if ctrl_c == "app":
-                app.send_signal(signal.SIGINT)
-            else:
-                os.killpg(app.pid, signal.SIGINT)
-            _, stderr = app.communicate(timeout=90)
-        finally:
-            if app.poll() is None:
-                os.killpg(app.pid, signal.SIGKILL)
-                app.wait()
-            server.process.kill()
+    with TcpStreamServer([6000], pace=100, size=(640, 360)) as server, \
+            running_app("--source", server.url, "--out", str(out), "--summary", str(summary_path),
+                        "--log-level", "INFO") as app:
+        wait_for_results(app, out, at_least=10)
+        if ctrl_c == "app":
+            app.send_signal(signal.SIGINT)
+        else:
+            os.killpg(app.pid, signal.SIGINT)
+        _, stderr = app.communicate(timeout=90)
     assert app.returncode == 0, stderr[-3000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
     total = json.loads(summary_path.read_text())["total"]
@@ -77,20 +81,14 @@ def test_stopping_a_live_run_brings_every_count_to_the_summary(ctrl_c, tmp_path)
 def test_an_aggregator_stopped_before_the_end_of_stream_does_not_claim_a_balance(tmp_path):
     """SIGTERM to the aggregator alone mid-run: its summary says the end never arrived."""
     out, summary_path = tmp_path / "live.jsonl", tmp_path / "summary.json"
-    with TcpStreamServer([6000], pace=100, size=(640, 360)) as server:
-        app = start_app("--source", server.url, "--out", str(out), "--summary", str(summary_path))
-        try:
-            wait_for_results(app, out, at_least=5)
-            aggregator = subprocess.run(["pgrep", "-g", str(app.pid), "-f", "stages.aggregate:Aggregator"],
-                                        capture_output=True, text=True).stdout.split()
-            assert len(aggregator) == 1, aggregator
-            os.kill(int(aggregator[0]), signal.SIGTERM)
-            stdout, stderr = app.communicate(timeout=90)
-        finally:
-            if app.poll() is None:
-                os.killpg(app.pid, signal.SIGKILL)
-                app.wait()
-            server.process.kill()
+    with TcpStreamServer([6000], pace=100, size=(640, 360)) as server, \
+            running_app("--source", server.url, "--out", str(out), "--summary", str(summary_path)) as app:
+        wait_for_results(app, out, at_least=5)
+        aggregator = subprocess.run(["pgrep", "-g", str(app.pid), "-f", "stages.aggregate:Aggregator"],
+                                    capture_output=True, text=True).stdout.split()
+        assert len(aggregator) == 1, aggregator
+        os.kill(int(aggregator[0]), signal.SIGTERM)
+        stdout, stderr = app.communicate(timeout=90)
     total = json.loads(summary_path.read_text())["total"]
     assert not total["balanced"] and not total["produced_known"] and total["streams_without_end"] == 1, total
     assert "accounting NOT balanced" in stdout
