@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from pipeline.errors import ConfigError
 from pipeline.message import Message
 
@@ -152,3 +154,40 @@ class Policy:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+#: How far back (in sequence numbers of one stream) a reuse decision may point. The aggregator
+#: keeps at least this many answers per stream (stages/aggregate.py), so a reuse within the
+#: horizon always resolves; policies evict cache entries older than this.
+REUSE_HORIZON = 2048
+
+
+class FramePolicy(Policy):
+    """A policy on video frames whose per-frame work splits in two, so that evaluation can prepare
+    every frame of a clip once and replay the decisions at many thresholds (models/simulate.py):
+
+    - `prepare(frame)`: the costly part that no threshold changes (downscale, network features,
+      a background model's foreground share), returning a numpy array;
+    - `decide_prepared(stream, seq, features)`: the cheap decision on it at `self.threshold`.
+
+    `threshold` is one knob per policy, oriented the same way for all: a larger threshold keeps
+    more frames away from the model (filters more, risks more errors). `feedback` receives the
+    aggregator's result record (at least ``decision`` and, for vehicle counting, ``count``).
+    """
+
+    threshold: float = 0.0
+
+    def prepare(self, frame: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} must implement prepare()")
+
+    def decide_prepared(self, stream: str, seq: int, features: np.ndarray) -> Decision | None:
+        raise NotImplementedError(f"{type(self).__name__} must implement decide_prepared()")
+
+    def threshold_grid(self) -> np.ndarray:
+        """Thresholds worth trying when calibrating, increasing (more filtering along the grid)."""
+        return np.linspace(0.0, 1.0, 101)
+
+    def decide(self, message: Message) -> Decision | None:
+        if message.kind != "video" or not message.arrays:
+            return None                     # not a frame: no opinion
+        return self.decide_prepared(message.stream, message.seq, self.prepare(message.arrays[0]))
