@@ -6,6 +6,17 @@
 runs the real YOLO worker once per clip and keeps its per-frame detections (models/labels.py),
 cached by clip content and detector settings; it prints, per clip, the frames labelled and the
 share a filter could answer for: empty frames and frames repeating the previous frame's count.
+
+    infistream filter calibrate DIR [--target T ...] [--clips CLIP ...] [--lag N]
+
+picks each threshold of a trained filter DIR (or, for a filter set holding skip/ and reuse/, of
+both and of their cascade, jointly) for target per-frame count agreements on validation frames
+(models/calibrate.py), writing calibration.json (and cascade.json).
+
+    infistream filter evaluate [--filters DIR] [--clips CLIP ...] [--out DIR] [--target 0.95]
+
+replays the filter set and the baselines over the test half of each clip (models/evaluate.py):
+a PNG of filtering rate vs agreement per clip, a summary PNG and evaluation.json.
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     label.add_argument("--refresh", action="store_true", help="label again even when cached")
     label.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
     label.set_defaults(handler=run_label)
+    add_calibrate(tools)
+    add_evaluate(tools)
 
 
 def run_label(args: argparse.Namespace) -> int:
@@ -42,4 +55,85 @@ def run_label(args: argparse.Namespace) -> int:
                   f"frame {labels.same_count.mean():.1%}, mean count {labels.count.mean():.2f} -> {path}")
         else:
             print(f"{clip.name}: no frame decoded -> {path}")
+    return 0
+
+
+def add_calibrate(tools: argparse._SubParsersAction) -> None:
+    from models.simulate import DEFAULT_LAG
+    calibrate = tools.add_parser("calibrate", help="pick a trained filter's thresholds for target agreements",
+                                 description="Pick the threshold of a trained filter directory for each target "
+                                 "per-frame count agreement on the validation frames of its training clips; for a "
+                                 "filter set (a directory with skip/ and reuse/) also the cascade's thresholds, jointly.")
+    calibrate.add_argument("directory", type=Path, metavar="DIR", help="a trained filter, or a filter set (skip/, reuse/)")
+    calibrate.add_argument("--target", type=float, nargs="+", default=[0.9, 0.95, 0.98],
+                           help="target agreements (default 0.9 0.95 0.98)")
+    calibrate.add_argument("--clips", type=Path, nargs="+", default=None, metavar="CLIP",
+                           help="clips whose validation frames to use (default: those the filter was trained on)")
+    calibrate.add_argument("--lag", type=int, default=DEFAULT_LAG,
+                           help=f"frames between a decision and its feedback (default {DEFAULT_LAG})")
+    calibrate.add_argument("--labels", type=Path, default=None, help=f"label directory (default {default_label_dir()})")
+    calibrate.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
+    calibrate.set_defaults(handler=run_calibrate)
+
+
+def _targets(values: list[float]) -> list[float]:
+    from pipeline.errors import ConfigError
+    bad = [v for v in values if not 0 < v <= 1]
+    if bad:
+        raise ConfigError(f"--target takes agreements in (0, 1], got {bad}")
+    return values
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    from models.calibrate import describe, calibrate_directory
+    written = calibrate_directory(args.directory, _targets(args.target), args.clips, args.lag, args.labels, args.progress)
+    for what, path in written.items():
+        document = json.loads(path.read_text())
+        print(f"{path}:")
+        for line in describe(document, ("skip", "reuse") if what == "cascade" else ("threshold",)):
+            print(f"  {line}")
+    return 0
+
+
+def add_evaluate(tools: argparse._SubParsersAction) -> None:
+    from models.simulate import DEFAULT_LAG
+    evaluate = tools.add_parser("evaluate", help="filtering rate vs agreement curves on the clips' test halves",
+                                description="Replay a filter set (skip, reuse, their cascade) and the baselines "
+                                "(framediff, motion, stride:N) over the test half of each clip: a PNG per clip, a "
+                                "summary PNG and evaluation.json under --out.")
+    evaluate.add_argument("--filters", type=Path, default=Path("models/shipped/vehicle"),
+                          help="filter set: a directory with skip/ and reuse/ (default models/shipped/vehicle)")
+    evaluate.add_argument("--clips", type=Path, nargs="+", default=None, metavar="CLIP",
+                          help="clips (default: every video under $INFI_ASSETS/traffic)")
+    evaluate.add_argument("--out", type=Path, default=Path("bench/results/filters"), help="output directory")
+    evaluate.add_argument("--target", type=float, default=0.95, help="target per-frame count agreement (default 0.95)")
+    evaluate.add_argument("--lag", type=int, default=DEFAULT_LAG,
+                          help=f"frames between a decision and its feedback (default {DEFAULT_LAG})")
+    evaluate.add_argument("--no-baselines", dest="baselines", action="store_false",
+                          help="leave out framediff, motion and stride")
+    evaluate.add_argument("--labels", type=Path, default=None, help=f"label directory (default {default_label_dir()})")
+    evaluate.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    evaluate.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from models.evaluate import STRIDES, check_filters, describe_summary, evaluate_clips
+    from pipeline.errors import ConfigError
+    check_filters(args.filters)
+    _targets([args.target])
+    if args.clips:
+        missing = [str(c) for c in args.clips if not c.is_file()]
+        if missing:
+            raise ConfigError(f"no such clip(s): {', '.join(missing)}")
+        clips = list(args.clips)
+    else:
+        from models.dataset import default_clips
+        clips = default_clips()
+    table = evaluate_clips(clips, args.filters, args.out, args.target, args.lag, args.baselines,
+                           STRIDES if args.baselines else (), args.labels, args.progress, say=print)
+    for line in describe_summary(table["summary"]):
+        print(line)
+    print(f"wrote {args.out}/evaluation.json, {args.out}/summary.png and one PNG per clip")
     return 0

@@ -1,0 +1,278 @@
+"""Thresholds for a target accuracy: the operating point of a trained filter, picked on validation frames.
+
+A frame policy has one knob, ``threshold`` (larger filters more). For a target per-frame count
+agreement (0.95 by default), calibration replays the filter (models/simulate.py) over the
+VALIDATION part of every clip it was trained on (the shared split: the last 20 % of each clip's
+first half), pooling the frames of all clips, and picks, among the thresholds whose pooled
+agreement meets the target, the one that keeps the most frames from the model. The worst
+clip's agreement at that threshold is reported beside it: a pooled target does not promise it
+per camera (the live audit is what watches a camera).
+
+- a single filter directory gets ``calibration.json`` (format in docs/filters.md), one entry per
+  target (0.9, 0.95, 0.98 by default); a target no threshold meets is listed under ``unmet``
+  with the best agreement seen, never given a threshold;
+- a filter SET (a directory holding ``skip/`` and ``reuse/``, as models/shipped/vehicle) also
+  gets ``cascade.json``: the skip and reuse thresholds picked JOINTLY on a grid, since Reuse
+  sees only the frames Skip leaves and learns only from the answers that come back.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+from models.base import FramePolicy
+from models.export import git_commit
+from models.simulate import DEFAULT_LAG, LabelledClip, PreparedClip, labelled_clip, prepare_part, replay, thin_grid
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_FORMAT = 1
+DEFAULT_TARGET = 0.95
+TARGETS = (0.9, 0.95, 0.98)
+#: Thresholds tried per single filter, and per filter of a cascade's joint grid.
+SINGLE_GRID = 41
+CASCADE_GRID = (16, 21)           # skip x reuse
+CALIBRATION_FILE = "calibration.json"
+CASCADE_FILE = "cascade.json"
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One threshold tuple's outcome, pooled over the validation parts, and per clip."""
+
+    thresholds: tuple[float, ...]
+    agreement: float
+    filtered: float
+    frames: int
+    per_clip: dict[str, tuple[float, float, int]]     # clip -> (agreement, filtered, frames)
+
+    def worst_clip(self) -> dict[str, Any]:
+        name, (agreed, filtered, frames) = min(self.per_clip.items(), key=lambda item: item[1][0])
+        return {"clip": name, "agreement": round(agreed, 4), "filtered": round(filtered, 4), "frames": frames}
+
+    def summary(self) -> dict[str, Any]:
+        return {"agreement": round(self.agreement, 4), "filtered": round(self.filtered, 4), "frames": self.frames,
+                "worst_clip": self.worst_clip()}
+
+
+def score_grid(policies: Sequence[FramePolicy], clips: Sequence[PreparedClip], grid: Iterable[Sequence[float]],
+               lag: int = DEFAULT_LAG, progress: Any = None) -> list[GridPoint]:
+    """Every threshold tuple of `grid`, replayed on every clip (each clip a stream of its own,
+    starting cold as a live stream does), pooled by frames."""
+    clips = [clip for clip in clips if len(clip)]
+    if not clips:
+        raise ConfigError("no validation frames to calibrate on")
+    points = []
+    for thresholds in grid:
+        thresholds = tuple(float(t) for t in thresholds)
+        per_clip, agreed, kept, frames = {}, 0, 0, 0
+        for clip in clips:
+            run = replay(policies, clip, thresholds, lag=lag)
+            same, filtered = int(np.sum(run.answer == clip.truth)), int(np.sum(run.action != 0))
+            per_clip[clip.name] = (same / len(clip), filtered / len(clip), len(clip))
+            agreed, kept, frames = agreed + same, kept + filtered, frames + len(clip)
+        points.append(GridPoint(thresholds, agreed / frames, kept / frames, frames, per_clip))
+        if progress is not None:
+            progress.update(1)
+    return points
+
+
+def choose(points: Sequence[GridPoint], target: float) -> GridPoint | None:
+    """The point that keeps the most frames from the model among those whose pooled agreement
+    meets `target` (ties: the higher agreement, then the smaller thresholds); None if none does."""
+    meeting = [p for p in points if p.agreement >= target - 1e-12]
+    if not meeting:
+        return None
+    return max(meeting, key=lambda p: (p.filtered, p.agreement, tuple(-t for t in p.thresholds)))
+
+
+def pick_targets(points: Sequence[GridPoint], targets: Sequence[float], keys: Sequence[str]) -> dict[str, Any]:
+    """``{"targets": {...}, "unmet": {...}}``: per target, the chosen thresholds under `keys`."""
+    chosen, unmet = {}, {}
+    for target in targets:
+        point = choose(points, target)
+        label = f"{target:g}"
+        if point is None:
+            best = max(points, key=lambda p: p.agreement)
+            unmet[label] = {"best_agreement": round(best.agreement, 4),
+                            "at": dict(zip(keys, (round(t, 6) for t in best.thresholds)))}
+            log.warning("no threshold meets agreement %s on the validation frames (best %.4f)", label, best.agreement)
+            continue
+        chosen[label] = {**dict(zip(keys, (round(t, 6) for t in point.thresholds))), "validation": point.summary()}
+    return {"targets": chosen, "unmet": unmet}
+
+
+def _provenance(clips: Sequence[PreparedClip], lag: int) -> dict[str, Any]:
+    return {"data": [{"clip": clip.name, "frames": len(clip)} for clip in clips], "lag": lag,
+            "commit": git_commit(), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def calibrate_policy(policy: FramePolicy, clips: Sequence[PreparedClip], targets: Sequence[float] = TARGETS,
+                     thresholds: int = SINGLE_GRID, lag: int = DEFAULT_LAG, progress: Any = None) -> dict[str, Any]:
+    """The content of a filter's calibration.json, for `clips` prepared for `policy`."""
+    grid = thin_grid(policy.threshold_grid(), thresholds)
+    points = score_grid([policy], clips, [(t,) for t in grid], lag, progress)
+    picked = pick_targets(points, targets, ["threshold"])
+    return {"format": CALIBRATION_FORMAT, "metric": "count-agreement", **picked,
+            "grid": [round(float(t), 6) for t in grid],
+            "curve": [{"threshold": round(p.thresholds[0], 6), "agreement": round(p.agreement, 4),
+                       "filtered": round(p.filtered, 4)} for p in points],
+            **_provenance(clips, lag)}
+
+
+def calibrate_cascade(skip: FramePolicy, reuse: FramePolicy, clips: Sequence[PreparedClip],
+                      targets: Sequence[float] = TARGETS, grid_sizes: tuple[int, int] = CASCADE_GRID,
+                      lag: int = DEFAULT_LAG, progress: Any = None) -> dict[str, Any]:
+    """The content of cascade.json: skip and reuse thresholds picked jointly (skip, then reuse)."""
+    skip_grid = thin_grid(skip.threshold_grid(), grid_sizes[0])
+    reuse_grid = thin_grid(reuse.threshold_grid(), grid_sizes[1])
+    grid = [(a, b) for a in skip_grid for b in reuse_grid]
+    points = score_grid([skip, reuse], clips, grid, lag, progress)
+    picked = pick_targets(points, targets, ["skip", "reuse"])
+    return {"format": CALIBRATION_FORMAT, "metric": "count-agreement", "order": ["skip", "reuse"], **picked,
+            "grid": {"skip": [round(float(t), 6) for t in skip_grid], "reuse": [round(float(t), 6) for t in reuse_grid]},
+            **_provenance(clips, lag)}
+
+
+# --------------------------------------------------------------------------------------------
+# Filter directories and the clips they were trained on
+
+def is_filter_dir(directory: Path) -> bool:
+    return (directory / "metadata.json").is_file()
+
+
+def is_filter_set(directory: Path) -> bool:
+    return is_filter_dir(directory / "skip") and is_filter_dir(directory / "reuse")
+
+
+def read_metadata(directory: Path) -> dict[str, Any]:
+    path = directory / "metadata.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{directory} is not a trained filter: no metadata.json") from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read {path}: {error}") from None
+
+
+def open_filter(directory: Path) -> FramePolicy:
+    """The frame policy of a trained filter directory, at an explicit threshold (calibration
+    must not need a calibration), through the registry as ``--filter DIR:threshold=0``."""
+    from models.registry import parse_policy
+    policy = parse_policy(f"{directory}:threshold=0")
+    if not isinstance(policy, FramePolicy):
+        raise ConfigError(f"{directory} does not build a frame policy (got {type(policy).__name__})")
+    return policy
+
+
+def training_clips(directories: Sequence[Path], given: Sequence[Path] | None = None) -> list[Path]:
+    """`given`, or the clips every directory's metadata says it was trained on (by name, found
+    under $INFI_ASSETS/traffic)."""
+    if given:
+        missing = [str(c) for c in given if not Path(c).is_file()]
+        if missing:
+            raise ConfigError(f"no such clip(s): {', '.join(missing)}")
+        return [Path(c) for c in given]
+    from models.dataset import default_clips
+    available = {clip.stem: clip for clip in default_clips()} | {clip.name: clip for clip in default_clips()}
+    names: list[str] = []
+    for directory in directories:
+        for name in read_metadata(directory).get("trained_on") or []:
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise ConfigError(f"{', '.join(map(str, directories))}: metadata names no training clips; pass --clips")
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise ConfigError(f"training clips {unknown} not found under $INFI_ASSETS/traffic; pass --clips")
+    return [available[name] for name in names]
+
+
+def prepare_validation(clips: Sequence[LabelledClip], make: Callable[[], Sequence[FramePolicy]],
+                       progress: Any = None) -> tuple[list[FramePolicy], list[PreparedClip]]:
+    """Each clip's validation part prepared by fresh policies from `make` (a stateful prepare
+    starts clean on every clip); returns the last policies built, to replay with."""
+    prepared, policies = [], []
+    for clip in clips:
+        for policy in policies:
+            policy.close()
+        policies = list(make())
+        for policy in policies:
+            policy.open()
+        prepared.append(prepare_part(clip, "val", policies, progress))
+    return policies, prepared
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="step", leave=False)
+
+
+def calibrate_directory(directory: Path, targets: Sequence[float] = TARGETS, clips: Sequence[Path] | None = None,
+                        lag: int = DEFAULT_LAG, label_dir: Path | None = None, progress: bool = False) -> dict[str, Path]:
+    """Calibrate a filter directory (writes its calibration.json) or a filter set (its skip/ and
+    reuse/, each calibration.json, and the set's cascade.json). Returns what it wrote."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(f"no such filter directory: {directory}")
+    members = [directory / "skip", directory / "reuse"] if is_filter_set(directory) else [directory]
+    if not all(is_filter_dir(member) for member in members):
+        raise ConfigError(f"{directory} is neither a trained filter (metadata.json) nor a filter set (skip/ and reuse/)")
+    paths = training_clips(members, clips)
+    labelled = [labelled_clip(path, label_dir) for path in paths]
+    frames = sum(len(clip.part("val")) for clip in labelled)
+    bar = _bar(frames, "prepare validation frames", progress)
+    policies, prepared = prepare_validation(labelled, lambda: [open_filter(member) for member in members], bar)
+    if bar is not None:
+        bar.close()
+    written: dict[str, Path] = {}
+    try:
+        for policy, member in zip(policies, members):
+            clips_for = [PreparedClip(c.name, c.seq, c.truth, {policy.name: c.features[policy.name]}) for c in prepared]
+            bar = _bar(SINGLE_GRID, f"calibrate {member.name}", progress)
+            document = calibrate_policy(policy, clips_for, targets, lag=lag, progress=bar)
+            if bar is not None:
+                bar.close()
+            written[str(member)] = write_json(member / CALIBRATION_FILE, document)
+        if len(members) == 2:
+            bar = _bar(CASCADE_GRID[0] * CASCADE_GRID[1], "calibrate the cascade", progress)
+            document = calibrate_cascade(policies[0], policies[1], prepared, targets, lag=lag, progress=bar)
+            if bar is not None:
+                bar.close()
+            written["cascade"] = write_json(directory / CASCADE_FILE, document)
+    finally:
+        for policy in policies:
+            policy.close()
+    return written
+
+
+def write_json(path: Path, document: dict[str, Any]) -> Path:
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(document, indent=1) + "\n")
+    partial.replace(path)
+    return path
+
+
+def describe(document: dict[str, Any], keys: Sequence[str] = ("threshold",)) -> list[str]:
+    """One line per target, for the command's output."""
+    lines = []
+    for target, entry in document.get("targets", {}).items():
+        validation = entry["validation"]
+        worst = validation["worst_clip"]
+        knobs = ", ".join(f"{key} {entry[key]:g}" for key in keys if key in entry)
+        lines.append(f"target {target}: {knobs} -> validation agreement {validation['agreement']:.3f}, "
+                     f"filtered {validation['filtered']:.1%} of {validation['frames']} frames; worst clip "
+                     f"{worst['clip']} {worst['agreement']:.3f}")
+    for target, entry in document.get("unmet", {}).items():
+        lines.append(f"target {target}: NOT MET on validation (best agreement {entry['best_agreement']:.3f})")
+    return lines

@@ -1,0 +1,148 @@
+"""Calibration: the picked threshold meets its target on validation frames and filters the most."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.base import Decision, FramePolicy
+from models.calibrate import calibrate_cascade, calibrate_directory, calibrate_policy, choose, score_grid
+from models.simulate import PreparedClip, replay
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ScoreSkipper(FramePolicy):
+    """Skips when its feature (a made-up P(model needed)) is below the threshold."""
+
+    name = "skip"
+
+    def prepare(self, frame):
+        return frame
+
+    def decide_prepared(self, stream, seq, features):
+        return Decision("skip") if features[0] < self.threshold else None
+
+
+class ScoreReuser(FramePolicy):
+    """Reuses the last inferred frame (heard through feedback) when its feature (a made-up
+    p_differ) is below the threshold."""
+
+    name = "reuse"
+
+    def __init__(self):
+        self.last: int | None = None
+
+    def prepare(self, frame):
+        return frame
+
+    def decide_prepared(self, stream, seq, features):
+        if self.last is not None and features[0] < self.threshold:
+            return Decision("reuse", ref_seq=self.last)
+        return None
+
+    def feedback(self, stream, seq, result):
+        if result["decision"] == "infer":
+            self.last = seq
+
+    def end_stream(self, stream):
+        self.last = None
+
+
+def toy_clips(seed: int = 0, clips: int = 3, frames: int = 200) -> list[PreparedClip]:
+    """Clips whose counts change now and then; skip's score is high where the count is not 0,
+    reuse's where the count just changed, both with noise."""
+    rng = np.random.default_rng(seed)
+    made = []
+    for index in range(clips):
+        truth = np.cumsum(rng.random(frames) < 0.08) % 3
+        changed = np.r_[True, truth[1:] != truth[:-1]]
+        p_needed = np.clip((truth > 0) * 0.7 + rng.normal(0.15, 0.12, frames), 0, 1)
+        p_differ = np.clip(changed * 0.6 + rng.normal(0.2, 0.15, frames), 0, 1)
+        made.append(PreparedClip(f"toy{index}", np.arange(frames), truth.astype(np.int32),
+                                 {"skip": [np.array([v]) for v in p_needed],
+                                  "reuse": [np.array([v]) for v in p_differ]}))
+    return made
+
+
+def pooled(policies, clips, thresholds):
+    runs = [replay(policies, clip, thresholds) for clip in clips]
+    frames = sum(len(c) for c in clips)
+    agreed = sum(int(np.sum(r.answer == c.truth)) for r, c in zip(runs, clips))
+    return agreed / frames, sum(int(np.sum(r.action != 0)) for r in runs) / frames
+
+
+@pytest.mark.parametrize("target", [0.9, 0.95, 0.98])
+def test_the_picked_threshold_meets_the_target_and_no_threshold_meeting_it_filters_more(target):
+    policy, clips = ScoreSkipper(), toy_clips()
+    document = calibrate_policy(policy, clips, targets=[target], thresholds=21)
+    entry = document["targets"][f"{target:g}"]
+    agreement, filtered = pooled([policy], clips, (entry["threshold"],))
+    assert agreement >= target
+    assert entry["validation"]["agreement"] == pytest.approx(agreement, abs=1e-4)
+    assert entry["validation"]["filtered"] == pytest.approx(filtered, abs=1e-4)
+    assert entry["validation"]["frames"] == 600
+    assert filtered > 0
+    for threshold in document["grid"]:
+        other_agreement, other_filtered = pooled([policy], clips, (threshold,))
+        if other_agreement >= target:
+            assert other_filtered <= filtered + 1e-12
+    worst = entry["validation"]["worst_clip"]
+    assert worst["clip"] in {"toy0", "toy1", "toy2"} and worst["agreement"] <= agreement + 1e-9
+    assert document["format"] == 1 and document["metric"] == "count-agreement" and document["commit"]
+
+
+def test_a_target_no_threshold_meets_is_listed_as_unmet_without_a_threshold():
+    class AlwaysSkips(ScoreSkipper):
+        def threshold_grid(self):
+            return np.array([2.0, 3.0])      # every threshold skips every frame
+    document = calibrate_policy(AlwaysSkips(), toy_clips(), targets=[0.99])
+    assert document["targets"] == {}
+    assert set(document["unmet"]["0.99"]) == {"best_agreement", "at"}
+
+
+def test_choose_prefers_more_filtering_then_higher_agreement():
+    points = score_grid([ScoreSkipper()], toy_clips(clips=1), [(0.0,), (0.3,), (0.6,), (2.0,)])
+    best = choose(points, 0.0)
+    assert best.thresholds == (2.0,) and best.filtered == 1.0
+    assert choose(points, 1.01) is None
+
+
+def test_the_cascade_thresholds_are_picked_jointly_and_meet_the_target():
+    skip, reuse, clips = ScoreSkipper(), ScoreReuser(), toy_clips(seed=1)
+    document = calibrate_cascade(skip, reuse, clips, targets=[0.95], grid_sizes=(6, 8))
+    entry = document["targets"]["0.95"]
+    agreement, filtered = pooled([skip, reuse], clips, (entry["skip"], entry["reuse"]))
+    assert agreement >= 0.95 and entry["validation"]["filtered"] == pytest.approx(filtered, abs=1e-4)
+    for a in document["grid"]["skip"]:
+        for b in document["grid"]["reuse"]:
+            other_agreement, other_filtered = pooled([skip, reuse], clips, (a, b))
+            if other_agreement >= 0.95:
+                assert other_filtered <= filtered + 1e-12
+    # the cascade keeps more from the model than either filter alone at the same target
+    alone = [calibrate_policy(p, clips, targets=[0.95])["targets"]["0.95"]["validation"]["filtered"]
+             for p in (ScoreSkipper(), ScoreReuser())]
+    assert filtered >= max(alone)
+
+
+def test_calibrating_what_is_not_a_filter_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such filter directory"):
+        calibrate_directory(tmp_path / "absent")
+    with pytest.raises(ConfigError, match="neither a trained filter"):
+        calibrate_directory(tmp_path)
+
+
+def test_the_command_refuses_missing_inputs_before_any_work(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "pipeline.cli", "filter", "calibrate", str(tmp_path / "absent")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 2 and "no such filter directory" in run.stderr
+    (tmp_path / "metadata.json").write_text(json.dumps({"format": 1, "kind": "skip", "input_size": 32}))
+    run = subprocess.run([sys.executable, "-m", "pipeline.cli", "filter", "calibrate", str(tmp_path),
+                          "--clips", str(tmp_path / "absent.mp4")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 2 and "no such clip" in run.stderr
