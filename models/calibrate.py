@@ -38,7 +38,7 @@ CALIBRATION_FORMAT = 1
 DEFAULT_TARGET = 0.95
 TARGETS = (0.9, 0.95, 0.98)
 #: Thresholds tried per single filter, and per filter of a cascade's joint grid.
-SINGLE_GRID = 41
+SINGLE_GRID = 61
 CASCADE_GRID = (16, 21)           # skip x reuse
 CALIBRATION_FILE = "calibration.json"
 CASCADE_FILE = "cascade.json"

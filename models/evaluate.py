@@ -172,15 +172,12 @@ def _pyplot():
 def plot_clip(row: dict[str, Any], target: float, path: Path) -> Path:
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 4.6))
-    low = target - 0.1
     for name, entry in row["policies"].items():
         color = COLORS.get(name, None)
         curve = entry["curve"]
         xs, ys = [p["filtered"] for p in curve], [p["agreement"] for p in curve]
         style = dict(ls=":", marker=".") if name == "stride" else dict(ls="-", marker="o", ms=3)
         axis.plot(xs, ys, color=color, lw=2.2 if name == "cascade" else 1.2, label=name, **style)
-        if ys:
-            low = min(low, min(ys))
         if "calibrated" in entry:
             c = entry["calibrated"]
             axis.plot([c["filtered"]], [c["agreement"]], marker="*", ms=14, color=color, mec="k",
@@ -188,7 +185,7 @@ def plot_clip(row: dict[str, Any], target: float, path: Path) -> Path:
     axis.axvline(row["ceiling"], color="k", ls="--", lw=1, label=f"ceiling {row['ceiling']:.2f}")
     axis.axhline(target, color="k", ls=":", lw=1, label=f"target {target:g}")
     axis.set_xlim(-0.02, 1.02)
-    axis.set_ylim(max(0.0, low - 0.02), 1.005)
+    axis.set_ylim(max(0.0, target - 0.25), 1.005)     # the region that matters: near the target
     axis.set_xlabel("filtering rate (share of frames kept from YOLO)")
     axis.set_ylabel("per-frame count agreement")
     axis.set_title(f"{row['clip']} (test part, {row['frames']} frames)", fontsize=10)

@@ -96,11 +96,12 @@ class PreparedClip:
         return [self.features[p.name] if isinstance(p, FramePolicy) else None for p in policies]
 
 
-def prepare_clip(name: str, frames: Iterable[tuple[int, np.ndarray]], truth_by_seq: dict[int, int],
-                 policies: Sequence[FramePolicy], progress: Any = None) -> PreparedClip:
+def prepare_clip(name: str, frames: Iterable[tuple[int, np.ndarray | dict[int, np.ndarray]]],
+                 truth_by_seq: dict[int, int], policies: Sequence[FramePolicy], progress: Any = None) -> PreparedClip:
     """Run every policy's `prepare` once per frame, in seq order (a stateful prepare, such as a
-    background model, sees the frames as live). `truth_by_seq` holds the YOLO count of every
-    frame; a frame without one is an alignment error, not a silent zero."""
+    background model, sees the frames as live). A frame is a BGR image, or {size: the image
+    shrunk to size} for policies that say their size (`policy_input_size`). `truth_by_seq` holds
+    the YOLO count of every frame; a frame without one is an alignment error, not a silent zero."""
     names = [policy.name for policy in policies]
     if len(set(names)) != len(names):
         raise ValueError(f"policies to prepare need distinct names, got {names}")
@@ -112,7 +113,8 @@ def prepare_clip(name: str, frames: Iterable[tuple[int, np.ndarray]], truth_by_s
         seqs.append(seq)
         truth.append(truth_by_seq[seq])
         for policy in policies:
-            features[policy.name].append(policy.prepare(frame))
+            image = frame[policy_input_size(policy)] if isinstance(frame, dict) else frame
+            features[policy.name].append(policy.prepare(image))
         if progress is not None:
             progress.update(1)
     return PreparedClip(name, np.asarray(seqs, np.int64), np.asarray(truth, np.int32), features)
@@ -154,27 +156,35 @@ def labelled_clip(path: Path | str, label_dir: Path | None = None,
 
 
 def policy_input_size(policy: Policy) -> int | None:
-    """The square frame size a frame policy shrinks to, when it says (``input_size``)."""
-    size = getattr(policy, "input_size", None)
-    return size if isinstance(size, int) and size > 0 else None
+    """The square frame side a frame policy shrinks every frame to first (`models.frames`), when
+    it says so (``size``, as the learned filters and the baselines do, or ``input_size``)."""
+    for attribute in ("input_size", "size"):
+        size = getattr(policy, attribute, None)
+        if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+            return size
+    return None
 
 
 def prepare_part(clip: LabelledClip, part: str, policies: Sequence[FramePolicy], progress: Any = None) -> PreparedClip:
-    """`prepare_clip` on one part of `clip`. When every policy reads the same shrunk square
-    frame, the frames come from models/dataset.py's cache at that size (`reduce_frame` of a
-    frame already at the size is the frame itself, so the features are the live ones); otherwise
-    the clip is decoded once, full size, up to the part's last frame."""
+    """`prepare_clip` on one part of `clip`. When every policy says the square size it shrinks
+    frames to, each gets its frames from models/dataset.py's cache at that size (`reduce_frame`
+    of a frame already at the size is the frame itself, so the features are the live ones, and
+    a second evaluation decodes nothing); otherwise the clip is decoded once, full size, up to
+    the part's last frame."""
     positions = clip.part(part)
     truth = dict(zip(clip.seq.tolist(), clip.count.tolist()))
     name = f"{clip.name}:{part}"
     if not len(positions):
         return PreparedClip(name, np.zeros(0, np.int64), np.zeros(0, np.int32), {p.name: [] for p in policies})
-    sizes = {policy_input_size(policy) for policy in policies}
-    if len(sizes) == 1 and None not in sizes:
-        array = cached_frames(clip.path, sizes.pop())
-        if len(array) != len(clip.seq):
-            raise ClipAlignmentError(f"{clip.name}: {len(array)} decoded frames, {len(clip.seq)} labelled")
-        frames: Iterable[tuple[int, np.ndarray]] = ((int(clip.seq[i]), array[i]) for i in positions)
+    sizes = [policy_input_size(policy) for policy in policies]
+    if None not in sizes:
+        wanted = sorted(set(sizes))
+        arrays = {size: cached_frames(clip.path, size, also=wanted) for size in wanted}
+        for size, array in arrays.items():
+            if len(array) != len(clip.seq):
+                raise ClipAlignmentError(f"{clip.name}: {len(array)} decoded frames, {len(clip.seq)} labelled")
+        frames: Iterable[tuple[int, Any]] = ((int(clip.seq[i]), {size: arrays[size][i] for size in wanted})
+                                             for i in positions)
     else:
         frames = decode_frames(clip.path, range(int(positions[0]), int(positions[-1]) + 1))
     prepared = prepare_clip(name, frames, truth, policies, progress)

@@ -90,3 +90,63 @@ def test_the_command_refuses_missing_inputs(tmp_path, argv, message):
     run = subprocess.run([sys.executable, "-m", "pipeline.cli", "filter", "evaluate", *args, "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert run.returncode == 2 and message in run.stderr, run.stderr
+
+
+def tiny_clip(tmp_path: Path, frames: int = 40, size: int = 64) -> tuple[Path, Path]:
+    """A short video (a bright square comes and goes) and its label file, as `filter label` writes it."""
+    import av
+
+    from models.labels import DetectorSettings, label_path
+    clip = tmp_path / "tiny.mp4"
+    counts = [(seq // 6) % 2 for seq in range(frames)]
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for seq, count in enumerate(counts):
+            image = np.full((size, size, 3), 40, np.uint8)
+            if count:
+                image[10:30, 10 + seq % 6:30 + seq % 6] = 230
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    labels = label_path(clip, DetectorSettings(), tmp_path / "labels")
+    labels.parent.mkdir()
+    with labels.open("w") as out:
+        for seq, count in enumerate(counts):
+            out.write(json.dumps({"seq": seq, "pts": seq / 10, "boxes": [[10, 10, 30, 30]] * count,
+                                  "classes": [2] * count, "scores": [0.9] * count}) + "\n")
+        out.write(json.dumps({"end": True, "frames": frames, "labelled": frames, "source": {}}) + "\n")
+    return clip, labels.parent
+
+
+def test_calibrate_then_evaluate_a_filter_set_end_to_end(tmp_path, monkeypatch):
+    """The real Skip and Reuse policies (untrained fixture networks) on a generated clip:
+    calibration writes both files in the documented format, evaluation its table and PNGs."""
+    from models.calibrate import calibrate_directory
+    from models.evaluate import evaluate_clips
+    from tests.models.fixtures import make_filter_dir
+    filters = tmp_path / "set"
+    make_filter_dir(filters, "skip", threshold=None)
+    make_filter_dir(filters, "reuse", threshold=None)
+    clip, label_dir = tiny_clip(tmp_path)
+    monkeypatch.setenv("INFI_CACHE", str(tmp_path / "cache"))        # the shrunk-frame cache
+    written = calibrate_directory(filters, targets=[0.5, 0.95], clips=[clip], label_dir=label_dir)
+    assert set(written) == {str(filters / "skip"), str(filters / "reuse"), "cascade"}
+    cascade = json.loads((filters / "cascade.json").read_text())
+    assert cascade["format"] == 1 and cascade["order"] == ["skip", "reuse"]
+    for target, entry in cascade["targets"].items():
+        assert {"skip", "reuse", "validation"} <= set(entry)
+        assert entry["validation"]["agreement"] >= float(target)
+    skip = json.loads((filters / "skip" / "calibration.json").read_text())
+    assert skip["metric"] == "count-agreement" and set(skip["targets"]) | set(skip["unmet"]) == {"0.5", "0.95"}
+    assert skip["data"] == [{"clip": "tiny:val", "frames": 4}]
+
+    table = evaluate_clips([clip], filters, tmp_path / "out", target=0.5, strides=range(1, 4),
+                           label_dir=label_dir, progress=False)
+    assert (tmp_path / "out" / "tiny.png").is_file() and (tmp_path / "out" / "summary.png").is_file()
+    row = table["clips"][0]
+    assert row["clip"] == "tiny" and row["frames"] == 20
+    assert set(row["policies"]) == {"skip", "reuse", "cascade", "framediff", "motion", "stride"}
+    assert "calibrated" in row["policies"]["cascade"] or "0.5" not in cascade["targets"]
