@@ -60,6 +60,10 @@ class Decision:
     infer: run the heavy model. skip: the model's answer would be the empty result.
     reuse: the answer of input `ref_seq` of the same stream holds. exit: an early-exit network
     answered at exit `exit` with `result`.
+
+    audit: on an ``infer`` only, what the filter had decided before the live accuracy audit
+    sent the input to the model as well (a skip, reuse or exit): the aggregator compares the
+    model's answer with what that decision would have resolved to (docs/results.md, "Audit").
     """
 
     action: str
@@ -68,6 +72,7 @@ class Decision:
     result: dict[str, Any] | None = None
     policy: str = ""
     filter_ms: float = 0.0
+    audit: Decision | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.action, str) or self.action not in ACTIONS:
@@ -80,6 +85,10 @@ class Decision:
         if not isinstance(self.policy, str):
             raise ResultError(f"decision policy must be a string, got {self.policy!r:.100}")
         _milliseconds(self.filter_ms, "decision filter_ms")
+        if self.audit is not None and (self.action != "infer" or not isinstance(self.audit, Decision)
+                                       or self.audit.action == "infer" or self.audit.audit is not None):
+            raise ResultError(f"an audit goes with an infer decision and holds the filter's own skip, reuse or "
+                              f"exit decision, got action={self.action!r:.100} audit={self.audit!r:.200}")
 
     @property
     def needs_model(self) -> bool:
@@ -97,6 +106,8 @@ class Decision:
             wire["policy"] = self.policy
         if self.filter_ms:
             wire["filter_ms"] = round(self.filter_ms, 4)
+        if self.audit is not None:
+            wire["audit"] = self.audit.to_wire()
         return wire
 
     @classmethod
@@ -106,8 +117,14 @@ class Decision:
             return INFER
         if not isinstance(wire, dict):
             raise ResultError(f"decision must be an object, got {type(wire).__name__}")
+        audit = wire.get("audit")
+        if audit is not None:
+            if not isinstance(audit, dict) or "audit" in audit:
+                raise ResultError(f"a decision's audit must be a decision object without its own audit, got {audit!r:.200}")
+            audit = cls.from_wire(audit)
         return cls(action=wire.get("action"), ref_seq=wire.get("ref_seq"), exit=wire.get("exit"),
-                   result=wire.get("result"), policy=wire.get("policy", ""), filter_ms=wire.get("filter_ms", 0.0))
+                   result=wire.get("result"), policy=wire.get("policy", ""), filter_ms=wire.get("filter_ms", 0.0),
+                   audit=audit)
 
 
 INFER = Decision("infer")

@@ -7,6 +7,9 @@ filter when nothing needs the model), and:
    out of order;
 2. resolves each decision into a result: ``infer`` takes the worker's result, ``skip`` the empty
    result, ``reuse`` the resolved result of input ``ref_seq``, ``exit`` the early exit's result;
+   an audited input (an ``infer`` carrying what the filter had answered) takes the worker's and
+   is compared with what the filter's answer would have resolved to, which keeps the running
+   estimate of the live agreement (stages/savings.py, `audit_estimate`);
 3. runs the task logic that needs every input in order (vehicle tracking and line crossings,
    words per audio window) and writes one JSON line per input;
 4. sends one ``result`` message per input downstream (bind it as PUB: the filter's feedback
@@ -30,7 +33,7 @@ import os
 import sys
 import time
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -40,15 +43,12 @@ from pipeline.message import MAX_HEADER_BYTES, Message, eos
 from pipeline.stage import Stage
 from stages import ledger
 from stages.reorder import ReorderBuffer
-from models.base import Decision, ResultError
+from models.base import REUSE_HORIZON, Decision, ResultError
 from stages.savings import StreamAccount, format_summary, summarize
 from stages.tasks import TASKS, Task, make_task
 from stages.tracking import CountingLine, GeometryError, Region
 
 log = logging.getLogger(__name__)
-
-#: Resolved results kept per stream for `reuse` decisions that point back at them.
-REUSE_CACHE_SIZE = 4096
 
 #: What a peer's malformed decision or result can raise while it is read (never let out).
 _BAD_FIELD = (ResultError, TypeError, ValueError, ArithmeticError, RecursionError, AttributeError, KeyError)
@@ -61,6 +61,20 @@ def _plausible_time(t: float, now: float) -> bool:
     return math.isfinite(t) and abs(now - t) < 86400
 
 
+def _filter_report(meta: Any) -> dict[str, Any]:
+    """The thresholds an end-of-stream marker says the filter ended with (`--hold-target`), checked:
+    ``{"thresholds": {policy: number}, "threshold_changes": n}``, or {} when absent or malformed."""
+    report = meta.get("filter") if isinstance(meta, dict) else None
+    if not isinstance(report, dict):
+        return {}
+    thresholds, changes = report.get("thresholds"), report.get("threshold_changes")
+    if not isinstance(thresholds, dict) or len(thresholds) > 16 or type(changes) is not int or changes < 0 \
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                       for v in thresholds.values()):
+        return {}
+    return {"filter_thresholds": {str(k)[:64]: v for k, v in thresholds.items()}, "threshold_changes": changes}
+
+
 def _header_size(message: Message) -> int:
     """Bytes of `message`'s header on the wire; larger than any limit when it is not plain JSON."""
     try:
@@ -69,15 +83,46 @@ def _header_size(message: Message) -> int:
         return MAX_HEADER_BYTES + 1
 
 
+class Answers:
+    """One stream's resolved answers by seq, for the reuses that point back at them.
+
+    Every answer within `horizon` seqs behind the newest seq stored is kept: a policy never
+    points a reuse further back than `models.base.REUSE_HORIZON`, so an input resolved in order
+    always finds its reference. Older ones are dropped (a late input that old is not stored), so
+    at most 2 x (horizon + 1) answers are held, whatever the stream's length or gaps.
+    """
+
+    def __init__(self, horizon: int = REUSE_HORIZON):
+        self.horizon = horizon
+        self.newest = -1
+        self._answers: dict[int, Any] = {}
+
+    def put(self, seq: int, answer: Any) -> None:
+        if seq < self.newest - self.horizon:
+            return
+        self._answers[seq] = answer
+        self.newest = max(self.newest, seq)
+        if len(self._answers) > 2 * (self.horizon + 1):   # amortised: a rebuild per horizon's worth of inputs
+            floor = self.newest - self.horizon
+            self._answers = {key: value for key, value in self._answers.items() if key >= floor}
+
+    def get(self, seq: int | None) -> Any:
+        return self._answers.get(seq)
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+
 @dataclass
 class _Stream:
     account: StreamAccount
     task: Task
     order: ReorderBuffer
-    answers: OrderedDict = field(default_factory=OrderedDict)   # seq -> answer, bounded
+    answers: Answers = field(default_factory=Answers)           # seq -> answer, bounded
     marker: Message | None = None                               # its end-of-stream marker, held
     marker_at: float = 0.0
     written: ledger.SeqSet = field(default_factory=ledger.SeqSet)  # seqs with a line in --out
+    filter_report: dict = field(default_factory=dict)           # thresholds the filter ended with
 
 
 class Aggregator(Stage):
@@ -134,9 +179,11 @@ class Aggregator(Stage):
         self._streams: dict[str, _Stream] = {}
         self._finished: dict[str, StreamAccount] = {}
         self._finished_totals: dict[str, dict[str, Any]] = {}
+        self._finished_reports: dict[str, dict[str, Any]] = {}   # thresholds the filter ended each with
         self._final_seen = False
         self._tasks_used: set[str] = set()
         self._after_end = 0
+        self._filter_report: dict[str, Any] = {}   # the latest a filter's marker gave (its thresholds are global)
         self._file: IO[str] | None = None
         self._display = None
 
@@ -201,6 +248,9 @@ class Aggregator(Stage):
             return []
         stream = self._stream(marker)
         stream.account.end(marker)   # the source's counters: produced, dropped by reason, what it could not count
+        stream.filter_report = _filter_report(marker.meta)
+        if stream.filter_report:
+            self._filter_report = stream.filter_report
         if stream.account.error:
             log.error("[%s] source of %s failed: %s", self.name, marker.stream, stream.account.error)
         stream.marker, stream.marker_at = marker, time.monotonic()
@@ -240,12 +290,14 @@ class Aggregator(Stage):
             totals["after_end"] = self._after_end
         if self.rejected:
             totals["rejected"] = dict(self.rejected)
+        totals.update(self._filter_report)
         if self._file is not None:
             self._write({"summary": totals, "task_totals": self._task_totals()})
             self._file.close()
         if self.summary_path:
             self.summary_path.parent.mkdir(parents=True, exist_ok=True)
-            per_stream = {name: {**account.summary(), **self._finished_totals.get(name, {})}
+            per_stream = {name: {**account.summary(), **self._finished_totals.get(name, {}),
+                                 **self._finished_reports.get(name, {})}
                           for name, account in self._finished.items()}
             self.summary_path.write_text(json.dumps({"total": totals, "task_totals": self._task_totals(),
                                                      "streams": per_stream}, indent=2))
@@ -317,9 +369,11 @@ class Aggregator(Stage):
                     except _BAD_FIELD:
                         answer = None
                     if answer is not None:
-                        stream.answers[record["seq"]] = answer
-                        while len(stream.answers) > REUSE_CACHE_SIZE:
-                            stream.answers.popitem(last=False)
+                        stream.answers.put(record["seq"], answer)
+                    audit = record.get("audit")
+                    if decision == "infer" and isinstance(audit, dict):
+                        account.audited += 1
+                        account.agreed += audit.get("agrees") is True
                 else:
                     account.unanswered += 1
                 account.late += record.get("late") is True
@@ -338,6 +392,8 @@ class Aggregator(Stage):
                 account.error = failed[0].get("error") if isinstance(failed[0], dict) else None
                 self._finished[name] = account
                 self._finished_totals[name] = {key: lines.end[key] for key in stream.task.totals() if key in lines.end}
+                self._finished_reports[name] = _filter_report({"filter": {
+                    "thresholds": end.get("filter_thresholds"), "threshold_changes": end.get("threshold_changes")}})
             else:
                 self._streams[name] = stream
         log.warning("[%s] restarted: resumed %d stream(s) from %s (%d inputs already written)", self.name,
@@ -391,9 +447,12 @@ class Aggregator(Stage):
             record["decision"] = action
             if decision.policy:
                 record["policy"] = decision.policy[:64]
-            stream.answers[message.seq] = answer
-            while len(stream.answers) > REUSE_CACHE_SIZE:
-                stream.answers.popitem(last=False)
+            if action == "infer" and decision.audit is not None:
+                agrees = self._audit(stream, decision.audit, answer)
+                record["audit"] = {"filter": decision.audit.action, "agrees": agrees,
+                                   **({"ref_seq": decision.audit.ref_seq} if decision.audit.ref_seq is not None else {}),
+                                   **account.audit(agrees)}
+            stream.answers.put(message.seq, answer)
             fresh = action in ("infer", "exit") and not late
             record.update(task.update(message.pts, answer, fresh=fresh))
             if model_ms:
@@ -417,6 +476,23 @@ class Aggregator(Stage):
             output = Message("result", message.stream, message.seq, pts=message.pts, t_capture=t_capture,
                              result={key: record[key] for key in ("stream", "seq", "decision") if key in record})
         return output
+
+    def _audit(self, stream: _Stream, filtered: Decision, model_answer: Any) -> bool:
+        """Whether the filter's decision on an audited input would have resolved to an answer that
+        agrees with the model's (as `_resolve` would have resolved it: a reuse of an unknown
+        answer as the empty one; an unreadable early exit never agrees)."""
+        task = stream.task
+        try:
+            if filtered.action == "skip":
+                answer = task.empty
+            elif filtered.action == "reuse":
+                answer = stream.answers.get(filtered.ref_seq)
+                answer = task.empty if answer is None else answer
+            else:
+                answer = task.parse_exit(filtered.result)
+            return bool(task.agrees(answer, model_answer))
+        except _BAD_FIELD:
+            return False
 
     # -- ends of streams ----------------------------------------------------------------------
     def _finish_ready(self) -> list[Message]:
@@ -446,7 +522,8 @@ class Aggregator(Stage):
             log.error("[%s] %s: accounting does not balance: %s", self.name, name, account.summary())
         self._finished[name] = account
         self._finished_totals[name] = stream.task.totals()
-        summary = {**account.summary(), **stream.task.totals()}
+        self._finished_reports[name] = stream.filter_report
+        summary = {**account.summary(), **stream.task.totals(), **stream.filter_report}
         if stream.order.gave_up:   # gaps waited for until the reorder timeout (or window) ran out
             summary["reorder_gave_up"] = stream.order.gave_up
         self._write({"stream": name, "end": True, "summary": summary})

@@ -11,50 +11,193 @@ everything goes through it and the workers pass what they need not run on.
 With a job key (parameter ``job_key`` or $INFISTREAM_JOB_KEY, which the apps set), every
 message leaves tagged (``meta["tag"]``, stages/ledger.py): inputs for the model as jobs, the
 rest and the end-of-stream markers as the filter's own; the aggregator accepts nothing else.
+
+Live accuracy audit (``audit``, a share): a random share of the inputs the policy answered
+(skip, reuse, exit) go to the model as well, as an ``infer`` decision that carries the policy's
+own (``Decision.audit``). The aggregator compares the two answers and keeps a running estimate
+of the live agreement (docs/results.md, "Audit"). With ``hold_target``, the filter reads the
+audits back from its side input (the aggregator's results) and, when the estimate's upper
+bound falls below the target, lowers the thresholds of its frame policies (`ThresholdHold`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import random
 import time
 from dataclasses import replace
+from typing import Any
 
+import numpy as np
+
+from pipeline.errors import ConfigError
 from pipeline.message import Message
 from pipeline.stage import Stage
-from models.base import Decision, Policy
+from models.base import Decision, FramePolicy, Policy
 from models.registry import parse_policy
 from stages import ledger
+from stages.savings import audit_estimate
 
 log = logging.getLogger(__name__)
 
 
+def frame_policies(policy: Policy) -> list[FramePolicy]:
+    """The policies with a threshold knob: `policy` itself, or those of a cascade."""
+    return [p for p in getattr(policy, "policies", [policy]) if isinstance(p, FramePolicy)]
+
+
+def _share(value: Any, what: str, low_open: bool = False) -> float:
+    """A number in [0, 1] ((0, 1] with `low_open`), or a ConfigError saying what came."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not (0 < value <= 1 if low_open else 0 <= value <= 1):
+        raise ConfigError(f"{what} must be a number in {'(0, 1]' if low_open else '[0, 1]'}, got {value!r}")
+    return float(value)
+
+
+class ThresholdHold:
+    """Lowers the thresholds of `policies` when the audit says the live agreement is below `target`.
+
+    It judges the current thresholds only: the audits (each audited input's ``agrees``, from the
+    aggregator's results) and the filter's own decisions since the last change, estimated as the
+    aggregator does (`stages.savings.audit_estimate`). Once `every` audits are in and the
+    estimate's upper bound is below `target`, each policy's threshold moves down its
+    `threshold_grid()` to the point `step` of the way from the grid's bottom to the current
+    threshold (with a linear grid from 0: x `step`); then it waits for `every` new audits of
+    inputs decided after the change. A threshold already at the bottom of its grid stays.
+    """
+
+    def __init__(self, policies: list[FramePolicy], target: float, every: int = 30, step: float = 0.8):
+        if not policies:
+            raise ConfigError("a hold target (--hold-target) lowers thresholds, but the filter policy has none (a frame policy such "
+                              "as skip, reuse, framediff or a cascade of them has; stride and none do not)")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError(f"the hold's spacing (hold_every) must be a whole number of audited inputs >= 1, got {every!r}")
+        self.policies = policies
+        self.target = _share(target, "the hold target (--hold-target)", low_open=True)
+        self.every = every
+        self.step = _share(step, "the hold step (hold_step)", low_open=True)
+        self.started = {p.name: float(p.threshold) for p in policies}
+        self.changes = 0
+        self._last_seq: dict[str, int] = {}       # open stream -> last seq decided
+        self._after: dict[str, int] = {}          # stream -> audits of seqs up to this predate the change
+        self._reset()
+
+    def _reset(self) -> None:
+        self.decided = self.filtered = self.audited = self.agreed = 0
+
+    def decided_on(self, stream: str, seq: int, answered: bool) -> None:
+        """The filter decided input `seq`; `answered`: with the policy's answer (not the model's)."""
+        self._last_seq[stream] = seq
+        self.decided += 1
+        self.filtered += answered
+
+    def audited_on(self, stream: str, seq: int, agrees: bool) -> dict[str, Any] | None:
+        """An audit outcome came back; the estimate it was judged on when thresholds changed, else None."""
+        if seq <= self._after.get(stream, -1):
+            return None
+        self.audited += 1
+        self.agreed += bool(agrees)
+        if self.audited < self.every:
+            return None
+        estimate = audit_estimate(self.audited, self.agreed, self.filtered, max(self.decided, self.filtered))
+        if estimate["high"] >= self.target:
+            return None
+        changed = {p.name: (p.threshold, self.lowered(p)) for p in self.policies}
+        for policy in self.policies:
+            policy.threshold = changed[policy.name][1]
+        if all(old == new for old, new in changed.values()):
+            log.warning("audit: estimated agreement %.3f (95 %% interval %.3f-%.3f) is below the target %.3f, "
+                        "but every threshold is at the bottom of its grid already", estimate["agreement"],
+                        estimate["low"], estimate["high"], self.target)
+        else:
+            self.changes += 1
+            log.warning("audit: estimated agreement %.3f (95 %% interval %.3f-%.3f over %d audits) is below the "
+                        "target %.3f: thresholds lowered %s", estimate["agreement"], estimate["low"],
+                        estimate["high"], self.audited, self.target,
+                        ", ".join(f"{name} {old:.4g} -> {new:.4g}" for name, (old, new) in changed.items()))
+        self._after.update(self._last_seq)
+        self._reset()
+        return estimate
+
+    def lowered(self, policy: FramePolicy) -> float:
+        grid = np.sort(np.asarray(policy.threshold_grid(), dtype=float).reshape(-1))
+        below = grid[grid < policy.threshold]
+        if not len(below):
+            return float(policy.threshold)
+        return float(below[int(self.step * (len(below) - 1))])
+
+    def end_stream(self, stream: str) -> None:
+        self._last_seq.pop(stream, None)
+        self._after.pop(stream, None)
+
+    def thresholds(self) -> dict[str, float]:
+        return {p.name: float(p.threshold) for p in self.policies}
+
+
 class Filter(Stage):
     """policy: a `models.registry` spec: ``none`` (infer everything), ``stride:N``, or several
-    joined with ``+`` (a cascade). Its weights load in `setup`, not here.
+    joined with ``+`` (a cascade); or a built `Policy`. Its weights load in `setup`, not here.
 
     keep_frames: keep the pixels of inputs that are not inferred too (a display downstream
     needs every frame).
+    audit: the share (0 to 1) of the inputs the policy answers that go to the model as well,
+        drawn at random (`audit_seed`: repeatable draws; default a fresh seed, logged).
+    hold_target: with an audit, lower the frame policies' thresholds when the estimated live
+        agreement's upper bound falls below this (e.g. 0.95; 0: never), at most once per
+        `hold_every` audited inputs, each time `hold_step` of the way down (`ThresholdHold`).
     """
 
-    def __init__(self, policy: str = "none", keep_frames: bool = False, job_key: str = ""):
-        self.policy: Policy = parse_policy(policy)
+    def __init__(self, policy: str | Policy = "none", keep_frames: bool = False, job_key: str = "",
+                 audit: float = 0.0, audit_seed: int | None = None, hold_target: float = 0.0,
+                 hold_every: int = 30, hold_step: float = 0.8):
+        self.policy: Policy = policy if isinstance(policy, Policy) else parse_policy(policy)
         self.keep_frames = keep_frames
         self._key = ledger.job_key(job_key)
-        # Tagged markers are sent by end_of_stream (the runtime would forward them untagged).
-        self.forwards_end_of_stream = self._key is None
+        self.audit = _share(audit, "the audit share (--audit)")
+        if audit_seed is not None and (isinstance(audit_seed, bool) or not isinstance(audit_seed, int)):
+            raise ConfigError(f"the audit seed (--audit-seed) must be a whole number, got {audit_seed!r}")
+        self.audit_seed = audit_seed if audit_seed is not None else random.SystemRandom().randrange(2**32)
+        self._draw = random.Random(self.audit_seed)
+        self.audited = 0
+        self.hold: ThresholdHold | None = None
+        if _share(hold_target, "the hold target (--hold-target)"):
+            if not self.audit:
+                raise ConfigError("a hold target (--hold-target) needs an audit share above 0 (--audit): the estimate it holds comes from the audit")
+            self.hold = ThresholdHold(frame_policies(self.policy), hold_target, hold_every, hold_step)
+        # Tagged markers, and markers carrying the thresholds, are sent by end_of_stream (the
+        # runtime would forward them as they came).
+        self.forwards_end_of_stream = self._key is None and self.hold is None
 
     def setup(self) -> None:
         self.policy.open()
+        if self.audit:
+            log.info("[%s] auditing %.4g of the inputs the filter answers (seed %d)", self.name, self.audit,
+                     self.audit_seed)
 
     def teardown(self) -> None:
         self.policy.close()
         costs = getattr(self.policy, "cost_summary", None)
         if costs is not None:
             log.info("[%s] cost per policy: %s", self.name, costs())
+        if self.audit:
+            log.info("[%s] audit: %d inputs the filter answered were sent to the model as well", self.name,
+                     self.audited)
+        if self.hold is not None:
+            log.warning("[%s] thresholds at the end: %s (at the start: %s; lowered %d time(s) to hold %.3f)",
+                        self.name, self.hold.thresholds(), self.hold.started, self.hold.changes, self.hold.target)
 
     def process(self, message: Message) -> Message:
         started = time.perf_counter()
         decision = self.policy.decide(message) or Decision("infer", policy=self.policy.name)
+        answered = not decision.needs_model
+        if answered and self.audit and self._draw.random() < self.audit:
+            # The model runs too; the policy's own decision rides along for the aggregator to check.
+            decision = Decision("infer", policy=self.policy.name, audit=replace(decision, filter_ms=0.0))
+            self.audited += 1
+            answered = False
+        if self.hold is not None:
+            self.hold.decided_on(message.stream, message.seq, answered)
         decision = replace(decision, filter_ms=(time.perf_counter() - started) * 1000)
         arrays = message.arrays if decision.needs_model or self.keep_frames else ()
         meta = message.meta
@@ -68,6 +211,9 @@ class Filter(Stage):
         the final answers of the inputs it let through (Reuse fills its cache from them)."""
         if message.kind == "result" and isinstance(message.result, dict):
             self.policy.feedback(message.stream, message.seq, message.result)
+            audit = message.result.get("audit")
+            if self.hold is not None and isinstance(audit, dict) and isinstance(audit.get("agrees"), bool):
+                self.hold.audited_on(message.stream, message.seq, audit["agrees"])
 
     def route(self, message: Message) -> int:
         """Output 0 (the workers): inputs for the model. Output 1 (the aggregator): the rest."""
@@ -79,6 +225,12 @@ class Filter(Stage):
             self.policy.end_stream(message.stream)
         except Exception:   # the marker must go on whatever the policy does
             log.exception("[%s] policy failed to end stream %s", self.name, message.stream)
-        if self._key is None:
+        if self.forwards_end_of_stream:
             return None
-        return replace(message, meta={**message.meta, "tag": ledger.tag(self._key, "eos", message.stream, message.seq)})
+        meta = dict(message.meta)
+        if self.hold is not None:   # the aggregator's summary reports them
+            self.hold.end_stream(message.stream)
+            meta["filter"] = {"thresholds": self.hold.thresholds(), "threshold_changes": self.hold.changes}
+        if self._key is not None:
+            meta["tag"] = ledger.tag(self._key, "eos", message.stream, message.seq)
+        return replace(message, meta=meta)

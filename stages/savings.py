@@ -15,10 +15,16 @@ A stream is ``balanced`` only when that identity holds *and* nothing is unknown:
 arrived (else ``produced`` is unknown: ``end_missing``), the source reported no loss it could
 not count as inputs (``uncounted``), and it did not fail (``error``). docs/results.md says what
 this guarantees.
+
+With a live accuracy audit (``--audit SHARE``), a random share of the inputs the filter
+answered also went to the model: they count as inferred (the model ran), and the comparison
+of the two answers gives a running estimate of the agreement of ALL answers with what the
+model would have said (`audit_estimate`; docs/results.md, "Audit").
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +40,51 @@ _MAX_ERROR_CHARS = 500
 #: Policies named per stream in its accounting (decisions are input from the network).
 _MAX_POLICIES = 16
 _MAX_POLICY_CHARS = 64
+
+
+#: z of a two-sided 95 % normal interval.
+Z95 = 1.959964
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion seen as `successes` of `n` trials ((0, 1) when n is 0)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def audit_estimate(audited: int, agreed: int, filtered: int, answered: int) -> dict[str, Any]:
+    """The live agreement of all `answered` inputs with the model, estimated from an audit.
+
+    `filtered` of them were answered by the filter (skip, reuse, exit) and got no model run;
+    the rest were inferred (audited ones included) and agree by definition. `agreed` of the
+    `audited` inputs (a uniform sample of what the filter answered, sent to the model as well)
+    had the filter's answer agree with the model's. So
+
+        agreement = 1 - filtered / answered * (1 - agreed / audited)
+
+    with a 95 % interval: Wilson on agreed / audited, the filtered share taken as known (it is
+    counted, not sampled). ``agreement`` is None while nothing filtered was audited yet (its
+    interval is then what any audit outcome would allow).
+    """
+    share = filtered / answered if answered else 0.0
+    rate = agreed / audited if audited else None
+    low, high = wilson_interval(agreed, audited)
+    if not filtered:   # everything answered was inferred: nothing to doubt
+        rate_low = rate_high = 1.0
+        agreement: float | None = 1.0
+    else:
+        rate_low, rate_high = low, high
+        agreement = None if rate is None else 1 - share * (1 - rate)
+    return {"audited": audited, "agreed": agreed,
+            "audit_agreement": None if rate is None else round(rate, 6),
+            "filtered_share": round(share, 6),
+            "agreement": None if agreement is None else round(agreement, 6),
+            "low": round(1 - share * (1 - rate_low), 6), "high": round(1 - share * (1 - rate_high), 6)}
 
 
 def _counts(value: Any) -> Counter:
@@ -59,6 +110,8 @@ class StreamAccount:
     unanswered: int = 0               # infer inputs that arrived without a result
     late: int = 0                     # inputs that arrived after the reorder buffer gave up on them
     unresolved_reuse: int = 0         # reuse of an input whose result is not (or no longer) known
+    audited: int = 0                  # inferred inputs the filter had answered (the audit), compared
+    agreed: int = 0                   # ... whose filter answer agreed with the model's
     model_ms: float = 0.0             # heavy-model time spent, summed over workers
     filter_ms: float = 0.0
     # Per policy that answered (its name from the decision; "" when none was named): inputs,
@@ -139,6 +192,16 @@ class StreamAccount:
         self.by_policy[policy] += 1
         self.policy_ms[policy] += filter_ms
 
+    def audit(self, agrees: bool) -> dict[str, Any]:
+        """One audited input compared; the stream's running estimate after it (`audit_estimate`)."""
+        self.audited += 1
+        self.agreed += bool(agrees)
+        return self.audit_estimate()
+
+    def audit_estimate(self) -> dict[str, Any]:
+        filtered = sum(self.decisions[d] for d in ("skip", "reuse", "exit"))
+        return audit_estimate(self.audited, self.agreed, filtered, sum(self.decisions[d] for d in DECISIONS))
+
     def summary(self) -> dict[str, Any]:
         return summarize([self])
 
@@ -170,6 +233,8 @@ def summarize(accounts: list[StreamAccount]) -> dict[str, Any]:
         by_policy.update(account.by_policy)
         policy_ms.update(account.policy_ms)
     failed = [a for a in accounts if a.error is not None]
+    audited = sum(a.audited for a in accounts)
+    audit = {"audit": audit_estimate(audited, sum(a.agreed for a in accounts), not_inferred, answered)} if audited else {}
     return {
         "streams": len(accounts),
         "produced": produced,
@@ -204,6 +269,7 @@ def summarize(accounts: list[StreamAccount]) -> dict[str, Any]:
         "end_to_end_fps": round((answered - 1) / steady_s, 2) if steady_s > 0 and answered > 1 else None,
         "latency_ms_p50": _ms(percentile(latencies, 0.50)) if latencies else None,
         "latency_ms_p95": _ms(percentile(latencies, 0.95)) if latencies else None,
+        **audit,
     }
 
 
@@ -255,6 +321,18 @@ def format_summary(summary: dict[str, Any], title: str = "savings") -> str:
     if summary.get("by_policy"):
         lines.append("  answered by: " + ", ".join(f"{name} {entry['inputs']:,} ({entry['filter_ms'] / 1000:,.2f} s)"
                                                    for name, entry in summary["by_policy"].items()))
+    audit = summary.get("audit")
+    if audit:
+        rate = audit["audit_agreement"]
+        estimate = audit["agreement"]
+        lines.append(f"  audit: {audit['audited']:,} of the filter's answers also sent to the model, "
+                     f"{audit['agreed']:,} agreed ({100 * rate:.1f} %); estimated agreement of all answers "
+                     f"{'unknown' if estimate is None else f'{100 * estimate:.1f} %'} "
+                     f"(95 % interval {100 * audit['low']:.1f}-{100 * audit['high']:.1f} %)")
+    if summary.get("filter_thresholds"):
+        lines.append("  filter thresholds at the end: "
+                     + ", ".join(f"{name} {value:.4g}" for name, value in summary["filter_thresholds"].items())
+                     + f" (lowered {summary.get('threshold_changes', 0)} time(s) to hold the target)")
     if summary["end_to_end_fps"] is not None:
         lines.append(f"  end to end: {summary['end_to_end_fps']:,.1f} inputs/s; {summary['wall_s']:.1f} s from the first "
                      f"capture to the last result, "

@@ -28,6 +28,10 @@ class Task:
     def update(self, pts: float, answer: Any, fresh: bool) -> dict[str, Any]:
         raise NotImplementedError
 
+    def agrees(self, filtered: Any, model: Any) -> bool:
+        """Whether the filter's answer for an input counts as the model's (the live audit)."""
+        raise NotImplementedError
+
     def totals(self) -> dict[str, Any]:
         return {}
 
@@ -83,6 +87,11 @@ class VehicleTask(Task):
             if self.counter.line is not None:
                 record["crossings"] = self.counter.crossings
         return record
+
+    def agrees(self, filtered: Detections, model: Detections) -> bool:
+        """Per-frame count agreement, the metric the filters are calibrated for: the same number
+        of vehicles (where they are is not compared)."""
+        return len(filtered) == len(model)
 
     def restore(self, record: dict[str, Any]) -> None:
         # Counts and crossings come back; the tracks alive then do not (a line holds no boxes),
@@ -143,6 +152,10 @@ class SpeechTask(Task):
         self.total_words += words
         self.needing += words > self.words
         return {"text": answer.text, "words": words, "needs_recognition": words > self.words}
+
+    def agrees(self, filtered: Transcript, model: Transcript) -> bool:
+        """The same verdict of the rule: both more than N words, or both not."""
+        return (filtered.words > self.words) == (model.words > self.words)
 
     def restore(self, record: dict[str, Any]) -> Transcript:
         answer = Transcript(record.get("text") if isinstance(record.get("text"), str) else "")
