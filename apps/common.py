@@ -38,8 +38,9 @@ from pipeline.assets import cache_dir
 from pipeline.errors import ConfigError
 from pipeline.graph import GraphRun, parse_graph, stage_table
 from pipeline.transport import local_url
-from models.registry import POLICIES, parse_policy
+from models.registry import POLICIES
 from stages.detect import offline_environment
+from stages.filter import Filter
 
 
 def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
@@ -47,6 +48,15 @@ def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
                         help="which inputs skip the heavy model (default none): "
                              + "; ".join(f"{e.usage}: {e.summary}" for e in POLICIES.values())
                              + "; A+B: a cascade, the first policy that decides answers")
+    parser.add_argument("--audit", type=float, default=0.0, metavar="SHARE",
+                        help="live accuracy audit: send this random share (e.g. 0.02) of the inputs the filter "
+                             "answered to the model as well; the summary and the results estimate the live "
+                             "agreement with a 95 %% interval (audited inputs count as inferred; default 0: off)")
+    parser.add_argument("--audit-seed", type=int, default=None, metavar="N",
+                        help="seed of the audit's random draws, for a repeatable run (default: a fresh one)")
+    parser.add_argument("--hold-target", type=float, default=0.0, metavar="T",
+                        help="with --audit: lower the filter's thresholds when the estimated agreement's upper "
+                             "bound falls below T (e.g. 0.95); needs a policy with thresholds (default 0: off)")
     parser.add_argument("--workers", type=int, default=1,
                         help="heavy-model worker processes on this host (default 1; 0 with --remote-workers)")
     parser.add_argument("--remote-workers", default=None, metavar="JOBS_URL,RESULTS_URL",
@@ -74,8 +84,14 @@ def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
 def consumer_graph(name: str, args: argparse.Namespace, source: dict[str, Any], worker: str,
                    worker_params: dict[str, Any], aggregator: dict[str, Any], keep_frames: bool = False) -> dict:
     """The graph document (as a graph YAML file would hold it) for one consumer app run."""
-    try:   # a bad --filter is refused here, before any process starts (building loads no weights)
-        parse_policy(args.filter)
+    audit = {key: value for key, value in (("audit", getattr(args, "audit", 0.0)),
+                                           ("audit_seed", getattr(args, "audit_seed", None)),
+                                           ("hold_target", getattr(args, "hold_target", 0.0)))
+             if value or (key == "audit_seed" and value is not None)}
+    if "audit_seed" in audit and "audit" not in audit:
+        raise SystemExit(f"{name}: --audit-seed seeds the audit; give --audit SHARE too")
+    try:   # a bad --filter or audit is refused here, before any process starts (building loads no weights)
+        Filter(args.filter, job_key="", **audit)
     except ConfigError as error:
         raise SystemExit(f"{name}: {error}") from None
     remote = getattr(args, "remote_workers", None)
@@ -88,7 +104,7 @@ def consumer_graph(name: str, args: argparse.Namespace, source: dict[str, Any], 
         # The aggregator's results come back to the filter (a side input): its policies learn
         # the final answers of the inputs they let through.
         {"name": "filter", "stage": "stages.filter:Filter", "inputs": ["source"], "side_inputs": ["aggregate"],
-         "params": {"policy": args.filter, "keep_frames": keep_frames}},
+         "params": {"policy": args.filter, "keep_frames": keep_frames, **audit}},
     ]
     workers = [f"worker-{i + 1}" for i in range(args.workers)]
     if remote and curve:
