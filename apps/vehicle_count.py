@@ -2,13 +2,14 @@
 
     python apps/vehicle_count.py --source cam0|FILE|URL [--weights W] [--filter none|stride:N]
         [--line x1,y1,x2,y2] [--region x1,y1,x2,y2[,x3,y3,...]] [--show [window|FILE.mp4]]
-        [--workers N] [--out results.jsonl]
+        [--audit SHARE [--audit-seed N] [--hold-target T]] [--workers N] [--out results.jsonl]
 
 Per frame: vehicles (cars, motorcycles, buses, trucks) in view, and inside --region. Over time:
 unique vehicles crossing --line (tracked). Every frame gets a JSON line in --out (for a recorded
 file also drawn, as --out with .png: vehicles over time, crossings, each frame's decision); at
 the end the aggregator prints the savings summary (frames by decision, model time spent and
-avoided).
+avoided). With --audit, a random share of the frames the filter answered also go to YOLO, and
+the summary estimates how often all answers agree with YOLO's (docs/results.md, "Audit").
 Without --weights the shared offline YOLOv8n INT8 file is used. Runs are offline by default
 (YOLO_OFFLINE=1: nothing is downloaded); with internet, set YOLO_OFFLINE=0 to let Ultralytics
 fetch names such as yolov8n.pt or yolo11n.pt.
