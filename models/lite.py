@@ -1,0 +1,129 @@
+"""A learned filter's network at run time: one .tflite file run by the LiteRT interpreter.
+
+The filter stage never imports TensorFlow: training exports each network to TFLite
+(models/export.py) and the policies run it here, one small frame at a time, on one thread (the
+filter must cost well under a millisecond beside a 30-40 ms detector, and must not take cores
+from it). The model takes [1, S, S, 3] float32 raw BGR pixels 0..255 (its normalisation is
+inside) and gives one row: P(model needed) for Skip, the embedding for Reuse.
+
+`check_model_file` reads only the file's input and output shapes (well under a millisecond), so the
+command line can refuse a wrong or corrupt file before any process starts; `open` builds the
+interpreter where the filter runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a model file takes and gives: input [1, S, S, 3] float32, output [1, N] float32."""
+
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    output_shape: tuple[int, ...]
+    output_dtype: str
+
+    @property
+    def outputs(self) -> int:
+        return self.output_shape[-1]
+
+
+def _interpreter(path: Path):
+    from ai_edge_litert.interpreter import Interpreter
+    try:
+        return Interpreter(model_path=str(path), num_threads=1)
+    except (ValueError, RuntimeError) as error:
+        raise ConfigError(f"{path}: not a model the LiteRT interpreter can load ({error}); "
+                          f"export the filter again") from None
+
+
+def _shape(details: dict) -> tuple[int, ...]:
+    return tuple(int(n) for n in details["shape"])
+
+
+def check_model_file(path: Path | str, size: int, outputs: int | None = None) -> ModelShape:
+    """Check that the file at `path` takes a `size` x `size` BGR frame and gives one row (of
+    `outputs` values when given); a `ConfigError` saying what was expected and what came, else."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"filter model {path} not found")
+    interpreter = _interpreter(path)
+    inputs, results = interpreter.get_input_details(), interpreter.get_output_details()
+    if len(inputs) != 1 or len(results) != 1:
+        raise ConfigError(f"{path}: a filter model has one input and one output, this one has "
+                          f"{len(inputs)} and {len(results)}")
+    shape = ModelShape(_shape(inputs[0]), np.dtype(inputs[0]["dtype"]).name,
+                       _shape(results[0]), np.dtype(results[0]["dtype"]).name)
+    expected = (1, size, size, 3)
+    if shape.input_shape != expected or shape.input_dtype != "float32":
+        raise ConfigError(f"filter trained for {size}x{size} input (metadata.json), the model file {path} "
+                          f"says {list(shape.input_shape)} {shape.input_dtype}; expected {list(expected)} float32")
+    if len(shape.output_shape) != 2 or shape.output_shape[0] != 1 or shape.output_dtype != "float32":
+        raise ConfigError(f"{path}: a filter model gives one float32 row [1, N], this one gives "
+                          f"{list(shape.output_shape)} {shape.output_dtype}")
+    if outputs is not None and shape.outputs != outputs:
+        raise ConfigError(f"{path}: expected {outputs} outputs per frame (metadata.json), the model file "
+                          f"gives {shape.outputs}")
+    return shape
+
+
+class LiteModel:
+    """One filter network: `run(image)` -> its output row for one `size` x `size` x 3 uint8 image.
+
+    Built cheaply (nothing loaded); `open()` loads the interpreter, `close()` drops it.
+    """
+
+    def __init__(self, path: Path | str, size: int, outputs: int | None = None):
+        self.path = Path(path)
+        self.size = size
+        self.outputs = outputs
+        self._interpreter = None
+
+    def open(self) -> None:
+        if self._interpreter is not None:
+            return
+        check_model_file(self.path, self.size, self.outputs)       # the file may have changed since parsing
+        interpreter = _interpreter(self.path)
+        interpreter.allocate_tensors()
+        self._input = interpreter.tensor(interpreter.get_input_details()[0]["index"])
+        self._output = interpreter.get_output_details()[0]["index"]
+        self._interpreter = interpreter
+
+    def close(self) -> None:
+        self._interpreter = None
+        self._input = None
+
+    def __enter__(self) -> LiteModel:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, image: np.ndarray) -> np.ndarray:
+        """The output row (float32, a fresh array) for one `size` x `size` x 3 uint8 image."""
+        if self._interpreter is None:
+            raise RuntimeError(f"{self.path}: open() the model before running it")
+        if image.shape != (self.size, self.size, 3):
+            raise ValueError(f"filter model {self.path} takes {self.size}x{self.size}x3 images, "
+                             f"got {image.shape}")
+        # Convert the pixels straight into the interpreter's input buffer (one pass, no
+        # temporary); the view must be gone before invoke(), which refuses to run while
+        # numpy holds its buffers.
+        view = self._input()
+        np.copyto(view[0], image, casting="unsafe")
+        del view
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output)[0]
+
+    def run_batch(self, images: np.ndarray) -> np.ndarray:
+        """Outputs for N images ([N, S, S, 3] uint8) as [N, outputs] (one at a time: the
+        model's batch is 1; for evaluation, not for the live path)."""
+        return np.stack([self.run(image) for image in images]) if len(images) else np.zeros((0, self.outputs or 1), np.float32)
