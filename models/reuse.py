@@ -1,0 +1,329 @@
+"""InFi-Reuse on video frames: answer a frame with the answer of an earlier, equivalent one.
+
+A small network embeds each frame (models/lite.py: LiteRT, no TensorFlow); a learned head turns
+two embeddings into p_differ, the probability that the two frames' answers (vehicle counts)
+differ (models/filterdir.py, `DistanceHead`). Per stream, a bounded cache holds the embeddings of
+frames the model answered, with their answers, learned from the aggregator's feedback. For a new
+frame, `ReuseCache.lookup` runs the H-kNN of InFi (from FoggyCache):
+
+1. the k entries nearest to the frame under the learned distance (all entries at once, numpy);
+2. of those, the ones closer than the threshold (p_differ < threshold) must number at least
+   `k_min` and agree on the answer: the most common answer among them holds a share >= the
+   `homogeneity` (1.0: all of them). Otherwise the cache cannot vouch for an answer: no reuse;
+3. the reuse points at the nearest entry holding that answer (`Decision("reuse", ref_seq=...)`).
+
+A frame the cache cannot answer waits (its embedding, in a bounded pending table) for its
+answer: when the aggregator's result says the model answered it (decision ``infer``, an integer
+``count``), the pair enters the cache. Only fresh model answers enter: a reused or skipped
+answer would only repeat what the cache or Skip already said.
+
+Bounds, so a stream that runs for days stays the same size: `capacity` entries per stream
+(when full, the entry to replace is chosen by LFU: fewest reuses, oldest first; or LRU, or
+FIFO); every entry whose seq is `REUSE_HORIZON` or more behind the current frame is dropped and
+never pointed at (the aggregator may no longer hold its answer); an optional reset empties a
+stream's cache every `reset` inputs (InFi re-initialises its cache every 5,000 frames); at most
+`max_pending` embeddings wait per stream (oldest dropped, counted) and at most `max_streams`
+streams are tracked (the least recently seen is dropped, counted). Counters in `CacheStats`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+from models.base import REUSE_HORIZON, Decision, FramePolicy
+from models.filterdir import DistanceHead, FilterDir, open_filter_dir, resolve_threshold, shipped_dir
+from models.frames import reduce_frame
+from models.lite import LiteModel
+from models.options import Option, choice, number, parse_options, whole
+from models.skip import threshold_grid
+
+REPLACEMENTS = ("lfu", "lru", "fifo")
+
+REUSE_OPTIONS: dict[str, Option] = {
+    "target": number(0, 1), "threshold": number(0, 1), "k": whole(1, 64), "k_min": whole(1, 64),
+    "homogeneity": number(0, 1), "capacity": whole(1, 65536), "replacement": choice(*REPLACEMENTS),
+    "reset": whole(0),
+}
+
+
+@dataclass
+class CacheStats:
+    """What the cache did, over all streams (counters only grow)."""
+
+    lookups: int = 0
+    reused: int = 0
+    miss_empty: int = 0          # fewer entries than k_min
+    miss_far: int = 0            # fewer than k_min of the k nearest within the threshold
+    miss_mixed: int = 0          # the close ones disagree (homogeneity below the bar)
+    inserted: int = 0
+    evicted_full: int = 0        # replaced to make room (LFU / LRU / FIFO)
+    evicted_horizon: int = 0     # REUSE_HORIZON or more seqs behind the current frame
+    resets: int = 0
+    pending_dropped: int = 0     # waited too long for an answer (the pending table was full)
+    feedback_ignored: int = 0    # not a fresh model answer, or no embedding waiting for it
+    streams_dropped: int = 0     # the least recently seen stream, when too many were open
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class _StreamCache:
+    """One stream's entries, in the first `size` rows of fixed arrays (no growth, no lists)."""
+
+    def __init__(self, capacity: int, embedding: int):
+        self.embeddings = np.zeros((capacity, embedding), np.float32)
+        self.seqs = np.zeros(capacity, np.int64)
+        self.answers = np.zeros(capacity, np.int64)
+        self.hits = np.zeros(capacity, np.int64)
+        self.inserted = np.zeros(capacity, np.int64)    # clock at insertion (FIFO, LFU ties)
+        self.used = np.zeros(capacity, np.int64)        # clock at insertion or last reuse (LRU)
+        self.size = 0
+        self.clock = 0
+        self.inputs = 0                                 # lookups since the last reset
+        self.latest = -1                                # the highest seq looked up
+        self.pending: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def keep(self, mask: np.ndarray) -> int:
+        """Keep only the entries where `mask` holds (compacting the rows); how many went."""
+        kept = np.flatnonzero(mask)
+        dropped = self.size - len(kept)
+        if dropped:
+            for array in (self.embeddings, self.seqs, self.answers, self.hits, self.inserted, self.used):
+                array[:len(kept)] = array[kept]
+            self.size = len(kept)
+        return dropped
+
+    def remove(self, row: int) -> None:
+        last = self.size - 1
+        if row != last:
+            for array in (self.embeddings, self.seqs, self.answers, self.hits, self.inserted, self.used):
+                array[row] = array[last]
+        self.size = last
+
+
+class ReuseCache:
+    """The per-stream caches of (embedding, answer) and the H-kNN decision over them."""
+
+    def __init__(self, head: DistanceHead, capacity: int = 256, k: int = 5, k_min: int = 1,
+                 homogeneity: float = 1.0, replacement: str = "lfu", reset: int = 0,
+                 max_streams: int = 64, max_pending: int = 512, horizon: int = REUSE_HORIZON):
+        if replacement not in REPLACEMENTS:
+            raise ConfigError(f"replacement must be one of {', '.join(REPLACEMENTS)}, got {replacement!r}")
+        if not 1 <= k_min <= k:
+            raise ConfigError(f"reuse needs 1 <= k_min <= k, got k={k}, k_min={k_min}")
+        if capacity < 1 or max_streams < 1 or max_pending < 1 or horizon < 1 or reset < 0:
+            raise ConfigError("reuse cache bounds must be positive (capacity, streams, pending, horizon; reset >= 0)")
+        self.head = head
+        self.embedding = head.embedding
+        self.capacity, self.k, self.k_min, self.homogeneity = capacity, k, k_min, homogeneity
+        self.replacement, self.reset = replacement, reset
+        self.max_streams, self.max_pending, self.horizon = max_streams, max_pending, horizon
+        self.stats = CacheStats()
+        self._streams: OrderedDict[str, _StreamCache] = OrderedDict()
+
+    # ---------------------------------------------------------------- streams
+
+    def _stream(self, stream: str, create: bool = True) -> _StreamCache | None:
+        state = self._streams.get(stream)
+        if state is not None:
+            self._streams.move_to_end(stream)
+        elif create:
+            state = self._streams[stream] = _StreamCache(self.capacity, self.embedding)
+            if len(self._streams) > self.max_streams:
+                self._streams.popitem(last=False)
+                self.stats.streams_dropped += 1
+        return state
+
+    def end_stream(self, stream: str) -> None:
+        self._streams.pop(stream, None)
+
+    def entries(self, stream: str) -> dict[str, np.ndarray]:
+        """A copy of the stream's entries (seqs, answers, hits), for tests and inspection."""
+        state = self._streams.get(stream)
+        if state is None:
+            return {"seqs": np.zeros(0, np.int64), "answers": np.zeros(0, np.int64), "hits": np.zeros(0, np.int64)}
+        n = state.size
+        return {"seqs": state.seqs[:n].copy(), "answers": state.answers[:n].copy(), "hits": state.hits[:n].copy()}
+
+    def pending(self, stream: str) -> list[int]:
+        state = self._streams.get(stream)
+        return list(state.pending) if state is not None else []
+
+    @property
+    def streams(self) -> list[str]:
+        return list(self._streams)
+
+    # ---------------------------------------------------------------- decisions
+
+    def lookup(self, stream: str, seq: int, embedding: np.ndarray, threshold: float) -> int | None:
+        """The seq whose answer frame `seq` may reuse, or None (then `hold` it for its answer)."""
+        state = self._stream(stream)
+        stats = self.stats
+        stats.lookups += 1
+        state.clock += 1
+        state.latest = max(state.latest, seq)
+        state.inputs += 1
+        if self.reset and state.inputs > self.reset:
+            state.size, state.inputs = 0, 1
+            stats.resets += 1
+        n = state.size
+        if n:
+            seqs = state.seqs[:n]
+            # Only entries before this frame and less than the horizon behind it.
+            stale = (seqs <= seq - self.horizon) | (seqs >= seq)
+            if stale.any():
+                stats.evicted_horizon += state.keep(~stale)
+                n = state.size
+        if n < self.k_min:
+            stats.miss_empty += 1
+            return None
+        distance = self.head.p_differ(np.abs(state.embeddings[:n] - embedding))
+        if n > self.k:
+            nearest = np.argpartition(distance, self.k - 1)[:self.k]
+        else:
+            nearest = np.arange(n)
+        close = nearest[distance[nearest] < threshold]
+        if len(close) < self.k_min:
+            stats.miss_far += 1
+            return None
+        answers = state.answers[close]
+        values, votes = np.unique(answers, return_counts=True)
+        best = votes.max()
+        if best < self.homogeneity * len(close):
+            stats.miss_mixed += 1
+            return None
+        # The nearest entry holding a most-voted answer (on a tie of votes, the answer of the
+        # nearer one); among equally near ones the latest, the furthest from the horizon.
+        agreeing = close[np.isin(answers, values[votes == best])]
+        near = distance[agreeing]
+        nearest = agreeing[near == near.min()]
+        row = nearest[np.argmax(state.seqs[nearest])]
+        state.hits[row] += 1
+        state.used[row] = state.clock
+        stats.reused += 1
+        return int(state.seqs[row])
+
+    def hold(self, stream: str, seq: int, embedding: np.ndarray) -> None:
+        """Keep the embedding of frame `seq` (sent to the model) until its answer comes back."""
+        state = self._stream(stream)
+        state.pending[seq] = embedding
+        if len(state.pending) > self.max_pending:
+            state.pending.popitem(last=False)
+            self.stats.pending_dropped += 1
+
+    def feedback(self, stream: str, seq: int, result: dict[str, Any]) -> None:
+        """The aggregator's answer of frame `seq`: a fresh model count enters the cache."""
+        state = self._stream(stream, create=False)
+        embedding = state.pending.pop(seq, None) if state is not None else None
+        fresh = isinstance(result, dict) and result.get("decision") == "infer"
+        count = result.get("count") if fresh else None
+        if embedding is None or type(count) is not int:
+            self.stats.feedback_ignored += 1
+            return
+        if seq <= state.latest - self.horizon:       # too old to point at any more
+            self.stats.evicted_horizon += 1
+            return
+        if state.size >= self.capacity:
+            state.remove(self._victim(state))
+            self.stats.evicted_full += 1
+        row = state.size
+        state.clock += 1
+        state.embeddings[row] = embedding
+        state.seqs[row], state.answers[row], state.hits[row] = seq, count, 0
+        state.inserted[row] = state.used[row] = state.clock
+        state.size += 1
+        self.stats.inserted += 1
+
+    def _victim(self, state: _StreamCache) -> int:
+        n = state.size
+        if self.replacement == "fifo":
+            return int(np.argmin(state.inserted[:n]))
+        if self.replacement == "lru":
+            return int(np.argmin(state.used[:n]))
+        hits = state.hits[:n]
+        fewest = np.flatnonzero(hits == hits.min())
+        return int(fewest[np.argmin(state.inserted[fewest])])
+
+
+class ReusePolicy(FramePolicy):
+    """Reuses an earlier frame's answer when the cache's H-kNN vouches for it; no opinion otherwise.
+
+    `threshold` is the largest p_differ at which a cached frame counts as close (larger: more
+    reuse). Options: ``target`` or ``threshold``, ``k`` (neighbours, 5), ``k_min`` (close ones
+    needed, 1), ``homogeneity`` (share of the close ones that must agree, 1.0), ``capacity``
+    (entries per stream, 256), ``replacement`` (lfu, lru, fifo), ``reset`` (empty the cache every
+    N inputs of a stream; 0, the default: never, the horizon already bounds an entry's age).
+    """
+
+    options = REUSE_OPTIONS
+    defaults = {"k": 5, "k_min": 1, "homogeneity": 1.0, "capacity": 256, "replacement": "lfu", "reset": 0}
+
+    def __init__(self, directory: FilterDir, threshold: float, name: str = "reuse", **settings: Any):
+        unknown = set(settings) - set(self.defaults)
+        if unknown:
+            raise ConfigError(f"reuse takes {', '.join(self.defaults)}, got {', '.join(sorted(unknown))}")
+        self.directory = directory
+        self.threshold = float(threshold)
+        self.name = name
+        self.size = directory.input_size
+        self.settings = {**self.defaults, **settings}
+        if not 1 <= self.settings["k_min"] <= self.settings["k"]:
+            raise ConfigError(f"--filter {name}: k_min must be between 1 and k ({self.settings['k']}), "
+                              f"got {self.settings['k_min']}")
+        self.model = LiteModel(directory.model_path, self.size, outputs=directory.embedding)
+        self.cache: ReuseCache | None = None
+        self.stats = CacheStats()
+
+    @classmethod
+    def from_spec(cls, argument: str) -> ReusePolicy:
+        """The shipped Reuse filter (models/shipped/vehicle/reuse)."""
+        return cls.from_directory(shipped_dir("reuse"), argument, name="reuse")
+
+    @classmethod
+    def from_directory(cls, path: Path | str | FilterDir, argument: str = "", name: str | None = None) -> ReusePolicy:
+        directory = path if isinstance(path, FilterDir) else open_filter_dir(path, "reuse")
+        name = name or str(directory.path)
+        options = parse_options(name, argument, cls.options)
+        threshold = resolve_threshold(directory, options, name)
+        settings = {key: value for key, value in options.items() if key not in ("target", "threshold")}
+        return cls(directory, threshold, name, **settings)
+
+    def open(self) -> None:
+        self.model.open()
+        if self.cache is None:
+            self.cache = ReuseCache(self.directory.load_head(), **self.settings)
+            self.stats = self.cache.stats          # still readable after close()
+
+    def close(self) -> None:
+        self.model.close()
+        self.cache = None
+
+    def prepare(self, frame: np.ndarray) -> np.ndarray:
+        """The frame's embedding ([E] float32)."""
+        return self.model.run(reduce_frame(frame, self.size))
+
+    def decide_prepared(self, stream: str, seq: int, features: np.ndarray) -> Decision | None:
+        if self.cache is None:
+            raise RuntimeError(f"{self.name}: open() the policy before deciding")
+        ref = self.cache.lookup(stream, seq, features, self.threshold)
+        if ref is None:
+            self.cache.hold(stream, seq, features)
+            return None
+        return Decision("reuse", ref_seq=ref, policy=self.name)
+
+    def feedback(self, stream: str, seq: int, result: dict[str, Any]) -> None:
+        if self.cache is not None:
+            self.cache.feedback(stream, seq, result)
+
+    def end_stream(self, stream: str) -> None:
+        if self.cache is not None:
+            self.cache.end_stream(stream)
+
+    def threshold_grid(self) -> np.ndarray:
+        return threshold_grid()

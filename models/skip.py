@@ -1,0 +1,74 @@
+"""InFi-Skip on video frames: a small network says how likely the detector is to find anything.
+
+Per frame: shrink it to the network's input (models/frames.py, the same pixels it was trained
+on), run the network (models/lite.py: LiteRT, no TensorFlow) for p = P(the model is needed),
+i.e. P(at least one vehicle). Below the threshold the frame is skipped (its answer is the empty
+result, count 0); otherwise the policy has no opinion, so in a cascade the next policy (Reuse)
+decides, and alone the frame goes to the model. A larger threshold skips more.
+
+The threshold comes from the filter's calibration for a per-frame agreement target
+(``skip:target=0.9``; default 0.95) or is given (``skip:threshold=0.2``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from models.base import Decision, FramePolicy
+from models.filterdir import FilterDir, open_filter_dir, resolve_threshold, shipped_dir
+from models.frames import reduce_frame
+from models.lite import LiteModel
+from models.options import Option, number, parse_options
+
+SKIP_OPTIONS: dict[str, Option] = {"target": number(0, 1), "threshold": number(0, 1)}
+
+
+def threshold_grid() -> np.ndarray:
+    """0..1, finer near 0 where probabilities of nothing-there frames gather (log-spaced to 1e-4)."""
+    return np.unique(np.concatenate([[0.0], np.geomspace(1e-4, 1.0, 81), np.linspace(0.0, 1.0, 101)]))
+
+
+class SkipPolicy(FramePolicy):
+    """Skips a frame whose P(model needed) is below `threshold`; no opinion otherwise."""
+
+    options = SKIP_OPTIONS
+
+    def __init__(self, directory: FilterDir, threshold: float, name: str = "skip"):
+        self.directory = directory
+        self.threshold = float(threshold)
+        self.name = name
+        self.size = directory.input_size
+        self.model = LiteModel(directory.model_path, self.size, outputs=1)
+        self._skip = Decision("skip", policy=name)     # immutable: one for every skipped frame
+
+    @classmethod
+    def from_spec(cls, argument: str) -> SkipPolicy:
+        """The shipped Skip filter (models/shipped/vehicle/skip)."""
+        return cls.from_directory(shipped_dir("skip"), argument, name="skip")
+
+    @classmethod
+    def from_directory(cls, path: Path | str | FilterDir, argument: str = "", name: str | None = None) -> SkipPolicy:
+        directory = path if isinstance(path, FilterDir) else open_filter_dir(path, "skip")
+        name = name or str(directory.path)
+        options = parse_options(name, argument, cls.options)
+        return cls(directory, resolve_threshold(directory, options, name), name)
+
+    def open(self) -> None:
+        self.model.open()
+
+    def close(self) -> None:
+        self.model.close()
+
+    def prepare(self, frame: np.ndarray) -> np.ndarray:
+        """[P(model needed)] for the frame."""
+        return self.model.run(reduce_frame(frame, self.size))
+
+    def decide_prepared(self, stream: str, seq: int, features: np.ndarray) -> Decision | None:
+        if features[0] < self.threshold:
+            return self._skip
+        return None
+
+    def threshold_grid(self) -> np.ndarray:
+        return threshold_grid()

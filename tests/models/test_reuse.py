@@ -1,0 +1,195 @@
+"""InFi-Reuse at run time: the bounded cache, its H-kNN decision, and the policy on real frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.base import REUSE_HORIZON
+from models.filterdir import DistanceHead
+from models.reuse import ReuseCache, ReusePolicy
+from pipeline.errors import ConfigError
+from pipeline.message import Message
+from tests.conftest import asset_or_skip
+from tests.models.fixtures import make_filter_dir, read_frames
+
+CLIP = "traffic/intel_car_detection.mp4"
+INFER = "infer"
+
+# p_differ = sigmoid(10 * sum |e1 - e2| - 5): 0.007 for equal embeddings, 0.5 at a summed
+# difference of 0.5, 0.993 at 1.
+HEAD = DistanceHead(None, None, np.full((2, 1), 10.0, np.float32), np.array([-5.0], np.float32))
+
+
+def e(x: float, y: float = 0.0) -> np.ndarray:
+    return np.array([x, y], np.float32)
+
+
+def answered(cache: ReuseCache, stream: str, seq: int, embedding: np.ndarray, count: int, decision: str = INFER):
+    """A frame the cache could not answer goes to the model; its answer comes back."""
+    cache.hold(stream, seq, embedding)
+    cache.feedback(stream, seq, {"decision": decision, "count": count})
+
+
+def test_no_reuse_without_feedback_then_the_nearest_agreeing_entry():
+    cache = ReuseCache(HEAD, k=3)
+    assert cache.lookup("cam", 0, e(0), 0.5) is None
+    cache.hold("cam", 0, e(0))
+    assert cache.lookup("cam", 1, e(0), 0.5) is None          # the answer has not come back yet
+    assert cache.stats.miss_empty == 2
+    cache.feedback("cam", 0, {"decision": INFER, "count": 2})
+    answered(cache, "cam", 1, e(0.1), 2)
+    assert cache.lookup("cam", 2, e(0.09), 0.5) == 1          # the nearer of two agreeing entries
+    assert cache.lookup("cam", 3, e(0.01), 0.5) == 0
+    assert cache.lookup("cam", 4, e(0.9), 0.5) is None        # too far from both
+    stats = cache.stats
+    assert (stats.lookups, stats.reused, stats.miss_far, stats.inserted) == (5, 2, 1, 2)
+    assert cache.entries("cam")["hits"].tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("result", [
+    {"decision": "skip", "count": 0}, {"decision": "reuse", "count": 2}, {"decision": INFER},
+    {"decision": INFER, "count": True}, {"decision": INFER, "count": 2.0}, {"decision": "unanswered"}, "junk",
+])
+def test_only_fresh_model_answers_enter_the_cache(result):
+    cache = ReuseCache(HEAD)
+    cache.hold("cam", 0, e(0))
+    cache.feedback("cam", 0, result)
+    assert cache.entries("cam")["seqs"].size == 0 and cache.pending("cam") == []
+    assert cache.stats.feedback_ignored == 1
+    cache.feedback("cam", 5, {"decision": INFER, "count": 1})  # no embedding waited for seq 5
+    cache.feedback("other", 5, {"decision": INFER, "count": 1})
+    assert cache.stats.feedback_ignored == 3 and cache.streams == ["cam"]
+
+
+def test_homogeneity_refuses_when_close_neighbours_disagree():
+    strict = ReuseCache(HEAD, k=3, homogeneity=1.0)
+    lenient = ReuseCache(HEAD, k=3, homogeneity=0.5)
+    for cache in (strict, lenient):
+        answered(cache, "cam", 0, e(0.00), 1)
+        answered(cache, "cam", 1, e(0.02), 2)
+        answered(cache, "cam", 2, e(0.90), 1)                 # far: not among the close ones
+    assert strict.lookup("cam", 3, e(0.015), 0.5) is None and strict.stats.miss_mixed == 1
+    # Half and half passes a 0.5 bar; the tie goes to the answer of the nearer entry (seq 1).
+    assert lenient.lookup("cam", 3, e(0.015), 0.5) == 1
+
+
+def test_k_min_close_neighbours_are_needed():
+    cache = ReuseCache(HEAD, k=3, k_min=2)
+    answered(cache, "cam", 0, e(0), 4)
+    assert cache.lookup("cam", 1, e(0), 0.5) is None and cache.stats.miss_empty == 1
+    answered(cache, "cam", 1, e(0.8), 4)                      # a second entry, but far
+    assert cache.lookup("cam", 2, e(0), 0.5) is None and cache.stats.miss_far == 1
+    answered(cache, "cam", 2, e(0.05), 4)
+    assert cache.lookup("cam", 3, e(0.01), 0.5) == 0
+
+
+def test_only_the_k_nearest_vote():
+    cache = ReuseCache(HEAD, k=1)
+    answered(cache, "cam", 0, e(0.00), 1)
+    answered(cache, "cam", 1, e(0.03), 2)                     # close too, but not the nearest
+    assert cache.lookup("cam", 2, e(0.0), 0.5) == 0           # with k=3 and homogeneity 1 it would refuse
+
+
+def fill(cache: ReuseCache, seqs, stream="cam"):
+    for seq in seqs:
+        answered(cache, stream, seq, e(seq), seq)            # far apart: each only matches itself
+
+
+@pytest.mark.parametrize("replacement, hits, evicted", [
+    # seqs 0, 1, 2 inserted in that order; `hits` reuses (seq -> times); one more entry evicts:
+    ("lfu", {0: 2, 1: 1, 2: 1}, 1),     # fewest hits, oldest first among equals
+    ("lfu", {}, 0),                     # no hits at all: the oldest
+    ("lru", {0: 1, 1: 1}, 2),           # 2 was inserted before 0 and 1 were used
+    ("lru", {2: 1, 0: 1}, 1),
+    ("fifo", {1: 3, 2: 1}, 0),          # hits do not matter
+])
+def test_replacement_when_full(replacement, hits, evicted):
+    cache = ReuseCache(HEAD, capacity=3, k=1, replacement=replacement)
+    fill(cache, [0, 1, 2])
+    seq = 10
+    for target, times in hits.items():
+        for _ in range(times):
+            assert cache.lookup("cam", seq, e(target), 0.5) == target
+            seq += 1
+    answered(cache, "cam", seq, e(50), 50)
+    assert sorted(cache.entries("cam")["seqs"].tolist()) == sorted({0, 1, 2, seq} - {evicted})
+    assert cache.stats.evicted_full == 1
+
+
+def test_capacity_streams_and_pending_stay_bounded():
+    cache = ReuseCache(HEAD, capacity=4, max_streams=2, max_pending=3)
+    fill(cache, range(10))
+    assert cache.entries("cam")["seqs"].size == 4 and cache.stats.evicted_full == 6
+    for seq in range(10, 15):
+        cache.hold("cam", seq, e(0))
+    assert cache.pending("cam") == [12, 13, 14] and cache.stats.pending_dropped == 2
+    cache.hold("b", 0, e(0))
+    cache.lookup("cam", 15, e(0), 0.5)                        # cam seen after b
+    cache.hold("c", 0, e(0))                                  # a third stream: b goes
+    assert cache.streams == ["cam", "c"] and cache.stats.streams_dropped == 1
+    cache.end_stream("cam")
+    assert cache.streams == ["c"] and cache.entries("cam")["seqs"].size == 0
+
+
+def test_entries_beyond_the_horizon_are_never_pointed_at():
+    cache = ReuseCache(HEAD, k=1)
+    answered(cache, "cam", 0, e(0), 3)
+    assert cache.lookup("cam", REUSE_HORIZON - 1, e(0), 0.5) == 0
+    assert cache.lookup("cam", REUSE_HORIZON, e(0), 0.5) is None
+    assert cache.stats.evicted_horizon == 1 and cache.entries("cam")["seqs"].size == 0
+    # An answer that comes back after the horizon has passed it never enters.
+    cache.hold("cam", 1, e(0))
+    cache.lookup("cam", REUSE_HORIZON + 1, e(5), 0.5)
+    cache.feedback("cam", 1, {"decision": INFER, "count": 3})
+    assert cache.entries("cam")["seqs"].size == 0 and cache.stats.evicted_horizon == 2
+
+
+def test_periodic_reset_empties_a_streams_cache_every_n_inputs():
+    cache = ReuseCache(HEAD, k=1, reset=3)
+    answered(cache, "cam", 0, e(0), 1)
+    assert [cache.lookup("cam", seq, e(0), 0.5) for seq in (1, 2, 3)] == [0, 0, 0]
+    assert cache.lookup("cam", 4, e(0), 0.5) is None and cache.stats.resets == 1
+    assert cache.entries("cam")["seqs"].size == 0
+
+
+@pytest.fixture(scope="module")
+def frames(assets):
+    # Frames 0 and 59 of this clip look nothing alike (the fixture network puts them far apart).
+    return read_frames(asset_or_skip(assets, CLIP), 60)
+
+
+def video(seq, frame):
+    return Message("video", "cam", seq, arrays=(frame,))
+
+
+def test_the_policy_fills_its_cache_from_feedback_and_reuses_a_repeated_frame(tmp_path, frames):
+    directory = make_filter_dir(tmp_path, "reuse", size=32, embedding=8, threshold=0.5)
+    policy = ReusePolicy.from_directory(directory, "k=3")
+    with policy:
+        a, b = frames[0], frames[59]
+        assert policy.decide(video(0, a)) is None
+        assert policy.decide(video(1, a)) is None               # no answer has come back yet
+        policy.feedback("cam", 0, {"decision": INFER, "count": 3})
+        policy.feedback("cam", 1, {"decision": INFER, "count": 3})
+        assert policy.decide(video(2, b)) is None               # unlike anything cached
+        policy.feedback("cam", 2, {"decision": INFER, "count": 5})
+        again = policy.decide(video(3, a))
+        assert (again.action, again.ref_seq, again.policy) == ("reuse", 1, str(directory))
+        assert policy.decide(video(4, b)).ref_seq == 2
+        assert policy.decide(video(5, frames[1])).ref_seq in (0, 1)   # the next frame: nearly the same
+        policy.end_stream("cam")
+        assert policy.decide(video(6, a)) is None
+    assert policy.stats.reused == 3 and policy.stats.inserted == 3
+
+
+def test_reuse_options_are_checked(tmp_path):
+    directory = make_filter_dir(tmp_path, "reuse")
+    policy = ReusePolicy.from_directory(directory, "k=7,k_min=2,homogeneity=0.8,capacity=32,replacement=lru,reset=100")
+    assert policy.settings == {"k": 7, "k_min": 2, "homogeneity": 0.8, "capacity": 32, "replacement": "lru", "reset": 100}
+    with policy:
+        assert (policy.cache.k, policy.cache.capacity, policy.cache.replacement) == (7, 32, "lru")
+    for argument, message in [("k=2,k_min=3", "k_min must be between 1 and k"), ("replacement=random", "lfu|lru|fifo"),
+                              ("capacity=0", "capacity must be"), ("size=3", "unknown option 'size'; it takes target=")]:
+        with pytest.raises(ConfigError, match=message):
+            ReusePolicy.from_directory(directory, argument)
