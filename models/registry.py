@@ -1,20 +1,30 @@
 """Policy names on the command line (``--filter``), and the classes they stand for.
 
 A spec is one policy or a cascade of them joined with ``+``; each is ``name`` or
-``name:argument`` (``stride:3``). The table maps each name to ``"module:Class"`` and is read
-only when the name is used, so naming ``none`` or ``stride:N`` never imports a learned filter's
-dependencies (TensorFlow, the LiteRT interpreter). The class turns its argument into options
-with ``from_spec(argument)``, refusing bad ones with a `ConfigError` that says what it expected.
-Help and error messages are generated from the table, so they list every policy there is.
+``name:argument``: ``stride:3``, or options ``key=value,key=value`` (``skip:target=0.9``,
+models/options.py). The table maps each name to ``"module:Class"`` and is read only when the
+name is used, so naming ``none`` or ``stride:N`` never imports a learned filter's dependencies
+(the LiteRT interpreter; TensorFlow is never needed to run one). The class turns its argument
+into options with ``from_spec(argument)``, refusing bad ones with a `ConfigError` that says what
+it expected. Help and error messages are generated from the table, so they list every policy.
+
+A name that is a path (it holds a ``/``, or names an existing directory) is a trained filter
+directory (models/filterdir.py): its metadata says whether it is a skip or a reuse filter, and
+it takes that policy's options (``runs/my-camera/reuse:target=0.9``). Building a policy checks
+its files (metadata, calibration, the model's input size) but loads no weights: that waits for
+``open()``, in the process that runs the filter.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.errors import ConfigError
 from models.base import Policy
+from models.cascade import Cascade
 
 
 @dataclass(frozen=True)
@@ -31,18 +41,72 @@ POLICIES: dict[str, PolicyEntry] = {
                         "no filtering: every input goes to the model (the reference)"),
     "stride": PolicyEntry("models.baselines.stride:Stride", "stride:N",
                           "infer one input in N, reuse its answer for the N-1 after it"),
+    "skip": PolicyEntry("models.skip:SkipPolicy", "skip[:target=T|threshold=P]",
+                        "the shipped InFi-Skip filter: skip a frame whose P(a vehicle) is below the threshold "
+                        "(calibrated for per-frame count agreement T, default 0.95)"),
+    "reuse": PolicyEntry("models.reuse:ReusePolicy",
+                         "reuse[:target=T|threshold=P,k=5,k_min=1,homogeneity=1,capacity=256,"
+                         "replacement=lfu|lru|fifo,reset=0]",
+                         "the shipped InFi-Reuse filter: answer a frame with an earlier inferred frame's "
+                         "answer when its k nearest cached frames (learned distance) agree"),
+    "cascade": PolicyEntry("models.registry:ShippedCascade", "cascade[:target=T]",
+                           "the shipped skip then reuse, thresholds calibrated together for agreement T "
+                           "(default 0.95)"),
+    "framediff": PolicyEntry("models.baselines.framediff:FrameDiff",
+                             "framediff[:feature=pixel|edge|area,threshold=X,size=96]",
+                             "Reducto's pixel, edge or area difference from the last inferred frame; "
+                             "below the threshold, reuse its answer"),
+    "motion": PolicyEntry("models.baselines.motion:MotionGate",
+                          "motion[:rule=sum|mask|delta|now,threshold=X,size=64,history=500]",
+                          "background subtraction (MOG2): while the motion since the last inferred frame "
+                          "is below the threshold, reuse its answer"),
 }
+
+#: The form of a trained filter directory on the command line (not a name of the table).
+DIRECTORY_USAGE = ("DIR[:options]", "a trained filter directory (infistream filter train): its metadata "
+                                    "says skip or reuse, and it takes that policy's options")
+
+
+class ShippedCascade(Cascade):
+    """``cascade``: the shipped Skip then Reuse filters, at the thresholds calibrated for them
+    together (models/shipped/vehicle/cascade.json), which filter more at the same agreement than
+    each one calibrated alone (``skip+reuse``)."""
+
+    @classmethod
+    def from_spec(cls, argument: str) -> ShippedCascade:
+        from models.filterdir import DEFAULT_TARGET, cascade_thresholds, open_filter_dir, shipped_dir
+        from models.options import number, parse_options
+        from models.reuse import ReusePolicy
+        from models.skip import SkipPolicy
+        options = parse_options("cascade", argument, {"target": number(0, 1)})
+        skip_dir = open_filter_dir(shipped_dir("skip"), "skip")
+        reuse_dir = open_filter_dir(shipped_dir("reuse"), "reuse")
+        skip_threshold, reuse_threshold = cascade_thresholds(options.get("target", DEFAULT_TARGET))
+        return cls([SkipPolicy(skip_dir, skip_threshold, "skip"), ReusePolicy(reuse_dir, reuse_threshold, "reuse")])
 
 
 def policy_help() -> str:
     """One line per policy, for ``--filter`` help."""
-    width = max(len(entry.usage) for entry in POLICIES.values())
-    lines = [f"{entry.usage:<{width}}  {entry.summary}" for entry in POLICIES.values()]
-    return "\n".join(lines + ["A+B  a cascade: the first policy that decides answers; else the model runs"])
+    forms = [(entry.usage, entry.summary) for entry in POLICIES.values()]
+    forms += [DIRECTORY_USAGE, ("A+B", "a cascade: the first policy that decides answers; else the model runs")]
+    width = max(len(usage) for usage, _ in forms)
+    return "\n".join(f"{usage:<{width}}  {summary}" for usage, summary in forms)
 
 
 def policy_usages() -> str:
-    return ", ".join(entry.usage for entry in POLICIES.values())
+    return ", ".join([entry.usage for entry in POLICIES.values()] + [DIRECTORY_USAGE[0]])
+
+
+def is_directory_spec(name: str) -> bool:
+    """Whether a policy name stands for a filter directory: a path, not a name of the table."""
+    return name not in POLICIES and ("/" in name or os.sep in name or Path(name).is_dir())
+
+
+def directory_policy(path: str, argument: str, name: str) -> Policy:
+    """The skip or reuse policy of the trained filter directory at `path` (its metadata says which)."""
+    from models.filterdir import open_filter_dir
+    directory = open_filter_dir(path)
+    return policy_class(directory.kind).from_directory(directory, argument, name=name)
 
 
 def policy_class(name: str) -> type[Policy]:
@@ -68,11 +132,13 @@ def parse_policy(spec: str) -> Policy:
     policies = []
     for part in parts:
         name, _, argument = part.partition(":")
-        policies.append(policy_class(name).from_spec(argument))
+        if is_directory_spec(name):
+            policies.append(directory_policy(name, argument, part))
+        else:
+            policies.append(policy_class(name).from_spec(argument))
     if len(policies) == 1:
         return policies[0]
     names = [policy.name for policy in policies]
     if len(set(names)) < len(names):
         raise ConfigError(f"--filter {spec!r} names a policy twice")
-    from models.cascade import Cascade
     return Cascade(policies)
