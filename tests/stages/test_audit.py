@@ -151,6 +151,23 @@ def test_audited_inputs_take_the_models_answer_are_compared_and_carry_the_runnin
     assert [line for line in lines if line.get("end")][0]["summary"]["audit"] == total["audit"]
 
 
+def test_speech_audits_compare_the_verdict_of_the_rule(tmp_path):
+    aggregator = make_aggregator(tmp_path, task="speech", words=2)
+
+    def window(seq: int, filtered: Decision, text: str) -> Message:
+        return Message("result", "mic", seq, pts=float(seq), result=Transcript(text, infer_ms=5.0).to_wire(),
+                       decision=Decision("infer", audit=filtered).to_wire())
+    outputs = run(aggregator, [
+        Message("result", "mic", 0, result=Transcript("ask not what").to_wire(), decision=Decision("infer").to_wire()),
+        window(1, Decision("skip"), "one"),                          # at most 2 words, like the empty one
+        window(2, Decision("skip"), "your country can do"),          # more than 2: the skip was wrong
+        window(3, Decision("reuse", ref_seq=0), "for you ask"),      # both more than 2
+        eos("mic", 4, final=True)])
+    audits = [m.result["audit"]["agrees"] for m in outputs if not m.is_eos and "audit" in m.result]
+    assert audits == [True, False, True]
+    assert [m.result["words"] for m in outputs if not m.is_eos] == [3, 1, 4, 3]   # the recognizer's answers
+
+
 def test_the_printed_summary_states_the_estimate_and_its_interval(tmp_path, capsys):
     aggregator = make_aggregator(tmp_path, print_summary=True)
     run(aggregator, [frame(0, Decision("infer"), count=1), audited(1, Decision("skip"), count=0),
