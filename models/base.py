@@ -120,7 +120,8 @@ class Decision:
         audit = wire.get("audit")
         if audit is not None:
             if not isinstance(audit, dict) or "audit" in audit:
-                raise ResultError(f"a decision's audit must be a decision object without its own audit, got {audit!r:.200}")
+                raise ResultError(f"a decision's audit must be a decision object without its own audit, "
+                                  f"got {audit!r:.200}")
             audit = cls.from_wire(audit)
         return cls(action=wire.get("action"), ref_seq=wire.get("ref_seq"), exit=wire.get("exit"),
                    result=wire.get("result"), policy=wire.get("policy", ""), filter_ms=wire.get("filter_ms", 0.0),

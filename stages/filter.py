@@ -69,10 +69,12 @@ class ThresholdHold:
 
     def __init__(self, policies: list[FramePolicy], target: float, every: int = 30, step: float = 0.8):
         if not policies:
-            raise ConfigError("a hold target (--hold-target) lowers thresholds, but the filter policy has none (a frame policy such "
-                              "as skip, reuse, framediff or a cascade of them has; stride and none do not)")
+            raise ConfigError("a hold target (--hold-target) lowers thresholds, but the filter policy has none "
+                              "(a frame policy such as skip, reuse, framediff or a cascade of them has; "
+                              "stride and none do not)")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ConfigError(f"the hold's spacing (hold_every) must be a whole number of audited inputs >= 1, got {every!r}")
+            raise ConfigError(f"the hold's spacing (hold_every) must be a whole number of audited inputs >= 1, "
+                              f"got {every!r}")
         self.policies = policies
         self.target = _share(target, "the hold target (--hold-target)", low_open=True)
         self.every = every
@@ -163,7 +165,8 @@ class Filter(Stage):
         self.hold: ThresholdHold | None = None
         if _share(hold_target, "the hold target (--hold-target)"):
             if not self.audit:
-                raise ConfigError("a hold target (--hold-target) needs an audit share above 0 (--audit): the estimate it holds comes from the audit")
+                raise ConfigError("a hold target (--hold-target) needs an audit share above 0 (--audit): "
+                                  "the estimate it holds comes from the audit")
             self.hold = ThresholdHold(frame_policies(self.policy), hold_target, hold_every, hold_step)
         # Tagged markers, and markers carrying the thresholds, are sent by end_of_stream (the
         # runtime would forward them as they came).

@@ -234,7 +234,8 @@ def summarize(accounts: list[StreamAccount]) -> dict[str, Any]:
         policy_ms.update(account.policy_ms)
     failed = [a for a in accounts if a.error is not None]
     audited = sum(a.audited for a in accounts)
-    audit = {"audit": audit_estimate(audited, sum(a.agreed for a in accounts), not_inferred, answered)} if audited else {}
+    agreed = sum(a.agreed for a in accounts)
+    audit = {"audit": audit_estimate(audited, agreed, not_inferred, answered)} if audited else {}
     return {
         "streams": len(accounts),
         "produced": produced,
