@@ -50,6 +50,7 @@ MAX_STREAMS = 1024
 
 #: Default frame side and threshold per feature, chosen on the shared traffic clips (see
 #: docs/filters.md): `infistream filter calibrate` picks the threshold for a target.
+DEFAULT_FEATURE = "pixel"
 DEFAULT_SIZE = 96
 DEFAULT_THRESHOLDS = {"pixel": 0.01, "edge": 0.01, "area": 0.002}
 
@@ -75,6 +76,15 @@ def parse_options(name: str, argument: str, allowed: dict[str, Callable[[str], A
         except ValueError as error:
             raise ConfigError(f"--filter {name}: bad {key}={value}: {error}") from None
     return options
+
+
+def spec_name(name: str, options: dict[str, tuple[Any, Any]]) -> str:
+    """The policy's name in decisions and accounting: a spec that builds it again, naming only
+    the options that differ from their defaults ({key: (value, default)}): ``framediff``,
+    ``framediff:feature=edge,threshold=0.02``."""
+    given = [f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+             for key, (value, default) in options.items() if value is not None and value != default]
+    return f"{name}:{','.join(given)}" if given else name
 
 
 def size_option(value: str) -> int:
@@ -122,11 +132,12 @@ CHANGE = {"pixel": pixel_change, "edge": edge_change, "area": area_change}
 class FrameDiff(FramePolicy):
     """Reuse the reference while `feature`(frame, reference) < `threshold`; else no opinion."""
 
-    def __init__(self, feature: str = "pixel", threshold: float | None = None, size: int = DEFAULT_SIZE):
+    def __init__(self, feature: str = DEFAULT_FEATURE, threshold: float | None = None, size: int = DEFAULT_SIZE):
         self.feature = feature_option(feature)
         self.threshold = DEFAULT_THRESHOLDS[feature] if threshold is None else threshold
         self.size = size
-        self.name = f"framediff:feature={feature},threshold={self.threshold:g},size={size}"
+        self.name = spec_name("framediff", {"feature": (feature, DEFAULT_FEATURE), "threshold": (threshold, None),
+                                            "size": (size, DEFAULT_SIZE)})
         self._change = CHANGE[feature]
         self._references: OrderedDict[str, tuple[int, np.ndarray]] = OrderedDict()   # stream -> (seq, image)
         self.forgotten_streams = 0     # streams dropped for MAX_STREAMS

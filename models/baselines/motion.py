@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from models.base import REUSE_HORIZON, Decision, FramePolicy
-from models.baselines.framediff import parse_options, share_option, size_option
+from models.baselines.framediff import parse_options, share_option, size_option, spec_name
 from models.frames import reduce_grey
 
 RULES = ("sum", "mask", "delta", "now")
@@ -40,6 +40,7 @@ VAR_THRESHOLD = 16
 #: Defaults chosen on the shared traffic clips (see docs/filters.md); calibration picks the threshold.
 DEFAULT_SIZE = 64
 DEFAULT_HISTORY = 500
+DEFAULT_RULE = "sum"
 DEFAULT_THRESHOLDS = {"sum": 0.01, "mask": 0.005, "delta": 0.0005, "now": 0.005}
 
 
@@ -70,12 +71,13 @@ class MotionGate(FramePolicy):
     """Reuse the reference while the motion since it (by `rule`) < `threshold`; else no opinion."""
 
     def __init__(self, threshold: float | None = None, size: int = DEFAULT_SIZE,
-                 history: int = DEFAULT_HISTORY, rule: str = "sum"):
+                 history: int = DEFAULT_HISTORY, rule: str = DEFAULT_RULE):
         self.rule = rule_option(rule)
         self.threshold = DEFAULT_THRESHOLDS[rule] if threshold is None else threshold
         self.size = size
         self.history = history
-        self.name = f"motion:rule={rule},threshold={self.threshold:g},size={size},history={history}"
+        self.name = spec_name("motion", {"rule": (rule, DEFAULT_RULE), "threshold": (threshold, None),
+                                         "size": (size, DEFAULT_SIZE), "history": (history, DEFAULT_HISTORY)})
         self._streams: OrderedDict[str, _StreamState] = OrderedDict()
         self.forgotten_streams = 0     # streams dropped for MAX_STREAMS
 

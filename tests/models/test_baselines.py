@@ -127,14 +127,26 @@ def test_threshold_grid_increases_from_zero(cls):
 
 
 @pytest.mark.parametrize("spec, expected", [
-    ("", {"feature": "pixel", "size": framediff_module.DEFAULT_SIZE}),
+    ("", {"feature": framediff_module.DEFAULT_FEATURE, "size": framediff_module.DEFAULT_SIZE}),
     ("feature=edge,threshold=0.03,size=64", {"feature": "edge", "threshold": 0.03, "size": 64}),
     (" feature = area ", {"feature": "area"}),
 ])
 def test_framediff_options(spec, expected):
     policy = FrameDiff.from_spec(spec)
     assert {key: getattr(policy, key) for key in expected} == expected
-    assert policy.name.startswith("framediff:")
+    again = FrameDiff.from_spec(policy.name.partition(":")[2])     # the name is a spec that builds it again
+    assert (again.feature, again.threshold, again.size) == (policy.feature, policy.threshold, policy.size)
+
+
+def test_names_say_only_what_differs_from_the_defaults():
+    assert FrameDiff().name == "framediff" and MotionGate().name == "motion"
+    assert FrameDiff(feature="edge", threshold=0.02).name == "framediff:feature=edge,threshold=0.02"
+
+
+def test_motion_name_is_a_spec_that_builds_it_again():
+    policy = MotionGate.from_spec("rule=mask,threshold=0.02,size=48,history=100")
+    again = MotionGate.from_spec(policy.name.partition(":")[2])
+    assert (again.rule, again.threshold, again.size, again.history) == ("mask", 0.02, 48, 100)
 
 
 @pytest.mark.parametrize("cls, spec, message", [
