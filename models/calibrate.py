@@ -19,6 +19,7 @@ per camera (the live audit is what watches a camera).
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import logging
 from dataclasses import dataclass
@@ -38,8 +39,10 @@ CALIBRATION_FORMAT = 1
 DEFAULT_TARGET = 0.95
 TARGETS = (0.9, 0.95, 0.98)
 #: Thresholds tried per single filter, and per filter of a cascade's joint grid.
-SINGLE_GRID = 61
-CASCADE_GRID = (16, 21)           # skip x reuse
+SINGLE_GRID = 41
+CASCADE_GRID = (12, 16)           # skip x reuse
+#: Values per policy tried between a coarse pick's neighbours.
+FINE = 9
 CALIBRATION_FILE = "calibration.json"
 CASCADE_FILE = "cascade.json"
 
@@ -115,14 +118,47 @@ def _provenance(clips: Sequence[PreparedClip], lag: int) -> dict[str, Any]:
             "commit": git_commit(), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
+def search(policies: Sequence[FramePolicy], clips: Sequence[PreparedClip], coarse_sizes: Sequence[int],
+           targets: Sequence[float], lag: int = DEFAULT_LAG, progress: Any = None,
+           also: Iterable[Sequence[float]] = ()) -> list[GridPoint]:
+    """Coarse to fine: every tuple of a coarse grid (each policy's `threshold_grid` thinned to
+    `coarse_sizes`), plus the tuples in `also`; then, around each target's pick, the full grid's
+    values between the pick's coarse neighbours (at most `FINE` per policy)."""
+    full = [np.asarray(policy.threshold_grid(), np.float64) for policy in policies]
+    coarse = [thin_grid(grid, size) for grid, size in zip(full, coarse_sizes)]
+    grid = [tuple(float(v) for v in t) for t in itertools.product(*coarse)]
+    seen = set(grid)
+    for extra in also:
+        extra = tuple(float(v) for v in extra)
+        if extra not in seen:
+            grid.append(extra)
+            seen.add(extra)
+    points = score_grid(policies, clips, grid, lag, progress)
+    finer: list[tuple[float, ...]] = []
+    for target in targets:
+        point = choose(points, target)
+        if point is None:
+            continue
+        axes = []
+        for values, grid_d, value in zip(coarse, full, point.thresholds):
+            i = int(np.searchsorted(values, value))
+            lo, hi = values[max(i - 1, 0)], values[min(i + 1, len(values) - 1)]
+            axes.append(thin_grid(grid_d[(grid_d >= min(lo, value)) & (grid_d <= max(hi, value))], FINE))
+        for t in itertools.product(*axes):
+            t = tuple(float(v) for v in t)
+            if t not in seen:
+                finer.append(t)
+                seen.add(t)
+    return points + score_grid(policies, clips, finer, lag, progress) if finer else points
+
+
 def calibrate_policy(policy: FramePolicy, clips: Sequence[PreparedClip], targets: Sequence[float] = TARGETS,
                      thresholds: int = SINGLE_GRID, lag: int = DEFAULT_LAG, progress: Any = None) -> dict[str, Any]:
     """The content of a filter's calibration.json, for `clips` prepared for `policy`."""
-    grid = thin_grid(policy.threshold_grid(), thresholds)
-    points = score_grid([policy], clips, [(t,) for t in grid], lag, progress)
+    points = search([policy], clips, [thresholds], targets, lag, progress)
     picked = pick_targets(points, targets, ["threshold"])
+    points = sorted(points, key=lambda p: p.thresholds)
     return {"format": CALIBRATION_FORMAT, "metric": "count-agreement", **picked,
-            "grid": [round(float(t), 6) for t in grid],
             "curve": [{"threshold": round(p.thresholds[0], 6), "agreement": round(p.agreement, 4),
                        "filtered": round(p.filtered, 4)} for p in points],
             **_provenance(clips, lag)}
@@ -130,15 +166,21 @@ def calibrate_policy(policy: FramePolicy, clips: Sequence[PreparedClip], targets
 
 def calibrate_cascade(skip: FramePolicy, reuse: FramePolicy, clips: Sequence[PreparedClip],
                       targets: Sequence[float] = TARGETS, grid_sizes: tuple[int, int] = CASCADE_GRID,
-                      lag: int = DEFAULT_LAG, progress: Any = None) -> dict[str, Any]:
-    """The content of cascade.json: skip and reuse thresholds picked jointly (skip, then reuse)."""
-    skip_grid = thin_grid(skip.threshold_grid(), grid_sizes[0])
-    reuse_grid = thin_grid(reuse.threshold_grid(), grid_sizes[1])
-    grid = [(a, b) for a in skip_grid for b in reuse_grid]
-    points = score_grid([skip, reuse], clips, grid, lag, progress)
+                      lag: int = DEFAULT_LAG, progress: Any = None,
+                      alone: dict[str, Sequence[float]] | None = None) -> dict[str, Any]:
+    """The content of cascade.json: skip and reuse thresholds picked jointly (skip, then reuse).
+    `alone`: each filter's own calibrated thresholds; the cascade also tries each of them with
+    the other filter off (its grid's first, least filtering value), so it never does worse than
+    either filter alone on the validation frames."""
+    also = []
+    if alone:
+        skip_off, reuse_off = float(skip.threshold_grid()[0]), float(reuse.threshold_grid()[0])
+        also = [(t, reuse_off) for t in alone.get("skip", ())] + [(skip_off, t) for t in alone.get("reuse", ())]
+    points = search([skip, reuse], clips, grid_sizes, targets, lag, progress, also)
     picked = pick_targets(points, targets, ["skip", "reuse"])
     return {"format": CALIBRATION_FORMAT, "metric": "count-agreement", "order": ["skip", "reuse"], **picked,
-            "grid": {"skip": [round(float(t), 6) for t in skip_grid], "reuse": [round(float(t), 6) for t in reuse_grid]},
+            "tried": [[round(p.thresholds[0], 6), round(p.thresholds[1], 6), round(p.agreement, 4), round(p.filtered, 4)]
+                      for p in sorted(points, key=lambda p: p.thresholds)],
             **_provenance(clips, lag)}
 
 
@@ -237,16 +279,18 @@ def calibrate_directory(directory: Path, targets: Sequence[float] = TARGETS, cli
         bar.close()
     written: dict[str, Path] = {}
     try:
+        alone = {}
         for policy, member in zip(policies, members):
             clips_for = [PreparedClip(c.name, c.seq, c.truth, {policy.name: c.features[policy.name]}) for c in prepared]
-            bar = _bar(SINGLE_GRID, f"calibrate {member.name}", progress)
+            bar = _bar(SINGLE_GRID + FINE * len(targets), f"calibrate {member.name}", progress)
             document = calibrate_policy(policy, clips_for, targets, lag=lag, progress=bar)
             if bar is not None:
                 bar.close()
             written[str(member)] = write_json(member / CALIBRATION_FILE, document)
+            alone[member.name] = [entry["threshold"] for entry in document["targets"].values()]
         if len(members) == 2:
-            bar = _bar(CASCADE_GRID[0] * CASCADE_GRID[1], "calibrate the cascade", progress)
-            document = calibrate_cascade(policies[0], policies[1], prepared, targets, lag=lag, progress=bar)
+            bar = _bar(CASCADE_GRID[0] * CASCADE_GRID[1] + FINE * FINE * len(targets), "calibrate the cascade", progress)
+            document = calibrate_cascade(policies[0], policies[1], prepared, targets, lag=lag, progress=bar, alone=alone)
             if bar is not None:
                 bar.close()
             written["cascade"] = write_json(directory / CASCADE_FILE, document)

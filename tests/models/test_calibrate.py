@@ -89,8 +89,10 @@ def test_the_picked_threshold_meets_the_target_and_no_threshold_meeting_it_filte
     assert entry["validation"]["filtered"] == pytest.approx(filtered, abs=1e-4)
     assert entry["validation"]["frames"] == 600
     assert filtered > 0
-    for threshold in document["grid"]:
-        other_agreement, other_filtered = pooled([policy], clips, (threshold,))
+    assert len(document["curve"]) > 21                     # the coarse grid, then finer around the pick
+    for point in document["curve"]:
+        other_agreement, other_filtered = pooled([policy], clips, (point["threshold"],))
+        assert (point["agreement"], point["filtered"]) == pytest.approx((other_agreement, other_filtered), abs=1e-4)
         if other_agreement >= target:
             assert other_filtered <= filtered + 1e-12
     worst = entry["validation"]["worst_clip"]
@@ -116,19 +118,19 @@ def test_choose_prefers_more_filtering_then_higher_agreement():
 
 def test_the_cascade_thresholds_are_picked_jointly_and_meet_the_target():
     skip, reuse, clips = ScoreSkipper(), ScoreReuser(), toy_clips(seed=1)
-    document = calibrate_cascade(skip, reuse, clips, targets=[0.95], grid_sizes=(6, 8))
+    alone = {name: calibrate_policy(p, clips, targets=[0.95])["targets"]["0.95"] for name, p in
+             (("skip", ScoreSkipper()), ("reuse", ScoreReuser()))}
+    document = calibrate_cascade(skip, reuse, clips, targets=[0.95], grid_sizes=(6, 8),
+                                 alone={name: [entry["threshold"]] for name, entry in alone.items()})
     entry = document["targets"]["0.95"]
     agreement, filtered = pooled([skip, reuse], clips, (entry["skip"], entry["reuse"]))
     assert agreement >= 0.95 and entry["validation"]["filtered"] == pytest.approx(filtered, abs=1e-4)
-    for a in document["grid"]["skip"]:
-        for b in document["grid"]["reuse"]:
-            other_agreement, other_filtered = pooled([skip, reuse], clips, (a, b))
-            if other_agreement >= 0.95:
-                assert other_filtered <= filtered + 1e-12
-    # the cascade keeps more from the model than either filter alone at the same target
-    alone = [calibrate_policy(p, clips, targets=[0.95])["targets"]["0.95"]["validation"]["filtered"]
-             for p in (ScoreSkipper(), ScoreReuser())]
-    assert filtered >= max(alone)
+    for a, b, other_agreement, other_filtered in document["tried"]:
+        assert (other_agreement, other_filtered) == pytest.approx(pooled([skip, reuse], clips, (a, b)), abs=1e-4)
+        if other_agreement >= 0.95:
+            assert other_filtered <= filtered + 1e-4          # figures rounded to 4 places
+    # the cascade keeps at least as much from the model as either filter alone at the same target
+    assert filtered >= max(entry_["validation"]["filtered"] for entry_ in alone.values())
 
 
 def test_calibrating_what_is_not_a_filter_directory_is_a_clear_error(tmp_path):

@@ -1,0 +1,311 @@
+"""Benchmark the learned filters against the ceiling and the baselines, and their cost against YOLO.
+
+    python apps/bench_filters.py [--filters models/shipped/vehicle] [--target 0.95] [--runs 3]
+                                 [--loco [--folds 5] [--epochs N]] [--end-to-end]
+
+1. Accuracy (always): `infistream filter evaluate` on the test half of every clip under
+   $INFI_ASSETS/traffic: skip, reuse, their cascade, framediff, motion and stride:1..30, as
+   filtering rate at >= target per-frame count agreement and as a fraction of each clip's
+   ceiling; and the calibrated cascade's real agreement per clip. PNGs under
+   bench/results/filters/.
+2. Cost (always): the cascade's per-frame decision (everything the filter stage does for a
+   frame: shrink, both networks, the cache lookup, the feedback) beside the YOLO detector on
+   the same decoded frames, interleaved, --runs repetitions, medians.
+3. --end-to-end: `apps/vehicle_count.py --filter cascade` and `--filter none` on
+   intel_car_detection.mp4, alternately --runs times, end-to-end frames/s from their summaries.
+4. --loco: leave-one-camera-out as grouped folds: for each fold, Skip and Reuse are trained
+   without its clips (models/train.py), calibrated on the validation parts of the others, and
+   evaluated on the test halves of the fold's clips (each clip judged by filters that never saw
+   it). Costs a training run per fold.
+
+Results: bench/results/filters.json (and the evaluation tables under bench/results/filters/).
+Targets (issue 9): cascade >= 80 % of the ceiling per clip (test halves), >= 70 % mean under
+LOCO, ahead of every baseline on every clip; filter cost <= 3 % of YOLO's; end to end >= 4x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.assets import assets_dir  # noqa: E402
+from pipeline.message import Message  # noqa: E402
+
+VIDEO = "traffic/intel_car_detection.mp4"
+TARGETS = {"fraction_of_ceiling": 0.8, "loco_mean_fraction_of_ceiling": 0.7, "cost_share_of_yolo": 0.03,
+           "end_to_end_speedup": 4.0}
+
+
+def compact(table: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation table without the curves (those stay in the evaluation's own JSON)."""
+    rows = []
+    for row in table["clips"]:
+        policies = {}
+        for name, entry in row["policies"].items():
+            policies[name] = {"best": entry["best"], **({"calibrated": entry["calibrated"]} if "calibrated" in entry else {})}
+        rows.append({key: row[key] for key in ("clip", "frames", "ceiling", "repeat_share", "mean_count")} | {"policies": policies})
+    return {"target": table["target"], "lag": table["lag"], "clips": rows, "summary": table["summary"]}
+
+
+# --------------------------------------------------------------------------------------------
+# Cost per frame: the cascade vs YOLO, on the same frames, interleaved
+
+def decode_frames(path: Path, count: int, start: int = 0) -> list[np.ndarray]:
+    import av
+    with av.open(str(path)) as container:
+        frames = []
+        for index, frame in enumerate(container.decode(video=0)):
+            if index >= start + count:
+                break
+            if index >= start:
+                frames.append(frame.to_ndarray(format="bgr24"))
+        return frames
+
+
+def cascade_spec(filters: Path, target: float) -> str:
+    """skip then reuse of the filter set at its jointly calibrated thresholds (cascade.json)."""
+    from models.evaluate import calibrated_cascade
+    thresholds = calibrated_cascade(filters, target)
+    if thresholds is None:
+        raise SystemExit(f"bench_filters: {filters}/cascade.json has no entry for target {target:g}; "
+                         f"run infistream filter calibrate {filters}")
+    return f"{filters / 'skip'}:threshold={thresholds[0]:g}+{filters / 'reuse'}:threshold={thresholds[1]:g}"
+
+
+def bench_cost(filters: Path, target: float, video: Path, frames: int, runs: int) -> dict[str, Any]:
+    from models.registry import parse_policy
+    from stages.detect import load_detector
+    images = decode_frames(video, frames)
+    messages = [Message("video", "bench", seq, pts=seq / 25, arrays=(image,)) for seq, image in enumerate(images)]
+    spec = cascade_spec(filters, target)
+    filter_ms, yolo_ms, shares, answered = [], [], [], []
+    with load_detector() as detector:
+        counts = [len(detector.detect(image).boxes) for image in images]      # the answers fed back
+        for run in range(runs):
+            started = time.perf_counter()
+            for image in images:
+                detector.detect(image)
+            yolo = (time.perf_counter() - started) * 1000 / len(images)
+            cascade = parse_policy(spec)
+            with cascade:
+                stream = f"bench{run}"
+                started = time.perf_counter()
+                decisions, answers = [], {}
+                for message, count in zip(messages, counts):
+                    message = Message("video", stream, message.seq, pts=message.pts, arrays=message.arrays)
+                    decision = cascade.decide(message)
+                    decisions.append(decision.action)
+                    # the answer comes back (here at once; live a few frames later): YOLO's count,
+                    # 0 for a skip, the ref's answer for a reuse
+                    answer = {"infer": count, "skip": 0}.get(decision.action, answers.get(decision.ref_seq, 0))
+                    answers[message.seq] = answer
+                    cascade.feedback(stream, message.seq, {"decision": decision.action, "count": answer})
+                filtered = (time.perf_counter() - started) * 1000 / len(images)
+                cascade.end_stream(stream)
+                costs = cascade.cost_summary()
+            yolo_ms.append(yolo)
+            filter_ms.append(filtered)
+            shares.append(filtered / yolo)
+            answered.append(sum(action != "infer" for action in decisions) / len(decisions))
+    return {"frames": len(images), "video": VIDEO, "runs": runs, "cascade": spec,
+            "filter_ms_per_frame": round(statistics.median(filter_ms), 4), "filter_runs": [round(v, 4) for v in filter_ms],
+            "yolo_ms_per_frame": round(statistics.median(yolo_ms), 3), "yolo_runs": [round(v, 3) for v in yolo_ms],
+            "share_of_yolo": round(statistics.median(shares), 5), "target_share": TARGETS["cost_share_of_yolo"],
+            "filtered_share_of_frames": round(statistics.median(answered), 4), "per_policy_last_run": costs,
+            "note": "the cascade's decide (frame already decoded, as the filter stage receives it) plus feedback, "
+                    "vs the YOLO detector's detect on the same frames; runs alternate; medians"}
+
+
+# --------------------------------------------------------------------------------------------
+# End to end: the app with the cascade vs without a filter, same run
+
+def run_app(video: Path, policy: str, directory: Path, index: int) -> dict[str, Any]:
+    summary = directory / f"{policy}-{index}.json"
+    command = [sys.executable, str(ROOT / "apps" / "vehicle_count.py"), "--source", str(video), "--filter", policy,
+               "--out", str(directory / f"{policy}-{index}.jsonl"), "--summary", str(summary)]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    total = json.loads(summary.read_text())["total"]
+    return {"fps": total["end_to_end_fps"], "wall_s": round(time.perf_counter() - started, 1),
+            "inferred": total.get("inferred"), "filtering_rate": total.get("filtering_rate"),
+            "filter_ms_spent": total.get("filter_ms_spent"), "balanced": total.get("balanced")}
+
+
+def bench_end_to_end(video: Path, runs: int) -> dict[str, Any]:
+    results: dict[str, list[dict[str, Any]]] = {"cascade": [], "none": []}
+    with tempfile.TemporaryDirectory(prefix="bench-filters-") as directory:
+        for index in range(runs):
+            for policy in ("cascade", "none"):
+                results[policy].append(run_app(video, policy, Path(directory), index))
+                print(f"  {policy} run {index + 1}: {results[policy][-1]['fps']} frames/s", file=sys.stderr)
+    ratios = [a["fps"] / b["fps"] for a, b in zip(results["cascade"], results["none"]) if a["fps"] and b["fps"]]
+    return {"video": VIDEO, "runs": results,
+            "fps_median": {k: statistics.median(r["fps"] for r in v if r["fps"]) for k, v in results.items()},
+            "speedup_median": round(statistics.median(ratios), 3) if ratios else None,
+            "target_speedup": TARGETS["end_to_end_speedup"]}
+
+
+# --------------------------------------------------------------------------------------------
+# Leave-one-camera-out
+
+def folds_of(clips: list[Path], folds: int) -> list[list[Path]]:
+    """Clips in name order dealt round-robin into `folds` groups (each clip in exactly one)."""
+    ordered = sorted(clips, key=lambda clip: clip.stem)
+    return [ordered[k::folds] for k in range(min(folds, len(ordered)))]
+
+
+def bench_loco(clips: list[Path], folds: int, target: float, epochs: int | None, out: Path, work: Path) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from models.calibrate import calibrate_directory
+    from models.evaluate import evaluate_clips, summarize
+    from models.train import TrainOptions, train_reuse, train_skip
+    options = TrainOptions() if epochs is None else replace(TrainOptions(), epochs=epochs)
+    rows, timings = [], []
+    for k, held_out in enumerate(folds_of(clips, folds)):
+        names = [clip.stem for clip in held_out]
+        fold_dir = work / f"fold{k}"
+        print(f"LOCO fold {k + 1}/{folds}: training without {', '.join(names)}", file=sys.stderr)
+        started = time.monotonic()
+        train_skip(clips, exclude=names, options=options, out=fold_dir / "skip", progress=False, say=None)
+        train_reuse(clips, exclude=names, options=options, out=fold_dir / "reuse", progress=False, say=None)
+        trained = time.monotonic() - started
+        calibrate_directory(fold_dir, targets=[target])      # on the other clips' validation parts
+        table = evaluate_clips(held_out, fold_dir, out / "loco" / f"fold{k}", target, baselines=False, strides=(),
+                               progress=False)
+        rows += table["clips"]
+        timings.append({"fold": k, "held_out": names, "train_s": round(trained, 1),
+                        "total_s": round(time.monotonic() - started, 1)})
+    summary = summarize(rows, target)
+    cascade = summary.get("cascade", {})
+    return {"folds": timings, "clips": [{"clip": r["clip"], "ceiling": r["ceiling"],
+                                         "cascade": r["policies"]["cascade"]["best"],
+                                         "calibrated": r["policies"]["cascade"].get("calibrated")} for r in rows],
+            "summary": summary, "mean_fraction_of_ceiling": cascade.get("mean_fraction_of_ceiling"),
+            "worst_fraction_of_ceiling": cascade.get("worst_fraction_of_ceiling"),
+            "worst_clip": cascade.get("worst_clip"), "target": TARGETS["loco_mean_fraction_of_ceiling"],
+            "epochs": options.epochs}
+
+
+# --------------------------------------------------------------------------------------------
+
+def verdict(results: dict[str, Any]) -> list[str]:
+    lines = []
+    evaluation = results.get("evaluation")
+    if evaluation:
+        summary, target = evaluation["summary"], evaluation["target"]
+        cascade = summary.get("cascade")
+        if cascade:
+            below = [row["clip"] for row in evaluation["clips"]
+                     if row["policies"]["cascade"]["best"]["fraction_of_ceiling"] < TARGETS["fraction_of_ceiling"]]
+            lines.append(f"cascade at >= {target:g} agreement (test halves): fraction of ceiling mean "
+                         f"{cascade['mean_fraction_of_ceiling']:.2f}, worst {cascade['worst_fraction_of_ceiling']:.2f} "
+                         f"({cascade['worst_clip']}); below {TARGETS['fraction_of_ceiling']:.0%} on {len(below)} clip(s)"
+                         + (f": {', '.join(below)}" if below else ""))
+            if "calibrated" in cascade:
+                c = cascade["calibrated"]
+                lines.append(f"calibrated cascade: agreement mean {c['mean_agreement']:.3f}, worst {c['worst_agreement']:.3f} "
+                             f"({c['worst_clip']}), filtered mean {c['mean_filtered']:.2f}; misses the target on "
+                             f"{len(c['missed_target'])} clip(s)")
+            for baseline, clips in summary.get("cascade_not_ahead_of", {}).items():
+                lines.append(f"cascade not ahead of {baseline} on {len(clips)} clip(s)" + (f": {', '.join(clips)}" if clips else ""))
+        for name in ("skip", "reuse", "framediff", "motion", "stride"):
+            if name in summary:
+                item = summary[name]
+                lines.append(f"{name:>9}: fraction of ceiling mean {item['mean_fraction_of_ceiling']:.2f}, "
+                             f"worst {item['worst_fraction_of_ceiling']:.2f}")
+    cost = results.get("cost")
+    if cost:
+        lines.append(f"cost: cascade {cost['filter_ms_per_frame']:.3f} ms/frame vs YOLO {cost['yolo_ms_per_frame']:.1f} "
+                     f"ms/frame = {cost['share_of_yolo']:.2%} (target <= {TARGETS['cost_share_of_yolo']:.0%})")
+    e2e = results.get("end_to_end")
+    if e2e:
+        lines.append(f"end to end: cascade {e2e['fps_median']['cascade']:.1f} vs none {e2e['fps_median']['none']:.1f} "
+                     f"frames/s = x{e2e['speedup_median']} (target x{TARGETS['end_to_end_speedup']:g})")
+    loco = results.get("loco")
+    if loco:
+        lines.append(f"LOCO: cascade fraction of ceiling mean {loco['mean_fraction_of_ceiling']:.2f}, worst "
+                     f"{loco['worst_fraction_of_ceiling']:.2f} ({loco['worst_clip']}) (target mean >= "
+                     f"{TARGETS['loco_mean_fraction_of_ceiling']:.0%})")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--filters", type=Path, default=ROOT / "models" / "shipped" / "vehicle",
+                        help="filter set (skip/, reuse/, cascade.json; default the shipped one)")
+    parser.add_argument("--clips", type=Path, nargs="+", default=None, help="default: every clip under $INFI_ASSETS/traffic")
+    parser.add_argument("--target", type=float, default=0.95)
+    parser.add_argument("--runs", type=int, default=3, help="repetitions of the timed measurements (default 3)")
+    parser.add_argument("--frames", type=int, default=200, help="frames for the cost measurement (default 200)")
+    parser.add_argument("--no-evaluation", dest="evaluation", action="store_false", help="skip the accuracy part")
+    parser.add_argument("--no-cost", dest="cost", action="store_false", help="skip the cost part")
+    parser.add_argument("--end-to-end", action="store_true", help="also time vehicle_count.py with and without the cascade (slow)")
+    parser.add_argument("--loco", action="store_true", help="also run leave-one-camera-out (trains per fold: slow)")
+    parser.add_argument("--folds", type=int, default=5, help="LOCO folds (default 5)")
+    parser.add_argument("--epochs", type=int, default=None, help="LOCO training epochs (default: the trainer's)")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "filters.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "filters", help="PNGs and tables")
+    args = parser.parse_args()
+    os.environ.setdefault("MPLCONFIGDIR", str(ROOT / ".cache" / "matplotlib"))
+    from models.dataset import default_clips
+    from models.evaluate import check_filters, evaluate_clips
+    check_filters(args.filters)
+    clips = args.clips or default_clips()
+    video = assets_dir() / VIDEO
+    results: dict[str, Any] = {"filters": str(args.filters), "target": args.target, "cpu_count": os.cpu_count(),
+                               "targets": TARGETS, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if args.json.exists():                     # keep parts of an earlier run this one does not redo
+        previous = json.loads(args.json.read_text())
+        results.update({key: previous[key] for key in ("evaluation", "cost", "end_to_end", "loco") if key in previous})
+
+    def save() -> None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+
+    if args.evaluation:
+        print(f"evaluation on the test halves of {len(clips)} clips ...", file=sys.stderr)
+        started = time.monotonic()
+        table = evaluate_clips(clips, args.filters, args.out, args.target, say=lambda line: print(line, file=sys.stderr))
+        results["evaluation"] = compact(table) | {"seconds": round(time.monotonic() - started, 1)}
+        save()
+    if args.cost:
+        print("cost per frame: cascade vs YOLO ...", file=sys.stderr)
+        results["cost"] = bench_cost(args.filters, args.target, video, args.frames, args.runs)
+        save()
+    if args.end_to_end:
+        print("end to end: vehicle_count.py --filter cascade vs none ...", file=sys.stderr)
+        results["end_to_end"] = bench_end_to_end(video, args.runs)
+        save()
+    if args.loco:
+        with tempfile.TemporaryDirectory(prefix="bench-loco-") as work:
+            results["loco"] = bench_loco(clips, args.folds, args.target, args.epochs, args.out, Path(work))
+        save()
+    for line in verdict(results):
+        print(line)
+    print(f"wrote {args.json}" + (f" and {args.out}/" if args.evaluation else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    from pipeline.errors import ConfigError
+    try:
+        sys.exit(main())
+    except ConfigError as error:
+        print(f"bench_filters: {error}", file=sys.stderr)
+        sys.exit(2)
