@@ -61,10 +61,11 @@ class ThresholdHold:
     It judges the current thresholds only: the audits (each audited input's ``agrees``, from the
     aggregator's results) and the filter's own decisions since the last change, estimated as the
     aggregator does (`stages.savings.audit_estimate`). Once `every` audits are in and the
-    estimate's upper bound is below `target`, each policy's threshold moves down its
-    `threshold_grid()` to the point `step` of the way from the grid's bottom to the current
-    threshold (with a linear grid from 0: x `step`); then it waits for `every` new audits of
-    inputs decided after the change. A threshold already at the bottom of its grid stays.
+    estimate's upper bound is below `target`, each policy's threshold is multiplied by `step`
+    and moved down to the nearest point of its `threshold_grid()` (so that calibrated and held
+    thresholds are points of the same grid; the grid's bottom when no point is that low; one
+    point down from a threshold <= 0); then it waits for `every` new audits of inputs decided
+    after the change. A threshold already at the bottom of its grid stays.
     """
 
     def __init__(self, policies: list[FramePolicy], target: float, every: int = 30, step: float = 0.8):
@@ -123,11 +124,15 @@ class ThresholdHold:
         return estimate
 
     def lowered(self, policy: FramePolicy) -> float:
+        threshold = float(policy.threshold)
         grid = np.sort(np.asarray(policy.threshold_grid(), dtype=float).reshape(-1))
-        below = grid[grid < policy.threshold]
+        below = grid[grid < threshold]
         if not len(below):
-            return float(policy.threshold)
-        return float(below[int(self.step * (len(below) - 1))])
+            return threshold
+        if threshold <= 0:
+            return float(below[-1])
+        low_enough = below[below <= threshold * self.step]
+        return float(low_enough[-1]) if len(low_enough) else float(below[0])
 
     def end_stream(self, stream: str) -> None:
         self._last_seq.pop(stream, None)

@@ -310,17 +310,17 @@ def test_hold_lowers_the_thresholds_when_the_estimate_falls_below_the_target(mon
         stage.side_input(result(seq, agrees=False))
     assert policy.threshold == 0.5                        # fewer audits than hold_every: no judgement yet
     stage.side_input(result(picked[9], agrees=False))
-    # One step: the grid point 0.8 of the way from 0 to 0.5 on the default grid 0, 0.01, ..., 1.
-    assert policy.threshold == pytest.approx(0.39) and stage.hold.changes == 1
+    # One step: 0.5 x 0.8, down to a point of the default grid 0, 0.01, ..., 1.
+    assert policy.threshold == pytest.approx(0.4) and stage.hold.changes == 1
     # Audits of inputs decided before the change judged the old threshold: not counted again.
     for seq in picked[10:]:
         stage.side_input(result(seq, agrees=False))
-    assert stage.hold.audited == 0 and policy.threshold == pytest.approx(0.39)
+    assert stage.hold.audited == 0 and policy.threshold == pytest.approx(0.4)
     # Under the new threshold every audit agrees: the estimate holds the target, nothing moves.
     assert len(audits(stage, range(40, 200), agrees=lambda seq: True)) > 10
-    assert policy.threshold == pytest.approx(0.39) and stage.hold.changes == 1
+    assert policy.threshold == pytest.approx(0.4) and stage.hold.changes == 1
     marker = stage.end_of_stream(eos("cam", 200, final=True))
-    assert marker.meta["filter"] == {"thresholds": {"stub": pytest.approx(0.39)}, "threshold_changes": 1}
+    assert marker.meta["filter"] == {"thresholds": {"stub": pytest.approx(0.4)}, "threshold_changes": 1}
 
 
 def test_hold_steps_each_policy_of_a_cascade_and_the_summary_reports_the_thresholds(tmp_path, monkeypatch):
@@ -336,14 +336,30 @@ def test_hold_steps_each_policy_of_a_cascade_and_the_summary_reports_the_thresho
     first, second = AlwaysSkip(0.5), Second(0.8)
     stage = Filter(Cascade([first, second]), audit=0.1, audit_seed=2, hold_target=0.99, hold_every=5)
     assert len(audits(stage, range(60), agrees=lambda seq: seq % 2 == 0)) >= 5     # about half agree
-    assert first.threshold == pytest.approx(0.39) and second.threshold == 0.4   # 0.8 of the way up to 0.6
+    assert first.threshold == pytest.approx(0.4) and second.threshold == 0.6   # 0.8 x 0.8 = 0.64, down to 0.6
     aggregator = make_aggregator(tmp_path)
     run(aggregator, [frame(0, Decision("infer"), count=1), stage.end_of_stream(eos("cam", 1, final=True))])
     aggregator.teardown()
     summary = json.loads((tmp_path / "summary.json").read_text())
-    expected = {"stub": pytest.approx(0.39), "second": 0.4}
+    expected = {"stub": pytest.approx(0.4), "second": 0.6}
     assert summary["total"]["filter_thresholds"] == expected and summary["total"]["threshold_changes"] == 1
     assert summary["streams"]["cam"]["filter_thresholds"] == expected
+
+
+@pytest.mark.parametrize("threshold, grid, lowered", [
+    (0.05, np.geomspace(1e-4, 1, 50), 0.0339),   # a log grid: x 0.8 = 0.04, down to the grid point below
+    (0.22, np.array([0.2, 0.5]), 0.2),           # no point as low as x 0.8: the bottom
+    (0.2, np.array([0.2, 0.5]), 0.2),            # at the bottom already: stays
+    (0.0, np.array([-1.0, -0.5, 0.0]), -0.5),    # at or below 0: one point down
+])
+def test_hold_steps_down_to_a_point_of_the_policys_grid(threshold, grid, lowered):
+    from stages.filter import ThresholdHold
+
+    class Gridded(AlwaysSkip):
+        def threshold_grid(self) -> np.ndarray:
+            return grid
+    policy = Gridded(threshold)
+    assert ThresholdHold([policy], target=0.9).lowered(policy) == pytest.approx(lowered, abs=1e-4)
 
 
 def test_a_high_estimate_leaves_the_thresholds_alone():
