@@ -9,6 +9,7 @@ another language can produce or consume them:
               {"action": "skip", "policy": "stride:2"}
               {"action": "reuse", "ref_seq": 12}
               {"action": "exit", "exit": 1, "result": {...}}
+              {"action": "infer", "audit": {"action": "skip"}}   (audited: docs/results.md)
     result:   {"task": "vehicles", "boxes": [[x1, y1, x2, y2], ...], "classes": [2, ...],
                "scores": [0.81, ...], "infer_ms": 31.2}
               {"task": "speech", "text": "ask not", "words": 2, "infer_ms": 410.0}
