@@ -214,7 +214,7 @@ def plot_summary(rows: Sequence[dict[str, Any]], target: float, path: Path) -> P
                       mew=2, color="r" if not c["meets_target"] else "k")
     axis.axhline(0.8, color="k", ls="--", lw=0.8)
     axis.set_xticks(x, clips, rotation=60, ha="right", fontsize=7)
-    axis.set_ylabel(f"fraction of the ceiling kept from YOLO at >= {target:g} agreement")
+    axis.set_ylabel(f"fraction of ceiling at >= {target:g} agreement")
     axis.set_title("test halves: best point per policy (bars); calibrated cascade (black -, red x: misses target)",
                    fontsize=9)
     axis.legend(fontsize=7, ncol=3)
@@ -296,8 +296,14 @@ def contenders_for(built: ClipPolicies, filters: Path | None, target: float, str
                                               (t,) if t is not None else None))
         skip_grid = thin_grid(skip.threshold_grid(), cascade_grid[0])
         reuse_grid = thin_grid(reuse.threshold_grid(), cascade_grid[1])
-        contenders.append(Contender.sweep("cascade", [skip, reuse], [(a, b) for a in skip_grid for b in reuse_grid],
-                                          calibrated_cascade(filters, target)))
+        joint = [(a, b) for a in skip_grid for b in reuse_grid]
+        # each filter alone is a cascade with the other off (its least filtering threshold), so
+        # the cascade's curve is never below either filter's
+        skip_off, reuse_off = skip.threshold_grid()[0], reuse.threshold_grid()[0]
+        joint += [(a, reuse_off) for a in thin_grid(skip.threshold_grid(), grid)]
+        joint += [(skip_off, b) for b in thin_grid(reuse.threshold_grid(), grid)]
+        joint = list(dict.fromkeys((float(a), float(b)) for a, b in joint))
+        contenders.append(Contender.sweep("cascade", [skip, reuse], joint, calibrated_cascade(filters, target)))
     for name in ("framediff", "motion"):
         if name in frame:
             policy = frame[name]
