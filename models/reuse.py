@@ -36,12 +36,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ConfigError
-from models.base import REUSE_HORIZON, Decision, FramePolicy
+from models.base import REUSE_HORIZON, Decision
 from models.filterdir import DistanceHead, FilterDir, open_filter_dir, resolve_threshold, shipped_dir
-from models.frames import reduce_frame
 from models.lite import LiteModel
 from models.options import Option, choice, number, parse_options, whole
-from models.skip import threshold_grid
+from models.skip import LearnedFramePolicy
 
 REPLACEMENTS = ("lfu", "lru", "fifo")
 
@@ -251,7 +250,7 @@ class ReuseCache:
         return int(fewest[np.argmin(state.inserted[fewest])])
 
 
-class ReusePolicy(FramePolicy):
+class ReusePolicy(LearnedFramePolicy):
     """Reuses an earlier frame's answer when the cache's H-kNN vouches for it; no opinion otherwise.
 
     `threshold` is the largest p_differ at which a cached frame counts as close (larger: more
@@ -304,11 +303,8 @@ class ReusePolicy(FramePolicy):
         self.model.close()
         self.cache = None
 
-    def prepare(self, frame: np.ndarray) -> np.ndarray:
-        """The frame's embedding ([E] float32)."""
-        return self.model.run(reduce_frame(frame, self.size))
-
     def decide_prepared(self, stream: str, seq: int, features: np.ndarray) -> Decision | None:
+        """`features`: the frame's embedding ([E] float32, `prepare`)."""
         if self.cache is None:
             raise RuntimeError(f"{self.name}: open() the policy before deciding")
         ref = self.cache.lookup(stream, seq, features, self.threshold)
@@ -324,6 +320,3 @@ class ReusePolicy(FramePolicy):
     def end_stream(self, stream: str) -> None:
         if self.cache is not None:
             self.cache.end_stream(stream)
-
-    def threshold_grid(self) -> np.ndarray:
-        return threshold_grid()

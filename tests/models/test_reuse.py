@@ -193,3 +193,22 @@ def test_reuse_options_are_checked(tmp_path):
                               ("capacity=0", "capacity must be"), ("size=3", "unknown option 'size'; it takes target=")]:
         with pytest.raises(ConfigError, match=message):
             ReusePolicy.from_directory(directory, argument)
+
+
+def test_a_cascade_shrinks_each_frame_once_per_size(tmp_path, frames, monkeypatch):
+    import models.skip
+    from models.cascade import Cascade
+    from models.skip import SkipPolicy
+    shrunk = []
+    original = models.skip.reduce_frame
+    monkeypatch.setattr(models.skip, "reduce_frame", lambda frame, size: shrunk.append(size) or original(frame, size))
+    skip = SkipPolicy.from_directory(make_filter_dir(tmp_path, "skip", size=32), "threshold=0")   # never skips
+    reuse = ReusePolicy.from_directory(make_filter_dir(tmp_path, "reuse", size=32), "threshold=0.5")
+    with Cascade([skip, reuse]) as cascade:
+        first = cascade.decide(video(0, frames[0]))
+        cascade.feedback("cam", 0, {"decision": INFER, "count": 1})
+        again = cascade.decide(video(1, frames[0]))           # the same pixels, a new input: shrunk again
+        # The features equal what prepare() (evaluation's path) gives.
+        assert np.array_equal(reuse.prepare(frames[0]), reuse.model.run(original(frames[0], 32)))
+    assert (first.action, again.action, again.ref_seq) == ("infer", "reuse", 0)
+    assert shrunk == [32, 32, 32]                              # seq 0, seq 1, then prepare()
