@@ -6,7 +6,8 @@
 1. Accuracy (always): `infistream filter evaluate` on the test half of every clip under
    $INFI_ASSETS/traffic: skip, reuse, their cascade, framediff, motion and stride:1..30, as
    filtering rate at >= target per-frame count agreement and as a fraction of each clip's
-   ceiling; and the calibrated cascade's real agreement per clip. PNGs under
+   ceiling; and the calibrated operating points' real agreement per clip (framediff and motion
+   calibrated on the same validation parts as the learned filters). PNGs under
    bench/results/filters/.
 2. Cost (always): the cascade's per-frame decision (everything the filter stage does for a
    frame: shrink, both networks, the cache lookup, the feedback) beside the YOLO detector on
@@ -255,6 +256,8 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=200, help="frames for the cost measurement (default 200)")
     parser.add_argument("--no-evaluation", dest="evaluation", action="store_false", help="skip the accuracy part")
     parser.add_argument("--no-cost", dest="cost", action="store_false", help="skip the cost part")
+    parser.add_argument("--no-baseline-calibration", dest="calibrate_baselines", action="store_false",
+                        help="do not calibrate framediff and motion on the validation parts (their curves stay)")
     parser.add_argument("--end-to-end", action="store_true", help="also time vehicle_count.py with and without the cascade (slow)")
     parser.add_argument("--loco", action="store_true", help="also run leave-one-camera-out (trains per fold: slow)")
     parser.add_argument("--folds", type=int, default=5, help="LOCO folds (default 5)")
@@ -279,9 +282,20 @@ def main() -> int:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 
     if args.evaluation:
+        baseline_thresholds = None
+        if args.calibrate_baselines:
+            from models.calibrate import calibrate_specs
+            print("calibrating framediff and motion on the validation parts ...", file=sys.stderr)
+            documents = calibrate_specs(["framediff", "motion"], clips, [args.target])
+            label = f"{args.target:g}"
+            baseline_thresholds = {spec: doc["targets"][label]["threshold"] for spec, doc in documents.items()
+                                   if label in doc["targets"]}
+            results["baseline_calibration"] = {spec: {"targets": doc["targets"], "unmet": doc["unmet"]}
+                                               for spec, doc in documents.items()}
         print(f"evaluation on the test halves of {len(clips)} clips ...", file=sys.stderr)
         started = time.monotonic()
-        table = evaluate_clips(clips, args.filters, args.out, args.target, say=lambda line: print(line, file=sys.stderr))
+        table = evaluate_clips(clips, args.filters, args.out, args.target, say=lambda line: print(line, file=sys.stderr),
+                               baseline_thresholds=baseline_thresholds)
         results["evaluation"] = compact(table) | {"seconds": round(time.monotonic() - started, 1)}
         save()
     if args.cost:

@@ -300,6 +300,27 @@ def calibrate_directory(directory: Path, targets: Sequence[float] = TARGETS, cli
     return written
 
 
+def calibrate_specs(specs: Sequence[str], clips: Sequence[Path], targets: Sequence[float] = (DEFAULT_TARGET,),
+                    lag: int = DEFAULT_LAG, label_dir: Path | None = None, progress: bool = False) -> dict[str, dict[str, Any]]:
+    """Calibration documents (as calibration.json holds) for policies named on the command line
+    (``framediff``, ``motion``): the baselines are calibrated like the learned filters, on the
+    validation parts of `clips`, so that their operating points are compared on equal terms."""
+    from models.registry import parse_policy
+    labelled = [labelled_clip(path, label_dir) for path in clips]
+    documents = {}
+    for spec in specs:
+        policies, prepared = prepare_validation(labelled, lambda: [parse_policy(spec)])
+        try:
+            bar = _bar(SINGLE_GRID + FINE * len(targets), f"calibrate {spec}", progress)
+            documents[spec] = calibrate_policy(policies[0], prepared, targets, lag=lag, progress=bar)
+            if bar is not None:
+                bar.close()
+        finally:
+            for policy in policies:
+                policy.close()
+    return documents
+
+
 def write_json(path: Path, document: dict[str, Any]) -> Path:
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(document, indent=1) + "\n")

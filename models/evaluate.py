@@ -34,13 +34,18 @@ import numpy as np
 from pipeline.errors import ConfigError
 from models import metrics
 from models.base import FramePolicy, Policy
-from models.calibrate import (CALIBRATION_FILE, CASCADE_FILE, CASCADE_GRID, DEFAULT_TARGET, SINGLE_GRID,
-                              is_filter_set, open_filter)
+from models.calibrate import CALIBRATION_FILE, CASCADE_FILE, DEFAULT_TARGET, is_filter_set, open_filter
 from models.simulate import DEFAULT_LAG, PreparedClip, labelled_clip, prepare_part, replay, thin_grid
 
 log = logging.getLogger(__name__)
 
 STRIDES = tuple(range(1, 31))
+#: Thresholds per single-filter curve, and the cascade's joint grid (skip x reuse) on a test half;
+#: the cascade's curve also has each filter alone (`ALONE` thresholds each). A reuse replay costs
+#: ~0.4 s per 600 frames on this (shared) machine: these sizes keep a clip near a minute.
+EVAL_GRID = 31
+EVAL_CASCADE_GRID = (8, 12)
+ALONE = 21
 LEARNED = ("skip", "reuse", "cascade")
 BASELINES = ("framediff", "motion", "stride")
 COLORS = {"cascade": "#d62728", "skip": "#ff7f0e", "reuse": "#9467bd", "framediff": "#1f77b4",
@@ -285,7 +290,10 @@ def build_policies(filters: Path | None, baselines: bool) -> ClipPolicies:
 
 
 def contenders_for(built: ClipPolicies, filters: Path | None, target: float, strides: Sequence[int],
-                   grid: int = SINGLE_GRID, cascade_grid: tuple[int, int] = CASCADE_GRID) -> list[Contender]:
+                   grid: int = EVAL_GRID, cascade_grid: tuple[int, int] = EVAL_CASCADE_GRID,
+                   alone: int = ALONE, baseline_thresholds: dict[str, float] | None = None) -> list[Contender]:
+    """The curves of one clip. `baseline_thresholds`: framediff's and motion's thresholds
+    calibrated like the learned filters' (calibrate.calibrate_specs), for their operating points."""
     contenders = []
     frame = built.frame
     if filters is not None:
@@ -300,14 +308,16 @@ def contenders_for(built: ClipPolicies, filters: Path | None, target: float, str
         # each filter alone is a cascade with the other off (its least filtering threshold), so
         # the cascade's curve is never below either filter's
         skip_off, reuse_off = skip.threshold_grid()[0], reuse.threshold_grid()[0]
-        joint += [(a, reuse_off) for a in thin_grid(skip.threshold_grid(), grid)]
-        joint += [(skip_off, b) for b in thin_grid(reuse.threshold_grid(), grid)]
+        joint += [(a, reuse_off) for a in thin_grid(skip.threshold_grid(), alone)]
+        joint += [(skip_off, b) for b in thin_grid(reuse.threshold_grid(), alone)]
         joint = list(dict.fromkeys((float(a), float(b)) for a, b in joint))
         contenders.append(Contender.sweep("cascade", [skip, reuse], joint, calibrated_cascade(filters, target)))
     for name in ("framediff", "motion"):
         if name in frame:
             policy = frame[name]
-            contenders.append(Contender.sweep(name, [policy], [(v,) for v in thin_grid(policy.threshold_grid(), grid)]))
+            t = (baseline_thresholds or {}).get(name)
+            contenders.append(Contender.sweep(name, [policy], [(v,) for v in thin_grid(policy.threshold_grid(), grid)],
+                                              (t,) if t is not None else None))
     if strides:
         contenders.append(stride_contender(strides))
     return contenders
@@ -322,7 +332,8 @@ def check_filters(filters: Path | None) -> None:
 def evaluate_clips(clips: Sequence[Path], filters: Path | None, out: Path, target: float = DEFAULT_TARGET,
                    lag: int = DEFAULT_LAG, baselines: bool = True, strides: Sequence[int] = STRIDES,
                    label_dir: Path | None = None, progress: bool = True, part: str = "test",
-                   say: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   say: Callable[[str], None] | None = None,
+                   baseline_thresholds: dict[str, float] | None = None) -> dict[str, Any]:
     """Evaluate the filter set `filters` (and the baselines) on the `part` of every clip; write
     the PNGs and evaluation.json under `out`; return the table."""
     filters = Path(filters) if filters is not None else None
@@ -342,7 +353,8 @@ def evaluate_clips(clips: Sequence[Path], filters: Path | None, out: Path, targe
             built = build_policies(filters, baselines)
             try:
                 prepared = prepare_part(clip, part, list(built.frame.values()))
-                contenders = contenders_for(built, filters, target, strides)
+                contenders = contenders_for(built, filters, target, strides,
+                                            baseline_thresholds=baseline_thresholds)
                 row = evaluate_prepared(prepared, contenders, target, lag)
             finally:
                 built.close()

@@ -124,7 +124,7 @@ def tiny_clip(tmp_path: Path, frames: int = 40, size: int = 64) -> tuple[Path, P
 def test_calibrate_then_evaluate_a_filter_set_end_to_end(tmp_path, monkeypatch):
     """The real Skip and Reuse policies (untrained fixture networks) on a generated clip:
     calibration writes both files in the documented format, evaluation its table and PNGs."""
-    from models.calibrate import calibrate_directory
+    from models.calibrate import calibrate_directory, calibrate_specs
     from models.evaluate import evaluate_clips
     from tests.models.fixtures import make_filter_dir
     filters = tmp_path / "set"
@@ -143,10 +143,16 @@ def test_calibrate_then_evaluate_a_filter_set_end_to_end(tmp_path, monkeypatch):
     assert skip["metric"] == "count-agreement" and set(skip["targets"]) | set(skip["unmet"]) == {"0.5", "0.95"}
     assert skip["data"] == [{"clip": "tiny:val", "frames": 4}]
 
+    baselines = calibrate_specs(["framediff"], [clip], targets=[0.5], label_dir=label_dir)
+    framediff = baselines["framediff"]["targets"]["0.5"]
+    assert framediff["validation"]["agreement"] >= 0.5
+
     table = evaluate_clips([clip], filters, tmp_path / "out", target=0.5, strides=range(1, 4),
-                           label_dir=label_dir, progress=False)
+                           label_dir=label_dir, progress=False, baseline_thresholds={"framediff": framediff["threshold"]})
     assert (tmp_path / "out" / "tiny.png").is_file() and (tmp_path / "out" / "summary.png").is_file()
     row = table["clips"][0]
     assert row["clip"] == "tiny" and row["frames"] == 20
     assert set(row["policies"]) == {"skip", "reuse", "cascade", "framediff", "motion", "stride"}
     assert "calibrated" in row["policies"]["cascade"] or "0.5" not in cascade["targets"]
+    assert row["policies"]["framediff"]["calibrated"]["at"] == pytest.approx(framediff["threshold"])
+    assert "calibrated" not in row["policies"]["motion"]
