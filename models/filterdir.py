@@ -52,13 +52,21 @@ class DistanceHead:
     def embedding(self) -> int:
         return (self.w1 if self.w1 is not None else self.w2).shape[0]
 
-    def p_differ(self, differences: np.ndarray) -> np.ndarray:
-        """p_differ per row of `differences` ([n, E], the |e1 - e2|): [n] float32."""
+    def logits(self, differences: np.ndarray) -> np.ndarray:
+        """The head's logit per row of `differences` ([n, E], the |e1 - e2|): [n]. p_differ is its
+        sigmoid, so comparing logits orders and thresholds the same, without the sigmoid."""
         hidden = differences
         if self.w1 is not None:
-            hidden = np.maximum(differences @ self.w1 + self.b1, 0.0)
-        logits = (hidden @ self.w2)[:, 0] + self.b2[0]
-        return 0.5 + 0.5 * np.tanh(0.5 * logits)          # the sigmoid, without exp overflow
+            hidden = differences @ self.w1
+            hidden += self.b1
+            np.maximum(hidden, 0.0, out=hidden)
+        logits = hidden @ self.w2[:, 0]
+        logits += self.b2[0]
+        return logits
+
+    def p_differ(self, differences: np.ndarray) -> np.ndarray:
+        """p_differ per row of `differences` ([n, E], the |e1 - e2|): [n]."""
+        return 0.5 + 0.5 * np.tanh(0.5 * self.logits(differences))    # the sigmoid, without exp overflow
 
     @classmethod
     def load(cls, path: Path, embedding: int) -> DistanceHead:

@@ -28,6 +28,7 @@ streams are tracked (the least recently seen is dropped, counted). Counters in `
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,6 +71,15 @@ class CacheStats:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+def _logit(p: float) -> float:
+    """The logit below which p_differ < p (-inf for 0, +inf for 1)."""
+    if p <= 0.0:
+        return -math.inf
+    if p >= 1.0:
+        return math.inf
+    return math.log(p / (1.0 - p))
 
 
 class _StreamCache:
@@ -182,24 +192,31 @@ class ReuseCache:
         if n < self.k_min:
             stats.miss_empty += 1
             return None
-        distance = self.head.p_differ(np.abs(state.embeddings[:n] - embedding))
+        # The head's logits order the entries as p_differ does; the threshold is compared as a logit.
+        differences = state.embeddings[:n] - embedding
+        np.abs(differences, out=differences)
+        distance = self.head.logits(differences)
         if n > self.k:
             nearest = np.argpartition(distance, self.k - 1)[:self.k]
         else:
             nearest = np.arange(n)
-        close = nearest[distance[nearest] < threshold]
+        close = nearest[distance[nearest] < _logit(threshold)]
         if len(close) < self.k_min:
             stats.miss_far += 1
             return None
         answers = state.answers[close]
-        values, votes = np.unique(answers, return_counts=True)
-        best = votes.max()
-        if best < self.homogeneity * len(close):
-            stats.miss_mixed += 1
-            return None
+        if (answers == answers[0]).all():          # the usual case, without np.unique's cost
+            agreeing = close
+        else:
+            values, votes = np.unique(answers, return_counts=True)
+            best = votes.max()
+            if best < self.homogeneity * len(close):
+                stats.miss_mixed += 1
+                return None
+            winners = values[votes == best]
+            agreeing = close[(answers[:, None] == winners[None, :]).any(axis=1)]
         # The nearest entry holding a most-voted answer (on a tie of votes, the answer of the
         # nearer one); among equally near ones the latest, the furthest from the horizon.
-        agreeing = close[np.isin(answers, values[votes == best])]
         near = distance[agreeing]
         nearest = agreeing[near == near.min()]
         row = nearest[np.argmax(state.seqs[nearest])]
@@ -282,7 +299,7 @@ class ReusePolicy(LearnedFramePolicy):
     @classmethod
     def from_spec(cls, argument: str) -> ReusePolicy:
         """The shipped Reuse filter (models/shipped/vehicle/reuse)."""
-        return cls.from_directory(shipped_dir("reuse"), argument, name="reuse")
+        return cls.from_directory(shipped_dir("reuse"), argument, name=f"reuse:{argument}" if argument else "reuse")
 
     @classmethod
     def from_directory(cls, path: Path | str | FilterDir, argument: str = "", name: str | None = None) -> ReusePolicy:

@@ -93,7 +93,7 @@ class SkipPolicy(LearnedFramePolicy):
     @classmethod
     def from_spec(cls, argument: str) -> SkipPolicy:
         """The shipped Skip filter (models/shipped/vehicle/skip)."""
-        return cls.from_directory(shipped_dir("skip"), argument, name="skip")
+        return cls.from_directory(shipped_dir("skip"), argument, name=f"skip:{argument}" if argument else "skip")
 
     @classmethod
     def from_directory(cls, path: Path | str | FilterDir, argument: str = "", name: str | None = None) -> SkipPolicy:
