@@ -110,7 +110,7 @@ def add_evaluate(tools: argparse._SubParsersAction) -> None:
                                 description="Replay a filter set (skip, reuse, their cascade) and the baselines "
                                 "(framediff, motion, stride:N) over the test half of each clip: a PNG per clip, a "
                                 "summary PNG and evaluation.json under --out.")
-    evaluate.add_argument("--filters", type=Path, default=Path("models/shipped/vehicle"),
+    evaluate.add_argument("--filters", type=Path, default=Path(__file__).resolve().parent / "shipped" / "vehicle",
                           help="filter set: a directory with skip/ and reuse/ (default models/shipped/vehicle)")
     evaluate.add_argument("--clips", type=Path, nargs="+", default=None, metavar="CLIP",
                           help="clips (default: every video under $INFI_ASSETS/traffic)")
