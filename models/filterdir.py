@@ -169,7 +169,7 @@ class FilterDir:
 
     def threshold_for(self, target: float = DEFAULT_TARGET) -> float:
         """The calibrated threshold for a per-frame agreement `target`."""
-        hint = (f"calibrate it for that target (`infistream filter calibrate`) or give threshold=")
+        hint = "calibrate it for that target (`infistream filter calibrate`) or give threshold="
         if self.thresholds is None:
             raise ConfigError(f"filter {self.path} is not calibrated (no calibration.json); {hint}")
         return _lookup(self.thresholds, target, self.calibration_path, hint)

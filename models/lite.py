@@ -126,4 +126,6 @@ class LiteModel:
     def run_batch(self, images: np.ndarray) -> np.ndarray:
         """Outputs for N images ([N, S, S, 3] uint8) as [N, outputs] (one at a time: the
         model's batch is 1; for evaluation, not for the live path)."""
-        return np.stack([self.run(image) for image in images]) if len(images) else np.zeros((0, self.outputs or 1), np.float32)
+        if not len(images):
+            return np.zeros((0, self.outputs or 1), np.float32)
+        return np.stack([self.run(image) for image in images])
