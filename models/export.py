@@ -112,13 +112,18 @@ def head_numpy(arrays: dict[str, np.ndarray], gap: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logit))
 
 
+#: The files whose changes change a trained filter (a commit with other files edited is still exact).
+TRAINING_CODE = ("models/dataset.py", "models/features.py", "models/train.py", "models/export.py",
+                 "models/frames.py", "models/labels.py")
+
+
 def git_commit(repo: Path | None = None) -> str:
-    """The checkout's commit ("-dirty" when tracked files differ from it), or "unknown"."""
+    """The checkout's commit ("-dirty" when the training code differs from it), or "unknown"."""
     repo = repo or Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "models"], cwd=repo).returncode != 0
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *TRAINING_CODE], cwd=repo).returncode != 0
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha + ("-dirty" if dirty else "")

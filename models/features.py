@@ -42,15 +42,16 @@ class Architecture:
     dropout: float = 0.3
     embedding: int = 16                  # reuse: E
     head: int = 16                       # reuse: H (0 = a single linear layer on |e1 - e2|)
+    pool: str = "max"                    # "max" (the paper), "avg", or "maxavg" (both, concatenated)
 
     def to_json(self) -> dict[str, Any]:
         return {"size": self.size, "filters": list(self.filters), "norm": self.norm, "dense": self.dense,
-                "dropout": self.dropout, "embedding": self.embedding, "head": self.head}
+                "dropout": self.dropout, "embedding": self.embedding, "head": self.head, "pool": self.pool}
 
 
 def _norm(kind: str, name: str) -> layers.Layer:
     if kind == "batch":
-        return layers.BatchNormalization(name=name)
+        return layers.BatchNormalization(momentum=0.9, name=name)   # few steps: moving stats must settle fast
     if kind == "layer":
         return layers.LayerNormalization(name=name)
     raise ValueError(f"norm must be 'batch' or 'layer', got {kind!r}")
@@ -76,7 +77,15 @@ def feature_network(arch: Architecture, name: str = "features") -> keras.Model:
     x = layers.Rescaling(1.0 / 255.0, name="scale")(pixels)
     for index, filters in enumerate(arch.filters):
         x = _residual_block(x, filters, arch.norm, f"block{index + 1}")
-    x = layers.GlobalMaxPooling2D(name="global_max")(x)
+    if arch.pool == "max":
+        x = layers.GlobalMaxPooling2D(name="global_max")(x)
+    elif arch.pool == "avg":
+        x = layers.GlobalAveragePooling2D(name="global_avg")(x)
+    elif arch.pool == "maxavg":
+        x = layers.Concatenate(name="global_maxavg")([layers.GlobalMaxPooling2D(name="global_max")(x),
+                                                      layers.GlobalAveragePooling2D(name="global_avg")(x)])
+    else:
+        raise ValueError(f"pool must be 'max', 'avg' or 'maxavg', got {arch.pool!r}")
     return keras.Model(pixels, x, name=name)
 
 

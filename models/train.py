@@ -52,8 +52,10 @@ class TrainOptions:
     seed: int = 0
     threads: int = 2
     augment: bool = True
+    epoch_frames: int | None = None    # training frames per epoch (drawn afresh each epoch); None = all
     # reuse only
-    pairs_per_clip: int = 1200
+    val_pairs_per_clip: int = 300      # fixed validation pairs per clip
+    clips_per_batch: int = 2
     max_offset_s: float = 10.0
     contrastive: float = 0.0           # weight of the contrastive loss beside the head's BCE
     margin: float = 1.0
@@ -62,6 +64,7 @@ class TrainOptions:
     norm: str | None = None
     embedding: int | None = None
     head: int | None = None
+    pool: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -69,11 +72,15 @@ class TrainOptions:
 
 #: The shipped filters' settings (the size chosen by measurement: metadata.json "size_choice").
 DEFAULT_SIZE = 48
-DEFAULT_EPOCHS = {"skip": 12, "reuse": 10}
+DEFAULT_EPOCHS = {"skip": 5, "reuse": 5}
+#: Neighbouring frames are near copies: an epoch of 3,000 frames drawn from the ~5,800 training
+#: frames of the 22 shared clips learns as much per step, and keeps `make train` in its budget.
+DEFAULT_EPOCH_FRAMES = 3000
 
 
 def default_options(kind: str, size: int | None = None, epochs: int | None = None, seed: int = 0) -> TrainOptions:
-    return TrainOptions(size=size or DEFAULT_SIZE, epochs=epochs or DEFAULT_EPOCHS[kind], seed=seed)
+    return TrainOptions(size=size or DEFAULT_SIZE, epochs=epochs or DEFAULT_EPOCHS[kind], seed=seed,
+                        epoch_frames=DEFAULT_EPOCH_FRAMES)
 
 
 @dataclass
@@ -105,16 +112,20 @@ def architecture(options: TrainOptions):
     from models.features import Architecture
 
     arch = Architecture(size=options.size)
-    overrides = {k: getattr(options, k) for k in ("filters", "norm", "embedding", "head")
+    overrides = {k: getattr(options, k) for k in ("filters", "norm", "embedding", "head", "pool")
                  if getattr(options, k) is not None}
     return replace(arch, **overrides)
 
 
-def augment(batch: np.ndarray, rng: np.random.Generator, pairs: int = 1) -> np.ndarray:
+def augment(batch: np.ndarray, rng: np.random.Generator, pairs: int = 1, same: bool = False) -> np.ndarray:
     """Photometric and geometric jitter of uint8 frames -> float32 0..255. With `pairs` = 2 the
-    batch is [2, B, S, S, 3] and both frames of pair i get the same draw."""
+    batch is [2, B, S, S, 3] and both frames of pair i get the same draw; with `same` every frame
+    of the batch gets one draw (frames of one camera whose pairs will be compared)."""
     x = batch.astype(np.float32)
-    if pairs == 1:
+    if same:
+        x = x[:, None]                 # [B, 1, S, S, 3]: the B frames are "pair members" of one sample
+        pairs = len(batch)
+    elif pairs == 1:
         x = x[None]
     count, size = x.shape[1], x.shape[2]
     contrast = rng.uniform(0.7, 1.3, (1, count, 1, 1, 1)).astype(np.float32)
@@ -130,6 +141,8 @@ def augment(batch: np.ndarray, rng: np.random.Generator, pairs: int = 1) -> np.n
         if dy or dx:
             padded = np.pad(x[:, index], ((0, 0), (limit, limit), (limit, limit), (0, 0)), mode="edge")
             x[:, index] = padded[:, limit + dy:limit + dy + size, limit + dx:limit + dx + size]
+    if same:
+        return x[:, 0]
     return x if pairs == 2 else x[0]
 
 
@@ -249,9 +262,10 @@ def train_skip(clips: Sequence[Path | str], exclude: Sequence[str] = (), options
     model.compile(optimizer=tf.keras.optimizers.Adam(options.learning_rate), loss="binary_crossentropy")
     rng = np.random.default_rng(options.seed)
     best, best_weights, history = -1.0, None, []
-    steps = max(1, int(np.ceil(len(needed) / options.batch)))
+    per_epoch = min(len(needed), options.epoch_frames or len(needed))
+    steps = max(1, int(np.ceil(per_epoch / options.batch)))
     for epoch in range(options.epochs):
-        order = rng.permutation(len(needed))
+        order = rng.permutation(len(needed))[:per_epoch]
         losses = []
         bar = _progress(steps, f"skip epoch {epoch + 1}/{options.epochs}") if progress else None
         for step in range(steps):
@@ -265,7 +279,7 @@ def train_skip(clips: Sequence[Path | str], exclude: Sequence[str] = (), options
         metrics = skip_metrics(val_counts > 0, _predict(model, val_frames)[:, 0])
         score = metrics["auc"] if np.isfinite(metrics["auc"]) else metrics["accuracy"]
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **metrics})
-        _report(say, f"skip epoch {epoch + 1}/{options.epochs}: loss {np.mean(losses):.4f}, val accuracy "
+        _report(say, f"{time.strftime('%H:%M:%S')} skip epoch {epoch + 1}/{options.epochs}: loss {np.mean(losses):.4f}, val accuracy "
                      f"{metrics['accuracy']:.3f}, AUC {metrics['auc']:.3f}, filtered at 95% recall "
                      f"{metrics.get('filtered_at_recall_0.95', float('nan')):.3f}")
         if score > best:
@@ -322,96 +336,147 @@ def sample_pairs(clip: ClipData, which: str, count: int, max_offset_s: float,
     return pairs, clip.count[pairs[:, 0]] != clip.count[pairs[:, 1]]
 
 
-def _all_pairs(data: list[ClipData], which: str, per_clip: int, max_offset_s: float, rng: np.random.Generator):
-    """Pairs of every clip as (clip index, position a, position b, differ)."""
-    rows = []
-    for index, clip in enumerate(data):
-        pairs, differ = sample_pairs(clip, which, per_clip, max_offset_s, rng)
-        rows.append(np.column_stack([np.full(len(pairs), index), pairs, differ]))
-    return np.concatenate(rows).astype(np.int64)
+def window_batch(clip: ClipData, frames: int, max_offset_s: float, rng: np.random.Generator) -> np.ndarray:
+    """Positions of `frames` training frames of one clip, all within `max_offset_s` seconds: half
+    drawn at random in a window, each with its next frame, so that the batch's pairs span every
+    offset from 1 frame to the window's length."""
+    positions = clip.part("train")
+    window = max(2, min(len(positions), int(round(max_offset_s * _fps(clip))) + 1))
+    start = int(rng.integers(0, len(positions) - window + 1))
+    anchors = rng.integers(start, start + window - 1, frames // 2)
+    picked = np.unique(np.concatenate([anchors, anchors + 1]))
+    return positions[picked]
 
 
-def _pair_frames(data: list[ClipData], rows: np.ndarray) -> np.ndarray:
-    """[2, n, S, S, 3] uint8 frames of pair rows."""
-    out = np.empty((2, len(rows), *data[0].frames.shape[1:]), np.uint8)
-    for index, (clip, a, b, _) in enumerate(rows):
-        out[0, index] = data[clip].frames[a]
-        out[1, index] = data[clip].frames[b]
-    return out
+def _val_pair_rows(data: list[ClipData], per_clip: int, max_offset_s: float, seed: int) -> list[np.ndarray]:
+    """Fixed validation pairs per clip (positions inside its validation part)."""
+    rng = np.random.default_rng(seed)
+    return [sample_pairs(clip, "val", per_clip, max_offset_s, rng)[0] for clip in data]
 
 
-def _balanced_weights(differ: np.ndarray) -> np.ndarray:
-    differ = differ.astype(bool)
-    weights = np.where(differ, 0.5 / max(differ.sum(), 1), 0.5 / max((~differ).sum(), 1)).astype(np.float32)
-    return weights * len(weights)
+def _reuse_validation(nets, head_layers, data: list[ClipData], val_pairs: list[np.ndarray]) -> dict[str, Any]:
+    """Pair metrics on the fixed validation pairs and on every consecutive validation pair; each
+    validation frame is embedded once, the head applied in numpy as the runtime does."""
+    from models.export import head_arrays, head_numpy
+
+    head = head_arrays(head_layers)
+    differ, scores, next_differ, next_scores = [], [], [], []
+    for clip, pairs in zip(data, val_pairs):
+        positions = clip.part("val")
+        if len(positions) < 2:
+            continue
+        embedding = _predict(nets.embed, np.asarray(clip.frames[positions]))
+        lookup = {int(position): index for index, position in enumerate(positions)}
+        if len(pairs):
+            a = np.array([lookup[int(x)] for x in pairs[:, 0]])
+            b = np.array([lookup[int(x)] for x in pairs[:, 1]])
+            scores.append(head_numpy(head, np.abs(embedding[a] - embedding[b]))[:, 0])
+            differ.append(clip.count[pairs[:, 0]] != clip.count[pairs[:, 1]])
+        next_scores.append(head_numpy(head, np.abs(embedding[1:] - embedding[:-1]))[:, 0])
+        next_differ.append(clip.count[positions[1:]] != clip.count[positions[:-1]])
+    metrics = pair_metrics(np.concatenate(differ), np.concatenate(scores))
+    metrics["next_frame"] = pair_metrics(np.concatenate(next_differ), np.concatenate(next_scores))
+    return metrics
+
+
+def _pair_step(nets, optimizer, options: TrainOptions):
+    """One optimisation step on a batch of frames from a few clips: every pair of frames of the
+    same clip is a training pair (label 1 when the counts differ), differing and same pairs
+    weighing the same; the loss is BCE on the head's p_differ (+ the contrastive loss)."""
+    import tensorflow as tf
+
+    margin, contrastive = float(options.margin), float(options.contrastive)
+
+    @tf.function(reduce_retracing=True)
+    def step(frames, counts, groups):
+        with tf.GradientTape() as tape:
+            embedding = nets.embed(frames, training=True)
+            n = tf.shape(embedding)[0]
+            gap = tf.abs(embedding[:, None, :] - embedding[None, :, :])
+            flat = tf.reshape(gap, (n * n, -1))
+            p = tf.reshape(nets.head(flat, training=True), (n, n))
+            upper = tf.linalg.band_part(tf.ones((n, n)), 0, -1) - tf.eye(n)
+            valid = upper * tf.cast(tf.equal(groups[:, None], groups[None, :]), tf.float32)
+            differ = tf.cast(tf.not_equal(counts[:, None], counts[None, :]), tf.float32)
+            positives = tf.reduce_sum(valid * differ)
+            negatives = tf.reduce_sum(valid * (1 - differ))
+            weight = valid * (differ * 0.5 / tf.maximum(positives, 1.0) + (1 - differ) * 0.5 / tf.maximum(negatives, 1.0))
+            weight = weight / tf.maximum(tf.reduce_sum(weight), 1e-9)
+            p = tf.clip_by_value(p, 1e-6, 1 - 1e-6)
+            bce = -(differ * tf.math.log(p) + (1 - differ) * tf.math.log(1 - p))
+            loss = tf.reduce_sum(weight * bce)
+            if contrastive:
+                distance = tf.sqrt(tf.reduce_sum(tf.square(gap), axis=-1) + 1e-9)
+                pull = (1 - differ) * tf.square(distance) + differ * tf.square(tf.maximum(margin - distance, 0.0))
+                loss = loss + contrastive * tf.reduce_sum(weight * pull)
+        variables = nets.embed.trainable_variables + nets.head.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    return step
 
 
 def train_reuse(clips: Sequence[Path | str], exclude: Sequence[str] = (), options: TrainOptions = TrainOptions(),
                 out: Path | None = None, progress: bool = True, say: Callable[[str], None] | None = print,
                 data: list[ClipData] | None = None, extra_metadata: dict[str, Any] | None = None) -> TrainResult:
     """Train InFi-Reuse (siamese embedding + distance head) on frame pairs from the training parts
-    of `clips` (minus `exclude`); write `out` if given."""
+    of `clips` (minus `exclude`); write `out` if given.
+
+    A step takes `clips_per_batch` clips (uniformly: each camera counts the same) and a window of
+    `max_offset_s` seconds in each, `batch // clips_per_batch` frames from it, and trains on every
+    pair of frames of one clip: each frame is embedded once for dozens of pairs."""
     import tensorflow as tf
-    from models.features import contrastive_loss, siamese
+    from models.features import siamese
 
     started = time.monotonic()
     seed_everything(options.seed, options.threads)
     data = data if data is not None else load_clips(clips, options.size, exclude, progress)
+    usable = [index for index, clip in enumerate(data) if len(clip.part("train")) >= 2]
+    if not usable:
+        raise ValueError("no clip has two training frames to pair")
     rng = np.random.default_rng(options.seed)
-    val_rows = _all_pairs(data, "val", max(64, options.pairs_per_clip // 4), options.max_offset_s,
-                          np.random.default_rng(options.seed + 1))
-    val_frames = _pair_frames(data, val_rows)
+    val_pairs = _val_pair_rows(data, options.val_pairs_per_clip, options.max_offset_s, options.seed + 1)
     arch = architecture(options)
     nets = siamese(arch)
-    losses = {"differ": "binary_crossentropy"}
-    weights = {"differ": 1.0}
-    if options.contrastive:
-        losses["distance"] = contrastive_loss(options.margin)
-        weights["distance"] = options.contrastive
-    nets.pair.compile(optimizer=tf.keras.optimizers.Adam(options.learning_rate), loss=losses, loss_weights=weights)
-    _report(say, f"reuse: {options.pairs_per_clip} pairs per clip per epoch from {len(data)} clips, "
-                 f"{len(val_rows)} validation pairs ({val_rows[:, 3].mean():.1%} differ), size {options.size}")
-
-    def predict(frames: np.ndarray) -> np.ndarray:
-        out = []
-        for i in range(0, frames.shape[1], 256):
-            got = nets.pair([frames[0, i:i + 256].astype(np.float32), frames[1, i:i + 256].astype(np.float32)],
-                            training=False)
-            out.append(np.asarray(got["differ"])[:, 0])
-        return np.concatenate(out)
-
+    optimizer = tf.keras.optimizers.Adam(options.learning_rate)
+    step = _pair_step(nets, optimizer, options)
+    per_clip = max(2, options.batch // options.clips_per_batch)
+    # an epoch: as many frames as the training parts hold (each frame is in dozens of pairs)
+    per_epoch = sum(len(data[i].part("train")) for i in usable)
+    steps = max(1, min(per_epoch, options.epoch_frames or per_epoch) // (per_clip * options.clips_per_batch))
+    _report(say, f"reuse: {len(usable)} clips, {steps} steps per epoch of {options.clips_per_batch} clips x "
+                 f"{per_clip} frames (every same-clip pair trains), size {options.size}")
     best, best_weights, history = -1.0, None, []
     for epoch in range(options.epochs):
-        rows = _all_pairs(data, "train", options.pairs_per_clip, options.max_offset_s, rng)
-        rows = rows[rng.permutation(len(rows))]
-        sample_weight = _balanced_weights(rows[:, 3])
-        steps = max(1, int(np.ceil(len(rows) / options.batch)))
         epoch_losses = []
         bar = _progress(steps, f"reuse epoch {epoch + 1}/{options.epochs}") if progress else None
-        for step in range(steps):
-            chunk = slice(step * options.batch, (step + 1) * options.batch)
-            frames = _pair_frames(data, rows[chunk])
-            x = augment(frames, rng, pairs=2) if options.augment else frames.astype(np.float32)
-            y = rows[chunk, 3].astype(np.float32)
-            targets = {"differ": y, **({"distance": y} if options.contrastive else {})}
-            sw = {name: sample_weight[chunk] for name in targets}
-            result = nets.pair.train_on_batch([x[0], x[1]], targets, sample_weight=sw)
-            epoch_losses.append(float(result[0] if isinstance(result, list) else result))
+        for _ in range(steps):
+            frames, counts, groups = [], [], []
+            for group, index in enumerate(rng.choice(usable, options.clips_per_batch)):
+                clip = data[index]
+                positions = window_batch(clip, per_clip, options.max_offset_s, rng)
+                chunk = np.asarray(clip.frames[positions])
+                frames.append(augment(chunk, rng, same=True) if options.augment else chunk.astype(np.float32))
+                counts.append(clip.count[positions])
+                groups.append(np.full(len(positions), group))
+            loss = step(tf.constant(np.concatenate(frames)), tf.constant(np.concatenate(counts), tf.int32),
+                        tf.constant(np.concatenate(groups), tf.int32))
+            epoch_losses.append(float(loss))
             if bar is not None:
                 bar.update()
         if bar is not None:
             bar.close()
-        metrics = pair_metrics(val_rows[:, 3], predict(val_frames))
+        metrics = _reuse_validation(nets, nets.head_layers, data, val_pairs)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(epoch_losses)), **metrics})
-        _report(say, f"reuse epoch {epoch + 1}/{options.epochs}: loss {np.mean(epoch_losses):.4f}, val pair accuracy "
-                     f"{metrics['accuracy']:.3f} (balanced {metrics['balanced_accuracy']:.3f}), AUC {metrics['auc']:.3f}")
+        _report(say, f"{time.strftime('%H:%M:%S')} reuse epoch {epoch + 1}/{options.epochs}: loss {np.mean(epoch_losses):.4f}, val pair accuracy "
+                     f"{metrics['accuracy']:.3f} (balanced {metrics['balanced_accuracy']:.3f}), AUC {metrics['auc']:.3f}; "
+                     f"consecutive frames AUC {metrics['next_frame']['auc']:.3f}")
         score = metrics["auc"] if np.isfinite(metrics["auc"]) else metrics["balanced_accuracy"]
         if score > best:
             best, best_weights = score, nets.pair.get_weights()
     nets.pair.set_weights(best_weights)
     best_epoch = int(np.argmax([h["auc"] if np.isfinite(h["auc"]) else h["balanced_accuracy"] for h in history])) + 1
-    final = pair_metrics(val_rows[:, 3], predict(val_frames))
-    final["next_frame"] = _next_frame_metrics(nets, data)
+    final = _reuse_validation(nets, nets.head_layers, data, val_pairs)
     seconds = time.monotonic() - started
     training = {"options": options.to_json(), "best_epoch": best_epoch, "validation": final,
                 "history": history, "seconds": round(seconds, 1)}
@@ -419,32 +484,17 @@ def train_reuse(clips: Sequence[Path | str], exclude: Sequence[str] = (), option
                  f"{final['balanced_accuracy']:.3f}), AUC {final['auc']:.3f}; consecutive frames: AUC "
                  f"{final['next_frame']['auc']:.3f} ({seconds:.0f} s)")
     if out is not None:
+        val_frames = np.concatenate([np.asarray(clip.frames[clip.part("val")][:4]) for clip in data])
         out = _export_reuse(nets, arch, options, data, val_frames, training, extra_metadata or {}, out)
         _report(say, f"reuse filter written to {out}")
     return TrainResult(out, final, seconds, nets, history)
-
-
-def _next_frame_metrics(nets, data: list[ClipData]) -> dict[str, float]:
-    """Pair metrics on every consecutive pair of validation frames (the pairs live reuse sees most)."""
-    from models.export import head_arrays, head_numpy
-
-    head = head_arrays(nets.head_layers)
-    differ, scores = [], []
-    for clip in data:
-        positions = clip.part("val")
-        if len(positions) < 2:
-            continue
-        embedding = _predict(nets.embed, np.asarray(clip.frames[positions]))
-        scores.append(head_numpy(head, np.abs(embedding[1:] - embedding[:-1]))[:, 0])
-        differ.append(clip.count[positions[1:]] != clip.count[positions[:-1]])
-    return pair_metrics(np.concatenate(differ), np.concatenate(scores))
 
 
 def _export_reuse(nets, arch, options, data, val_frames, training, extra, out: Path) -> Path:
     from models.export import check_tflite, head_arrays, head_numpy, invoke_ms, to_tflite, write_filter_dir
 
     tflite = to_tflite(nets.embed, options.size)
-    sample = val_frames[0, np.linspace(0, val_frames.shape[1] - 1, min(8, val_frames.shape[1])).astype(int)]
+    sample = val_frames[np.linspace(0, len(val_frames) - 1, min(8, len(val_frames))).astype(int)]
     training["tflite_max_abs_gap"] = check_tflite(tflite, nets.embed, sample)
     head = head_arrays(nets.head_layers)
     # the numpy head must equal the Keras head (the runtime uses the former)
