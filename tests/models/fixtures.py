@@ -70,15 +70,21 @@ def fixture_head(embedding: int, hidden: int = 0) -> dict[str, np.ndarray]:
             "w2": np.full((hidden, 1), HEAD_SCALE / hidden, np.float32), "b2": np.array([HEAD_BIAS], np.float32)}
 
 
+_converted: dict[str, bytes] = {}
+
+
 def tflite_bytes(kind: str, size: int, embedding: int = 8, seed: int = 0) -> bytes:
     """The converted model, from the cache when this file and TensorFlow's version made it before."""
     source = Path(__file__).read_bytes()
     version = _tensorflow_version()
     key = hashlib.sha256(source + f"{kind}/{size}/{embedding}/{seed}/{version}".encode()).hexdigest()[:16]
+    if key in _converted:                      # a test that points INFI_CACHE elsewhere converts nothing
+        return _converted[key]
     cached = cache_dir() / "filter-fixtures" / f"{kind}-{size}-{embedding}-{key}.tflite"
     if cached.is_file():
-        return cached.read_bytes()
-    content = _convert(kind, size, embedding, seed)
+        _converted[key] = cached.read_bytes()
+        return _converted[key]
+    content = _converted[key] = _convert(kind, size, embedding, seed)
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(f".{os.getpid()}.part")
     partial.write_bytes(content)
