@@ -171,17 +171,24 @@ def label_end(label_file: Path) -> dict:
 
 
 def align(name: str, frames: np.ndarray, label_file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """seq, count, pts of every decoded frame, checked against the label file."""
+    """seq, count, pts of every decoded frame, checked against the label file.
+
+    The source numbers decoded frames 0, 1, 2, ...; a frame read that never decodes without an
+    error (H.264 frames before the first keyframe) is counted at the END of the stream
+    (stages/sources/decoding.py), so such a clip's labels are seqs 0..decoded-1 and the end line
+    reads more frames than were labelled. A packet the decoder rejects mid-stream would leave a
+    gap in the seqs instead: decode order could no longer stand for seq, and the clip is refused.
+    """
     end = label_end(label_file)
     labels = count_labels(label_file)
     decoded = len(frames)
-    if decoded != end["frames"]:
-        raise AlignmentError(f"{name}: decoding gives {decoded} frames but the label file {label_file} says "
-                             f"the source read {end['frames']}: frames cannot be matched to labels (labels "
-                             f"from another file or decoder? label the clip again with --refresh)")
-    if len(labels.seq) != decoded or not np.array_equal(labels.seq, np.arange(decoded)):
-        raise AlignmentError(f"{name}: the label file {label_file} labels {len(labels.seq)} of {end['frames']} "
-                             f"frames (seqs with gaps: undecodable frames); training needs every frame labelled")
+    if len(labels.seq) != decoded or decoded > end["frames"]:
+        raise AlignmentError(f"{name}: decoding gives {decoded} frames but the label file {label_file} labels "
+                             f"{len(labels.seq)} of the {end['frames']} the source read: frames cannot be matched "
+                             f"to labels (labels of another file or decoder? label the clip again with --refresh)")
+    if not np.array_equal(labels.seq, np.arange(decoded)):
+        raise AlignmentError(f"{name}: the label file {label_file} labels seqs with gaps (frames the decoder "
+                             f"rejected mid-stream): decode order cannot stand for seq on this clip")
     return labels.seq, labels.count, labels.pts
 
 

@@ -84,11 +84,19 @@ def test_frames_are_cached_by_content_and_size(tmp_path):
     assert len(cached_frames(clip, 16)) == FRAMES - 1
 
 
+def test_frames_that_never_decoded_at_the_end_are_not_a_mismatch(tmp_path):
+    # the source counts frames read but never output (before the first keyframe) as the last seqs
+    clip = write_clip(tmp_path / "clip.mkv")
+    data = load_clip(clip, 16, label_file=write_labels(tmp_path / "labels.jsonl", [1] * FRAMES, frames_read=FRAMES + 2))
+    assert data.seq.tolist() == list(range(FRAMES))
+
+
 @pytest.mark.parametrize("labels, message", [
-    (dict(counts=[0] * (FRAMES - 1)), "decoding gives 12 frames but the label file"),       # labels of another clip
-    (dict(counts=[0] * FRAMES, frames_read=FRAMES + 2), "says the source read 14"),
-    (dict(counts=[0] * (FRAMES - 1), frames_read=FRAMES,                                    # an undecodable gap
-          seqs=[s for s in range(FRAMES) if s != 5]), "seqs with gaps"),
+    (dict(counts=[0] * (FRAMES - 1)), "decoding gives 12 frames but the label file .* labels 11 of the 11"),
+    (dict(counts=[0] * (FRAMES + 1)), "labels 13 of the 13"),                                 # labels of another clip
+    (dict(counts=[0] * FRAMES, frames_read=FRAMES - 1), "labels 12 of the 11"),
+    (dict(counts=[0] * FRAMES, frames_read=FRAMES + 1,                                       # a gap mid-stream
+          seqs=[s for s in range(FRAMES + 1) if s != 5]), "seqs with gaps"),
 ])
 def test_labels_that_do_not_match_the_decoded_clip_are_refused(tmp_path, labels, message):
     clip = write_clip(tmp_path / "clip.mkv")
