@@ -140,7 +140,7 @@ def test_framediff_options(spec, expected):
 
 def test_names_say_only_what_differs_from_the_defaults():
     assert FrameDiff().name == "framediff" and MotionGate().name == "motion"
-    assert FrameDiff(feature="edge", threshold=0.02).name == "framediff:feature=edge,threshold=0.02"
+    assert FrameDiff(feature="pixel", threshold=0.02).name == "framediff:feature=pixel,threshold=0.02"
 
 
 def test_motion_name_is_a_spec_that_builds_it_again():
