@@ -149,9 +149,11 @@ def labelled_clip(path: Path | str, label_dir: Path | None = None,
                           f"infistream filter label --source {path}")
     end = label_end(label_file)
     labels = count_labels(label_file)
-    if len(labels.seq) != end["frames"] or not np.array_equal(labels.seq, np.arange(len(labels.seq))):
-        raise ClipAlignmentError(f"{path.name}: {len(labels.seq)} labelled frames of {end['frames']} read "
-                                 f"(undecodable frames): decode order cannot stand for seq on this clip")
+    # Frames read but never decoded at the END (H.264 frames before a keyframe the stream never
+    # reaches, which the source counts last) leave decode order = seq; a gap anywhere else does not.
+    if len(labels.seq) > end["frames"] or not np.array_equal(labels.seq, np.arange(len(labels.seq))):
+        raise ClipAlignmentError(f"{path.name}: {len(labels.seq)} labelled frames of {end['frames']} read, "
+                                 f"with gaps (undecodable frames mid-stream): decode order cannot stand for seq")
     return LabelledClip(path.stem, path, labels.seq, labels.count, split_indices(len(labels.seq)))
 
 
