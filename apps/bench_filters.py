@@ -144,7 +144,12 @@ def run_app(video: Path, policy: str, directory: Path, label: str, frames: int |
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     total = json.loads(summary.read_text())["total"]
-    return {"fps": total["end_to_end_fps"], "wall_s": round(time.perf_counter() - started, 1),
+    counts = {}
+    for line in (directory / f"{label}.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "seq" in record and "count" in record:
+            counts[record["seq"]] = record["count"]
+    return {"fps": total["end_to_end_fps"], "wall_s": round(time.perf_counter() - started, 1), "counts": counts,
             "inferred": total.get("inferred"), "filtering_rate": total.get("filtering_rate"),
             "filter_ms_spent": total.get("filter_ms_spent"), "balanced": total.get("balanced")}
 
@@ -161,9 +166,17 @@ def bench_end_to_end(video: Path, runs: int, filters: Path, target: float, frame
                 results[name].append(run_app(video, policy, Path(directory), f"{name}-{index}", frames))
                 print(f"  {name} run {index + 1}: {results[name][-1]['fps']} frames/s", file=sys.stderr)
     ratios = [a["fps"] / b["fps"] for a, b in zip(results["cascade"], results["none"]) if a["fps"] and b["fps"]]
+    agreements = []        # the cascade's per-frame counts against the unfiltered run's, pair by pair
+    for a, b in zip(results["cascade"], results["none"]):
+        ca, cb = a.pop("counts"), b.pop("counts")
+        common = sorted(set(ca) & set(cb))
+        a["agreement_with_none"] = round(sum(ca[s] == cb[s] for s in common) / len(common), 4) if common else None
+        b.pop("counts", None)
+        agreements.append(a["agreement_with_none"])
     return {"video": VIDEO, "frames": frames or "all", "filter": cascade, "runs": results,
             "fps_median": {k: statistics.median(r["fps"] for r in v if r["fps"]) for k, v in results.items()},
             "speedup_median": round(statistics.median(ratios), 3) if ratios else None,
+            "agreement_with_none": agreements,
             "target_speedup": TARGETS["end_to_end_speedup"]}
 
 
@@ -243,7 +256,8 @@ def verdict(results: dict[str, Any]) -> list[str]:
     e2e = results.get("end_to_end")
     if e2e:
         lines.append(f"end to end: cascade {e2e['fps_median']['cascade']:.1f} vs none {e2e['fps_median']['none']:.1f} "
-                     f"frames/s = x{e2e['speedup_median']} (target x{TARGETS['end_to_end_speedup']:g})")
+                     f"frames/s = x{e2e['speedup_median']} (target x{TARGETS['end_to_end_speedup']:g}); per-frame count "
+                     f"agreement with the unfiltered run {e2e.get('agreement_with_none')}")
     loco = results.get("loco")
     if loco:
         lines.append(f"LOCO: cascade fraction of ceiling mean {loco['mean_fraction_of_ceiling']:.2f}, worst "
