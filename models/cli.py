@@ -65,6 +65,52 @@ def run_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_train(tools: argparse._SubParsersAction) -> None:
+    train = tools.add_parser("train", help="train InFi-Skip or InFi-Reuse on labelled clips",
+                             description="Label every clip (cached), train a Skip or Reuse filter on the training "
+                             "part of each clip's first half, pick the best epoch on the validation part, and write "
+                             "the filter directory (model.tflite, head.npz for reuse, metadata.json).")
+    train.add_argument("kind", choices=("skip", "reuse"))
+    train.add_argument("--clips", type=Path, nargs="+", default=None, metavar="CLIP",
+                       help="clips to learn from (default: every video under $INFI_ASSETS/traffic)")
+    train.add_argument("--exclude", nargs="+", default=[], metavar="NAME",
+                       help="clip names to leave out (leave-one-camera-out folds)")
+    train.add_argument("--size", type=int, default=None, help="input size S (frames shrink to S x S; default 32, chosen by measurement)")
+    train.add_argument("--epochs", type=int, default=None, help="training epochs (default: skip 12, reuse 15, of 3,000 frames each)")
+    train.add_argument("--out", type=Path, default=None,
+                       help="filter directory to write (default models/shipped/vehicle/KIND)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
+    train.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from models.dataset import default_clips
+    from pipeline.errors import ConfigError
+    if args.clips:
+        missing = [str(c) for c in args.clips if not c.is_file()]
+        if missing:
+            raise ConfigError(f"no such clip(s): {', '.join(missing)}")
+        clips = list(args.clips)
+    else:
+        clips = default_clips()
+    if args.size is not None and not 16 <= args.size <= 256:
+        raise ConfigError(f"--size takes 16..256 pixels, got {args.size}")
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+    for clip in clips:                      # YOLO labels first (cached: a second run reads them)
+        if clip.stem not in args.exclude and clip.name not in args.exclude:
+            label_clip(clip, progress=args.progress)
+    from models.train import default_options, train_reuse, train_skip
+    options = default_options(args.kind, size=args.size, epochs=args.epochs, seed=args.seed)
+    out = args.out or Path("models/shipped/vehicle") / args.kind
+    trainer = train_skip if args.kind == "skip" else train_reuse
+    result = trainer(clips, args.exclude, options, out, progress=args.progress)
+    print(f"{args.kind}: validation {', '.join(f'{k} {v:.3f}' for k, v in result.metrics.items() if isinstance(v, float))}"
+          f"; {result.seconds:.0f} s; written to {result.out}")
+    return 0
+
+
 def add_calibrate(tools: argparse._SubParsersAction) -> None:
     from models.simulate import DEFAULT_LAG
     calibrate = tools.add_parser("calibrate", help="pick a trained filter's thresholds for target agreements",
@@ -143,50 +189,4 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for line in describe_summary(table["summary"]):
         print(line)
     print(f"wrote {args.out}/evaluation.json, {args.out}/summary.png and one PNG per clip")
-    return 0
-
-
-def add_train(tools: argparse._SubParsersAction) -> None:
-    train = tools.add_parser("train", help="train InFi-Skip or InFi-Reuse on labelled clips",
-                             description="Label every clip (cached), train a Skip or Reuse filter on the training "
-                             "part of each clip's first half, pick the best epoch on the validation part, and write "
-                             "the filter directory (model.tflite, head.npz for reuse, metadata.json).")
-    train.add_argument("kind", choices=("skip", "reuse"))
-    train.add_argument("--clips", type=Path, nargs="+", default=None, metavar="CLIP",
-                       help="clips to learn from (default: every video under $INFI_ASSETS/traffic)")
-    train.add_argument("--exclude", nargs="+", default=[], metavar="NAME",
-                       help="clip names to leave out (leave-one-camera-out folds)")
-    train.add_argument("--size", type=int, default=None, help="input size S (frames shrink to S x S; default 48)")
-    train.add_argument("--epochs", type=int, default=None, help="training epochs (default: skip 12, reuse 10)")
-    train.add_argument("--out", type=Path, default=None,
-                       help="filter directory to write (default models/shipped/vehicle/KIND)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
-    train.set_defaults(handler=run_train)
-
-
-def run_train(args: argparse.Namespace) -> int:
-    from models.dataset import default_clips
-    from pipeline.errors import ConfigError
-    if args.clips:
-        missing = [str(c) for c in args.clips if not c.is_file()]
-        if missing:
-            raise ConfigError(f"no such clip(s): {', '.join(missing)}")
-        clips = list(args.clips)
-    else:
-        clips = default_clips()
-    if args.size is not None and not 16 <= args.size <= 256:
-        raise ConfigError(f"--size takes 16..256 pixels, got {args.size}")
-    if args.epochs is not None and args.epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
-    for clip in clips:                      # YOLO labels first (cached: a second run reads them)
-        if clip.stem not in args.exclude and clip.name not in args.exclude:
-            label_clip(clip, progress=args.progress)
-    from models.train import default_options, train_reuse, train_skip
-    options = default_options(args.kind, size=args.size, epochs=args.epochs, seed=args.seed)
-    out = args.out or Path("models/shipped/vehicle") / args.kind
-    trainer = train_skip if args.kind == "skip" else train_reuse
-    result = trainer(clips, args.exclude, options, out, progress=args.progress)
-    print(f"{args.kind}: validation {', '.join(f'{k} {v:.3f}' for k, v in result.metrics.items() if isinstance(v, float))}"
-          f"; {result.seconds:.0f} s; written to {result.out}")
     return 0

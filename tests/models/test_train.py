@@ -14,7 +14,7 @@ from models.dataset import ClipData, split_indices
 from models.train import TrainOptions, augment, auc, pair_metrics, sample_pairs, skip_metrics
 
 SIZE = 16
-TINY = dict(size=SIZE, epochs=1, batch=16, filters=(4, 8), embedding=4, head=4, pairs_per_clip=48, threads=1)
+TINY = dict(size=SIZE, epochs=1, batch=16, filters=(4, 8), embedding=4, head=4, threads=1)
 
 
 def synthetic_clip(name: str, frames: int = 60, seed: int = 0) -> ClipData:
@@ -50,13 +50,15 @@ def test_reuse_pairs_stay_inside_one_part_of_one_clip():
     assert differ.tolist() == (clip.count[pairs[:, 0]] != clip.count[pairs[:, 1]]).tolist()
 
 
-def test_augmentation_changes_both_frames_of_a_pair_alike():
+def test_augmentation_of_one_camera_changes_its_frames_alike():
     rng = np.random.default_rng(0)
-    frames = rng.integers(0, 256, (5, SIZE, SIZE, 3)).astype(np.uint8)
-    out = augment(np.stack([frames, frames]), rng, pairs=2)
-    assert out.dtype == np.float32 and out.shape == (2, 5, SIZE, SIZE, 3)
-    assert np.array_equal(out[0], out[1]) and not np.array_equal(out[0], frames)
-    assert out.min() >= 0 and out.max() <= 255
+    frame = rng.integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8)
+    same = augment(np.stack([frame] * 4), rng, same=True)
+    assert same.dtype == np.float32 and same.shape == (4, SIZE, SIZE, 3)
+    assert all(np.array_equal(same[0], other) for other in same[1:]) and not np.array_equal(same[0], frame)
+    each = augment(np.stack([frame] * 4), rng)
+    assert not np.array_equal(each[0], each[1])
+    assert min(same.min(), each.min()) >= 0 and max(same.max(), each.max()) <= 255
 
 
 CONTRACT = {"format", "kind", "input_size", "task", "rule", "classes", "params", "trained_on", "split", "epochs",
