@@ -39,8 +39,8 @@ CALIBRATION_FORMAT = 1
 DEFAULT_TARGET = 0.95
 TARGETS = (0.9, 0.95, 0.98)
 #: Thresholds tried per single filter, and per filter of a cascade's joint grid.
-SINGLE_GRID = 41
-CASCADE_GRID = (12, 16)           # skip x reuse
+SINGLE_GRID = 201                 # every threshold of the learned filters' grids (183)
+CASCADE_GRID = (16, 24)           # skip x reuse
 #: Values per policy tried between a coarse pick's neighbours.
 FINE = 9
 CALIBRATION_FILE = "calibration.json"
@@ -169,13 +169,14 @@ def calibrate_cascade(skip: FramePolicy, reuse: FramePolicy, clips: Sequence[Pre
                       lag: int = DEFAULT_LAG, progress: Any = None,
                       alone: dict[str, Sequence[float]] | None = None) -> dict[str, Any]:
     """The content of cascade.json: skip and reuse thresholds picked jointly (skip, then reuse).
-    `alone`: each filter's own calibrated thresholds; the cascade also tries each of them with
-    the other filter off (its grid's first, least filtering value), so it never does worse than
-    either filter alone on the validation frames."""
-    also = []
+    The grid also holds each filter alone (the other at its grid's first, least filtering
+    value) at every threshold of its grid and at `alone` (each filter's own calibrated
+    thresholds), so the cascade never does worse than either filter alone on validation."""
+    skip_grid, reuse_grid = skip.threshold_grid(), reuse.threshold_grid()
+    skip_off, reuse_off = float(skip_grid[0]), float(reuse_grid[0])
+    also = [(t, reuse_off) for t in skip_grid] + [(skip_off, t) for t in reuse_grid]     # each alone
     if alone:
-        skip_off, reuse_off = float(skip.threshold_grid()[0]), float(reuse.threshold_grid()[0])
-        also = [(t, reuse_off) for t in alone.get("skip", ())] + [(skip_off, t) for t in alone.get("reuse", ())]
+        also += [(t, reuse_off) for t in alone.get("skip", ())] + [(skip_off, t) for t in alone.get("reuse", ())]
     points = search([skip, reuse], clips, grid_sizes, targets, lag, progress, also)
     picked = pick_targets(points, targets, ["skip", "reuse"])
     return {"format": CALIBRATION_FORMAT, "metric": "count-agreement", "order": ["skip", "reuse"], **picked,

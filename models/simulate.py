@@ -309,8 +309,12 @@ def sweep(policies: Sequence[Policy], clip: PreparedClip, grid: Iterable[Sequenc
 
 
 def thin_grid(grid: Sequence[float] | np.ndarray, most: int) -> np.ndarray:
-    """At most `most` values of an increasing grid, evenly spaced by index, both ends kept."""
+    """At most `most` values of an increasing grid, both ends kept: half spread evenly by index
+    (dense where the grid is dense, as a log-spaced start), half nearest to evenly spaced values
+    (so a grid crowded at one end still covers the whole range)."""
     grid = np.asarray(grid, np.float64)
     if len(grid) <= most:
         return grid
-    return grid[np.unique(np.round(np.linspace(0, len(grid) - 1, most)).astype(int))]
+    by_index = np.round(np.linspace(0, len(grid) - 1, most - most // 2)).astype(int)
+    by_value = np.searchsorted(grid, np.linspace(grid[0], grid[-1], most // 2)).clip(0, len(grid) - 1)
+    return grid[np.unique(np.concatenate([by_index, by_value]))]

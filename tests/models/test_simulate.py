@@ -148,9 +148,13 @@ def test_a_policy_that_is_not_a_frame_policy_replays_through_decide():
     assert run.filtered == pytest.approx(4 / 7)
 
 
-def test_thin_grid_keeps_both_ends():
+def test_thin_grid_keeps_both_ends_and_covers_a_grid_crowded_at_one_end():
     grid = thin_grid(np.linspace(0, 1, 101), 11)
-    assert len(grid) == 11 and grid[0] == 0 and grid[-1] == 1
+    assert len(grid) <= 11 and grid[0] == 0 and grid[-1] == 1
+    crowded = np.unique(np.concatenate([np.geomspace(1e-4, 1, 81), np.linspace(0, 1, 21)]))
+    thin = thin_grid(crowded, 16)
+    assert len(thin) <= 16 and thin[0] == 0 and thin[-1] == 1 and set(thin) <= set(crowded)
+    assert np.max(np.diff(thin)) <= 0.15         # no wide hole where the grid is sparse
     assert thin_grid([0.1, 0.2], 30).tolist() == [0.1, 0.2]
 
 
