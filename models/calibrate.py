@@ -31,7 +31,7 @@ import numpy as np
 from pipeline.errors import ConfigError
 from models.base import FramePolicy
 from models.export import git_commit
-from models.simulate import DEFAULT_LAG, LabelledClip, PreparedClip, labelled_clip, prepare_part, replay, thin_grid
+from models.simulate import DEFAULT_LAG, WARMUP, LabelledClip, PreparedClip, labelled_clip, prepare_part, replay, thin_grid
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def score_grid(policies: Sequence[FramePolicy], clips: Sequence[PreparedClip], g
         per_clip, agreed, kept, frames = {}, 0, 0, 0
         for clip in clips:
             run = replay(policies, clip, thresholds, lag=lag)
-            same, filtered = int(np.sum(run.answer == clip.truth)), int(np.sum(run.action != 0))
+            same, filtered = int(np.sum(run.answer == clip.scored_truth)), int(np.sum(run.action != 0))
             per_clip[clip.name] = (same / len(clip), filtered / len(clip), len(clip))
             agreed, kept, frames = agreed + same, kept + filtered, frames + len(clip)
         points.append(GridPoint(thresholds, agreed / frames, kept / frames, frames, per_clip))
@@ -114,7 +114,7 @@ def pick_targets(points: Sequence[GridPoint], targets: Sequence[float], keys: Se
 
 
 def _provenance(clips: Sequence[PreparedClip], lag: int) -> dict[str, Any]:
-    return {"data": [{"clip": clip.name, "frames": len(clip)} for clip in clips], "lag": lag,
+    return {"data": [{"clip": clip.name, "frames": len(clip), "warmup": clip.warmup} for clip in clips], "lag": lag,
             "commit": git_commit(), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -250,7 +250,7 @@ def prepare_validation(clips: Sequence[LabelledClip], make: Callable[[], Sequenc
         policies = list(make())
         for policy in policies:
             policy.open()
-        prepared.append(prepare_part(clip, "val", policies, progress))
+        prepared.append(prepare_part(clip, "val", policies, progress, warmup=WARMUP))
     return policies, prepared
 
 
@@ -282,7 +282,8 @@ def calibrate_directory(directory: Path, targets: Sequence[float] = TARGETS, cli
     try:
         alone = {}
         for policy, member in zip(policies, members):
-            clips_for = [PreparedClip(c.name, c.seq, c.truth, {policy.name: c.features[policy.name]}) for c in prepared]
+            clips_for = [PreparedClip(c.name, c.seq, c.truth, {policy.name: c.features[policy.name]}, c.warmup)
+                         for c in prepared]
             bar = _bar(SINGLE_GRID + FINE * len(targets), f"calibrate {member.name}", progress)
             document = calibrate_policy(policy, clips_for, targets, lag=lag, progress=bar)
             if bar is not None:

@@ -35,7 +35,7 @@ from pipeline.errors import ConfigError
 from models import metrics
 from models.base import FramePolicy, Policy
 from models.calibrate import CALIBRATION_FILE, CASCADE_FILE, DEFAULT_TARGET, is_filter_set, open_filter
-from models.simulate import DEFAULT_LAG, PreparedClip, labelled_clip, prepare_part, replay, thin_grid
+from models.simulate import DEFAULT_LAG, WARMUP, PreparedClip, labelled_clip, prepare_part, replay, thin_grid
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def evaluate_prepared(clip: PreparedClip, contenders: Sequence[Contender], targe
                       lag: int = DEFAULT_LAG, progress: Any = None) -> dict[str, Any]:
     """One clip's table row and curves: per contender its frontier, best point at the target and
     calibrated point."""
-    truth = clip.truth
+    truth = clip.scored_truth
     ceiling = metrics.ceiling(truth, budget=1 - target)
     row: dict[str, Any] = {"clip": clip.name, "frames": len(clip), "ceiling": round(ceiling, 4),
                            "repeat_share": round(metrics.repeat_share(truth), 4),
@@ -357,7 +357,7 @@ def evaluate_clips(clips: Sequence[Path], filters: Path | None, out: Path, targe
         for clip in labelled:
             built = build_policies(filters, baselines)
             try:
-                prepared = prepare_part(clip, part, list(built.frame.values()))
+                prepared = prepare_part(clip, part, list(built.frame.values()), warmup=WARMUP)
                 contenders = contenders_for(built, filters, target, strides,
                                             baseline_thresholds=baseline_thresholds)
                 row = evaluate_prepared(prepared, contenders, target, lag)

@@ -43,6 +43,10 @@ from models.base import REUSE_HORIZON, FramePolicy, Policy
 #: machine sees it); `replay(lag=0)` is the ideal of feedback before the next frame.
 DEFAULT_LAG = 2
 
+#: Frames before a scored part that are replayed first, unscored (`PreparedClip.warmup`): about
+#: 6 s of video, so that Reuse's cache is judged as it mostly runs, warm.
+WARMUP = 150
+
 #: Action codes in `Replay.action`.
 INFER, SKIP, REUSE, EXIT = 0, 1, 2, 3
 ACTION_CODES = {"infer": INFER, "skip": SKIP, "reuse": REUSE, "exit": EXIT}
@@ -78,15 +82,26 @@ def decode_frames(path: Path | str, indices: range | None = None) -> Iterator[tu
 
 @dataclass
 class PreparedClip:
-    """One segment of a clip, ready for replays: seqs, YOLO counts, each policy's features."""
+    """One segment of a clip, ready for replays: seqs, YOLO counts, each policy's features.
+
+    The first `warmup` frames are replayed but not scored: they stand for the stream running
+    before the scored part (a live filter is rarely cold), so that a cache that needs answers
+    before it can reuse is judged warm, as it runs most of the time.
+    """
 
     name: str
     seq: np.ndarray                      # int64, increasing
     truth: np.ndarray                    # int32 vehicle count per frame (the reference answers)
     features: dict[str, list[np.ndarray]] = field(default_factory=dict)   # policy name -> per frame
+    warmup: int = 0
 
     def __len__(self) -> int:
-        return len(self.seq)
+        """Frames scored."""
+        return len(self.seq) - self.warmup
+
+    @property
+    def scored_truth(self) -> np.ndarray:
+        return self.truth[self.warmup:]
 
     def features_for(self, policies: Sequence[Policy]) -> list[list[np.ndarray] | None]:
         """Each policy's features (None for a policy that is not a frame policy)."""
@@ -167,13 +182,16 @@ def policy_input_size(policy: Policy) -> int | None:
     return None
 
 
-def prepare_part(clip: LabelledClip, part: str, policies: Sequence[FramePolicy], progress: Any = None) -> PreparedClip:
+def prepare_part(clip: LabelledClip, part: str, policies: Sequence[FramePolicy], progress: Any = None,
+                 warmup: int = 0) -> PreparedClip:
     """`prepare_clip` on one part of `clip`. When every policy says the square size it shrinks
     frames to, each gets its frames from models/dataset.py's cache at that size (`reduce_frame`
     of a frame already at the size is the frame itself, so the features are the live ones, and
     a second evaluation decodes nothing); otherwise the clip is decoded once, full size, up to
-    the part's last frame."""
-    positions = clip.part(part)
+    the part's last frame. Up to `warmup` frames before the part come first, unscored."""
+    scored = clip.part(part)
+    start = max(0, int(scored[0]) - warmup) if len(scored) else 0
+    positions = np.arange(start, int(scored[-1]) + 1) if len(scored) else scored
     truth = dict(zip(clip.seq.tolist(), clip.count.tolist()))
     name = f"{clip.name}:{part}"
     if not len(positions):
@@ -190,8 +208,9 @@ def prepare_part(clip: LabelledClip, part: str, policies: Sequence[FramePolicy],
     else:
         frames = decode_frames(clip.path, range(int(positions[0]), int(positions[-1]) + 1))
     prepared = prepare_clip(name, frames, truth, policies, progress)
-    if len(prepared) != len(positions):
-        raise ClipAlignmentError(f"{clip.name}: decoded {len(prepared)} frames of the {len(positions)} in its {part} part")
+    if len(prepared.seq) != len(positions):
+        raise ClipAlignmentError(f"{clip.name}: decoded {len(prepared.seq)} frames of the {len(positions)} in its {part} part")
+    prepared.warmup = len(positions) - len(scored)
     return prepared
 
 
@@ -236,14 +255,14 @@ def replay(policies: Sequence[Policy], clip: PreparedClip, thresholds: Sequence[
     stream = stream or f"replay:{clip.name}"
     features = clip.features_for(policies)
     saved = [getattr(policy, "threshold", None) for policy in policies]
-    n = len(clip)
+    n = len(clip.seq)
     action = np.zeros(n, np.int8)
     answer = np.zeros(n, np.int32)
     answered_by = np.full(n, NOBODY, np.int8)
     ref = np.full(n, -1, np.int64)
     answers: dict[int, int] = {}          # what the aggregator holds: seq -> resolved count
     pending: deque[tuple[int, dict[str, Any]]] = deque()
-    unresolved = 0
+    unresolved_at = np.zeros(n, bool)
     seqs, truth = clip.seq.tolist(), clip.truth.tolist()
     try:
         for policy, threshold in zip(policies, thresholds):
@@ -275,7 +294,7 @@ def replay(policies: Sequence[Policy], clip: PreparedClip, thresholds: Sequence[
                 if r in answers and seq - r <= REUSE_HORIZON:
                     value = answers[r]
                 else:
-                    unresolved += 1
+                    unresolved_at[i] = True
                     value = 0
             else:   # exit: the early exit's own answer
                 value = int((decision.result or {}).get("count", 0))
@@ -299,7 +318,9 @@ def replay(policies: Sequence[Policy], clip: PreparedClip, thresholds: Sequence[
         for policy, value in zip(policies, saved):
             if value is not None:
                 policy.threshold = value
-    return Replay(thresholds, clip.seq.copy(), action, answer, answered_by, ref, unresolved)
+    w = clip.warmup                          # warm-up frames: replayed, not scored
+    return Replay(thresholds, clip.seq[w:].copy(), action[w:], answer[w:], answered_by[w:], ref[w:],
+                  int(np.sum(unresolved_at[w:])))
 
 
 def sweep(policies: Sequence[Policy], clip: PreparedClip, grid: Iterable[Sequence[float | None]],

@@ -141,7 +141,7 @@ def test_calibrate_then_evaluate_a_filter_set_end_to_end(tmp_path, monkeypatch):
         assert entry["validation"]["agreement"] >= float(target)
     skip = json.loads((filters / "skip" / "calibration.json").read_text())
     assert skip["metric"] == "count-agreement" and set(skip["targets"]) | set(skip["unmet"]) == {"0.5", "0.95"}
-    assert skip["data"] == [{"clip": "tiny:val", "frames": 4}]
+    assert skip["data"] == [{"clip": "tiny:val", "frames": 4, "warmup": 16}]    # the training part warms up
 
     baselines = calibrate_specs(["framediff"], [clip], targets=[0.5], label_dir=label_dir)
     framediff = baselines["framediff"]["targets"]["0.5"]

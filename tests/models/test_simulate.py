@@ -165,3 +165,14 @@ def test_a_clip_without_labels_is_refused_with_the_command_that_labels_it(tmp_pa
         labelled_clip(clip, label_dir=tmp_path)
     with pytest.raises(ConfigError, match="no such clip"):
         labelled_clip(tmp_path / "absent.mp4", label_dir=tmp_path)
+
+
+def test_warm_up_frames_are_replayed_but_not_scored():
+    reuser = ReuseLastInferred()
+    clip = clip_of([1] * 6, [5, 5, 5, 7, 7, 7], [reuser])
+    clip.warmup = 3
+    run = replay([reuser], clip, lag=0)
+    assert len(clip) == 3 and clip.scored_truth.tolist() == [7, 7, 7]
+    assert run.seq.tolist() == [3, 4, 5]
+    assert run.action.tolist() == [REUSE] * 3          # warm: frame 0 was inferred during the warm-up
+    assert run.answer.tolist() == [5, 5, 5] and run.agreement(clip.scored_truth) == 0.0
