@@ -242,8 +242,9 @@ def verdict(results: dict[str, Any]) -> list[str]:
                 lines.append(f"calibrated cascade: agreement mean {c['mean_agreement']:.3f}, worst {c['worst_agreement']:.3f} "
                              f"({c['worst_clip']}), filtered mean {c['mean_filtered']:.2f}; misses the target on "
                              f"{len(c['missed_target'])} clip(s)")
-            for baseline, clips in summary.get("cascade_not_ahead_of", {}).items():
-                lines.append(f"cascade not ahead of {baseline} on {len(clips)} clip(s)" + (f": {', '.join(clips)}" if clips else ""))
+            for baseline, versus in summary.get("cascade_vs_baselines", {}).items():
+                lines.append(f"cascade vs {baseline}: ahead on {versus['ahead']} clip(s), tied on {len(versus['tied'])}, "
+                             f"behind on {len(versus['behind'])}" + (f": {', '.join(versus['behind'])}" if versus["behind"] else ""))
         for name in ("skip", "reuse", "framediff", "motion", "stride"):
             if name in summary:
                 item = summary[name]

@@ -157,14 +157,18 @@ def summarize(rows: Sequence[dict[str, Any]], target: float) -> dict[str, Any]:
             }
         summary[name] = item
     if "cascade" in names:
-        losses = {}
+        # per baseline, the clips where the cascade keeps fewer frames from YOLO at the target
+        # (behind) or the same share (tied: e.g. both at the ceiling of an empty scene)
+        versus = {}
         for baseline in BASELINES:
-            if baseline in names:
-                losses[baseline] = [row["clip"] for row in rows if baseline in row["policies"] and "cascade" in row["policies"]
-                                    and row["policies"]["cascade"]["best"]["filtered"]
-                                    <= row["policies"][baseline]["best"]["filtered"]
-                                    and row["policies"][baseline]["best"]["filtered"] > 0]
-        summary["cascade_not_ahead_of"] = losses
+            if baseline not in names:
+                continue
+            pairs = [(row["clip"], row["policies"]["cascade"]["best"]["filtered"], row["policies"][baseline]["best"]["filtered"])
+                     for row in rows if baseline in row["policies"] and "cascade" in row["policies"]]
+            versus[baseline] = {"behind": [clip for clip, ours, theirs in pairs if ours < theirs],
+                                "tied": [clip for clip, ours, theirs in pairs if ours == theirs],
+                                "ahead": sum(ours > theirs for _, ours, theirs in pairs)}
+        summary["cascade_vs_baselines"] = versus
     summary["target"] = target
     return summary
 

@@ -68,7 +68,9 @@ def test_the_report_writes_a_png_per_clip_a_summary_png_and_the_table(tmp_path):
     assert {"mean_fraction_of_ceiling", "worst_fraction_of_ceiling", "worst_clip", "calibrated"} <= set(cascade)
     assert cascade["worst_clip"] in {"toy0", "toy1"}
     assert set(cascade["calibrated"]) >= {"mean_agreement", "worst_agreement", "worst_clip", "missed_target"}
-    assert set(summary["cascade_not_ahead_of"]) == {"stride"}
+    versus = summary["cascade_vs_baselines"]
+    assert set(versus) == {"stride"} and set(versus["stride"]) == {"behind", "tied", "ahead"}
+    assert len(versus["stride"]["behind"]) + len(versus["stride"]["tied"]) + versus["stride"]["ahead"] == 2
 
 
 def test_an_empty_clip_has_no_ceiling_to_compare_with():
