@@ -139,6 +139,9 @@ class Policy:
     """
 
     name: str = ""
+    #: True when decisions depend on `feedback` (Reuse's cache): the filter stage then keeps its
+    #: decisions at most a few inputs ahead of the answers it has heard back (stages/filter.py).
+    uses_feedback: bool = False
 
     @classmethod
     def from_spec(cls, argument: str) -> Policy:

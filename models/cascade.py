@@ -39,6 +39,7 @@ class Cascade(Policy):
         self.name = "+".join(policy.name for policy in self.policies)
         self.costs: dict[str, PolicyCost] = {policy.name: PolicyCost() for policy in self.policies}
         self._fallback = Decision("infer", policy=self.name)
+        self.uses_feedback = any(policy.uses_feedback for policy in self.policies)
 
     def open(self) -> None:
         opened: list[Policy] = []

@@ -278,6 +278,7 @@ class ReusePolicy(LearnedFramePolicy):
     """
 
     options = REUSE_OPTIONS
+    uses_feedback = True   # the cache holds only answers heard back from the aggregator
     defaults = {"k": 5, "k_min": 1, "homogeneity": 1.0, "capacity": 256, "replacement": "lfu", "reset": 0}
 
     def __init__(self, directory: FilterDir, threshold: float, name: str = "reuse", **settings: Any):

@@ -28,7 +28,11 @@ A stage is a small class. Its lifecycle, which the runtime guarantees:
    which the filter learns from). Side inputs are not inputs: they are not counted as such,
    their end-of-stream markers end nothing, and a stage never waits for them. Best effort: a
    publisher drops what a slow side reader has not taken (counted by nobody; the reader must
-   not rely on seeing every message).
+   not rely on seeing every message). A stage with side inputs may hold its main input until
+   they catch up: while ``ready_for_input()`` is False the loop reads only the side inputs
+   (waiting up to `HOLD_POLL_S` for each); the stage itself bounds how long it holds (the
+   filter waits for the answers of the frames it decided, so its Reuse cache is as fresh live
+   as in evaluation, and gives up waiting when they stop coming).
 6. ``end_of_inputs()`` runs when the launcher says that every stage this one reads from has
    ended (`RunOptions.inputs_closed`) and nothing is left to read: whatever is still missing
    will not come. The stage returns its final messages (an aggregator ends the streams it was
@@ -147,6 +151,11 @@ class Stage:
 
     def side_input(self, message: Message) -> None:
         """A message from a side input (see the module docstring); it sends nothing on."""
+
+    def ready_for_input(self) -> bool:
+        """False: hold the main input and read only the side inputs for now. Asked only of a stage
+        with side inputs, before each receive; it must turn True by itself within a bounded time."""
+        return True
 
     def route(self, message: Message) -> int | None:
         """The output (index) `message` goes to when the stage has several; None: all of them."""
@@ -334,6 +343,8 @@ def run_stage(stage: Stage, options: RunOptions, *, stop: threading.Event | None
 #: Side-input messages handled at most between two data messages, so that a busy side input
 #: never starves the main one.
 SIDE_BATCH = 64
+#: While a stage holds its main input, the longest wait for one side-input message (seconds).
+HOLD_POLL_S = 0.05
 
 
 def _run_worker(stage: Stage, options: RunOptions, receiver: Receiver, outputs: _Outputs,
@@ -376,6 +387,15 @@ def _run_worker(stage: Stage, options: RunOptions, receiver: Receiver, outputs: 
                     break
                 metrics.side_inputs += 1
                 _call(stage.side_input, update, metrics)
+            if not stage.ready_for_input():
+                update = side.recv(timeout=HOLD_POLL_S)
+                if update is not None:
+                    metrics.side_inputs += 1
+                    _call(stage.side_input, update, metrics)
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + TICK_S
+                    emit(_call(stage.tick, None, metrics))
+                continue
         message = receiver.recv()
         if message is not None:
             last_input = time.monotonic()

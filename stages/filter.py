@@ -26,6 +26,7 @@ import logging
 import math
 import random
 import time
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
 
@@ -40,6 +41,70 @@ from stages import ledger
 from stages.savings import audit_estimate
 
 log = logging.getLogger(__name__)
+
+
+#: Inputs a feedback-driven policy may decide past the last answer it heard back: the lag the
+#: filters are calibrated and evaluated with (models/simulate.py, `infistream filter calibrate --lag`).
+FEEDBACK_LAG = 2
+#: How long the filter holds its input for an answer before deciding without it (the results
+#: channel is best effort, and a graph may have no side input at all).
+FEEDBACK_WAIT_S = 2.0
+#: Streams whose decided and answered sequence numbers are kept (the least recently decided go).
+MAX_LAG_STREAMS = 1024
+
+
+class FeedbackLag:
+    """How far the filter's decisions run ahead of the answers it has heard back, per stream.
+
+    Ready when, for every open stream, the last decided seq is at most `max_lag` past the last
+    answered one. Holding longer than `wait_s` gives up: from then on the filter decides without
+    waiting until an answer comes again (a missing side input costs one wait, not one per input).
+    """
+
+    def __init__(self, max_lag: int, wait_s: float):
+        self.max_lag, self.wait_s = max_lag, wait_s
+        self._decided: OrderedDict[str, int] = OrderedDict()
+        self._answered: dict[str, int] = {}
+        self._held_since: float | None = None
+        self._waiting = True
+        self.holds = 0       # times the input was held
+        self.gave_up = 0     # times a hold ran out of patience
+
+    def decided(self, stream: str, seq: int) -> None:
+        if stream not in self._answered:
+            self._answered[stream] = seq - 1   # nothing before the first input is awaited
+        self._decided[stream] = max(seq, self._decided.get(stream, seq))
+        self._decided.move_to_end(stream)
+        while len(self._decided) > MAX_LAG_STREAMS:
+            old, _ = self._decided.popitem(last=False)
+            self._answered.pop(old, None)
+
+    def answered(self, stream: str, seq: int) -> None:
+        self._waiting = True
+        if stream in self._decided:
+            self._answered[stream] = max(seq, self._answered.get(stream, seq))
+
+    def end_stream(self, stream: str) -> None:
+        self._decided.pop(stream, None)
+        self._answered.pop(stream, None)
+
+    def ready(self, name: str) -> bool:
+        behind = any(seq - self._answered.get(stream, seq) > self.max_lag for stream, seq in self._decided.items())
+        if not behind or not self._waiting:
+            self._held_since = None
+            return True
+        now = time.monotonic()
+        if self._held_since is None:
+            self._held_since = now
+            self.holds += 1
+        elif now - self._held_since > self.wait_s:
+            self._held_since, self._waiting = None, False
+            self.gave_up += 1
+            log.warning("[%s] no answer from the aggregator for %.1f s: deciding without waiting until one "
+                        "comes (a policy that learns from answers, e.g. reuse, learns nothing meanwhile)",
+                        name, self.wait_s)
+            return True
+        return False
 
 
 def frame_policies(policy: Policy) -> list[FramePolicy]:
@@ -157,8 +222,12 @@ class Filter(Stage):
 
     def __init__(self, policy: str | Policy = "none", keep_frames: bool = False, job_key: str = "",
                  audit: float = 0.0, audit_seed: int | None = None, hold_target: float = 0.0,
-                 hold_every: int = 30, hold_step: float = 0.8):
+                 hold_every: int = 30, hold_step: float = 0.8, max_lag: int = FEEDBACK_LAG,
+                 feedback_wait_s: float = FEEDBACK_WAIT_S):
         self.policy: Policy = policy if isinstance(policy, Policy) else parse_policy(policy)
+        if isinstance(max_lag, bool) or not isinstance(max_lag, int) or max_lag < 0:
+            raise ConfigError(f"max_lag must be a whole number of inputs >= 0, got {max_lag!r}")
+        self.lag = FeedbackLag(max_lag, float(feedback_wait_s)) if self.policy.uses_feedback else None
         self.keep_frames = keep_frames
         self._key = ledger.job_key(job_key)
         self.audit = _share(audit, "the audit share (--audit)")
@@ -185,6 +254,9 @@ class Filter(Stage):
 
     def teardown(self) -> None:
         self.policy.close()
+        if self.lag is not None and (self.lag.holds or self.lag.gave_up):
+            log.info("[%s] held its input %d time(s) for the aggregator's answers; gave up waiting %d time(s)",
+                     self.name, self.lag.holds, self.lag.gave_up)
         costs = getattr(self.policy, "cost_summary", None)
         if costs is not None:
             log.info("[%s] cost per policy: %s", self.name, costs())
@@ -206,6 +278,8 @@ class Filter(Stage):
             answered = False
         if self.hold is not None:
             self.hold.decided_on(message.stream, message.seq, answered)
+        if self.lag is not None:
+            self.lag.decided(message.stream, message.seq)
         decision = replace(decision, filter_ms=(time.perf_counter() - started) * 1000)
         arrays = message.arrays if decision.needs_model or self.keep_frames else ()
         meta = message.meta
@@ -219,9 +293,17 @@ class Filter(Stage):
         the final answers of the inputs it let through (Reuse fills its cache from them)."""
         if message.kind == "result" and isinstance(message.result, dict):
             self.policy.feedback(message.stream, message.seq, message.result)
+            if self.lag is not None:
+                self.lag.answered(message.stream, message.seq)
             audit = message.result.get("audit")
             if self.hold is not None and isinstance(audit, dict) and isinstance(audit.get("agrees"), bool):
                 self.hold.audited_on(message.stream, message.seq, audit["agrees"])
+
+    def ready_for_input(self) -> bool:
+        """Hold the next input while a feedback-driven policy is more than `max_lag` inputs ahead
+        of the answers it has heard (a recorded file decodes far faster than YOLO answers; Reuse
+        deciding hundreds of frames on a cache of the first few would answer them all wrong)."""
+        return self.lag is None or self.lag.ready(self.name)
 
     def route(self, message: Message) -> int:
         """Output 0 (the workers): inputs for the model. Output 1 (the aggregator): the rest."""
@@ -229,6 +311,8 @@ class Filter(Stage):
         return 0 if needs_model else 1
 
     def end_of_stream(self, message: Message) -> Message | None:
+        if self.lag is not None:
+            self.lag.end_stream(message.stream)
         try:
             self.policy.end_stream(message.stream)
         except Exception:   # the marker must go on whatever the policy does

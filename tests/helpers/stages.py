@@ -69,14 +69,30 @@ class SideReader(Stage):
     """Relays its inputs; counts the messages of its side inputs and writes, at teardown, how
     many it saw and how many inputs it had, as JSON, to `report`."""
 
-    def __init__(self, report: str):
+    def __init__(self, report: str, max_ahead: int | None = None):
         self.report = report
+        self.max_ahead = max_ahead   # hold the input while more than this many inputs are not echoed back
         self.side_seen: list[tuple[str, int]] = []
         self.inputs = 0
+        self.ahead: list[int] = []   # per input once echoes flow: inputs not yet echoed back
+        self._held_since: float | None = None
 
     def process(self, message: Message) -> Message:
+        if self.side_seen:
+            self.ahead.append(message.seq - 1 - self.side_seen[-1][1])
         self.inputs += 1
         return message
+
+    def ready_for_input(self) -> bool:
+        if self.max_ahead is None:
+            return True
+        if self.side_seen:
+            return self.inputs - 1 - self.side_seen[-1][1] <= self.max_ahead
+        # The first echoes may be lost (a subscriber joins late): hold at most 2 s for one.
+        if self.inputs <= self.max_ahead:
+            return True
+        self._held_since = self._held_since or time.monotonic()
+        return time.monotonic() - self._held_since > 2.0
 
     def side_input(self, message: Message) -> None:
         self.side_seen.append((message.stream, message.seq))
@@ -84,6 +100,6 @@ class SideReader(Stage):
     def teardown(self) -> None:
         import json
         with open(self.report, "w") as report:
-            json.dump({"inputs": self.inputs, "side": len(self.side_seen),
+            json.dump({"inputs": self.inputs, "side": len(self.side_seen), "most_ahead": max(self.ahead, default=None),
                        "side_seqs_in_order": all(a[1] < b[1] for a, b in zip(self.side_seen, self.side_seen[1:])
                                                  if a[0] == b[0])}, report)

@@ -375,6 +375,26 @@ def test_a_side_input_feeds_results_back_without_counting_as_input_or_holding_th
     assert rows["reader"]["inputs"] == 200 and rows["reader"]["side_inputs"] == seen["side"]
 
 
+@pytest.mark.timeout(120)
+def test_a_stage_holds_its_input_until_its_side_input_catches_up(tmp_path):
+    """ready_for_input() False: the runtime reads only the side input until it turns True. The
+    source runs flat out, the echo comes back through a slow relay, and the reader still never
+    gets more than 2 inputs ahead of what came back (how the filter keeps Reuse's cache fresh)."""
+    report = tmp_path / "report.json"
+    document = {"name": "hold", "stages": [
+        {"name": "source", "stage": SOURCE, "params": {"count": 100, "interval_ms": 0}},
+        {"name": "reader", "stage": "tests.helpers.stages:SideReader", "inputs": ["source"],
+         "side_inputs": ["echo"], "params": {"report": str(report), "max_ahead": 2}},
+        {"name": "slow", "stage": "tests.helpers.stages:SlowRelay", "inputs": ["reader"], "params": {"delay_ms": 5}},
+        {"name": "echo", "stage": "stages.relay:Relay", "inputs": ["slow"], "out_pattern": "pub"},
+    ]}
+    run = GraphRun(parse_graph(document), log_level="WARNING")
+    assert run.run() == 0 and run.terminated == []
+    seen = json.loads(report.read_text())
+    assert seen["inputs"] == 100 and seen["side"] > 50, seen
+    assert seen["most_ahead"] is not None and seen["most_ahead"] <= 2, seen
+
+
 @pytest.mark.parametrize("side, message", [
     ("nowhere", "neither a stage of this graph"),
     ("source", "does not publish"),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from pipeline.errors import ConfigError
 from pipeline.message import Message, eos
 from stages import ledger
 from stages.filter import Filter
@@ -64,3 +66,49 @@ def test_seq_set_stays_bounded_with_a_gap_after_every_input():
     assert seqs.ranges == 100 and len(seqs) == 50_000
     assert seqs.floor == 100_000 - 2 * 99 - 1          # everything below: written or too old to tell
     assert 1 in seqs and 99_999 not in seqs and 99_997 not in seqs and 99_998 in seqs
+
+
+def test_feedback_lag_holds_until_the_answers_catch_up():
+    from stages.filter import FeedbackLag
+    lag = FeedbackLag(max_lag=2, wait_s=60)
+    for seq in (10, 11):           # a stream starting at 10: nothing before it is awaited
+        lag.decided("cam", seq)
+        assert lag.ready("f")
+    lag.decided("cam", 12)
+    assert not lag.ready("f") and lag.holds == 1
+    lag.answered("cam", 10)
+    assert lag.ready("f")
+    lag.decided("other", 0)        # every open stream counts
+    lag.decided("other", 1)
+    lag.decided("other", 2)
+    assert not lag.ready("f")
+    lag.end_stream("other")
+    assert lag.ready("f")
+
+
+def test_feedback_lag_gives_up_waiting_until_an_answer_comes_again():
+    from stages.filter import FeedbackLag
+    lag = FeedbackLag(max_lag=0, wait_s=0.0)
+    lag.decided("cam", 0)
+    assert not lag.ready("f")      # the hold starts
+    assert lag.ready("f") and lag.gave_up == 1   # past wait_s: decide without waiting
+    lag.decided("cam", 1)
+    assert lag.ready("f")          # no more holds until an answer comes
+    lag.answered("cam", 0)
+    assert not lag.ready("f")      # answers flow again: holding again
+
+
+def test_the_filter_waits_for_answers_only_with_a_policy_that_learns_from_them():
+    from models.base import Decision, Policy
+
+    class Learner(Policy):
+        name, uses_feedback = "learner", True
+
+        def decide(self, message):
+            return Decision("infer")
+
+    assert Filter(policy="stride:2").lag is None
+    stage = Filter(policy=Learner(), max_lag=1)
+    assert stage.lag is not None and stage.lag.max_lag == 1
+    with pytest.raises(ConfigError):
+        Filter(policy=Learner(), max_lag=-1)
