@@ -43,9 +43,9 @@ from stages.detect import offline_environment
 from stages.filter import Filter
 
 
-def add_run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
-    parser.add_argument("--filter", default="none", metavar="POLICY",
-                        help="which inputs skip the heavy model (default none): "
+def add_run_options(parser: argparse.ArgumentParser, default_out: str, default_filter: str = "none") -> None:
+    parser.add_argument("--filter", default=default_filter, metavar="POLICY",
+                        help=f"which inputs skip the heavy model (default {default_filter}): "
                              + "; ".join(f"{e.usage}: {e.summary}" for e in POLICIES.values())
                              + "; A+B: a cascade, the first policy that decides answers")
     parser.add_argument("--audit", type=float, default=0.0, metavar="SHARE",

@@ -28,8 +28,10 @@ a PNG of filtering rate vs agreement per clip, a summary PNG and evaluation.json
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pipeline.errors import ConfigError
 from models.labels import DetectorSettings, count_labels, default_label_dir, label_clip
 
 
@@ -44,6 +46,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     label.add_argument("--conf", type=float, default=DetectorSettings.conf)
     label.add_argument("--refresh", action="store_true", help="label again even when cached")
     label.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
+    label.add_argument("--jobs", type=int, default=1,
+                       help="clips labelled at once (each runs its own YOLO process; 2 on a 2-core machine "
+                       "labels ~1.5x faster than 1)")
     label.set_defaults(handler=run_label)
     add_train(tools)
     add_calibrate(tools)
@@ -51,17 +56,24 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_label(args: argparse.Namespace) -> int:
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
     settings = DetectorSettings(weights=args.weights, conf=args.conf)
-    for clip in args.source:
-        path = label_clip(clip, settings, args.out, max_frames=args.max_frames, progress=args.progress,
-                          refresh=args.refresh)
-        labels = count_labels(path)
-        frames = len(labels.count)
-        if frames:
-            print(f"{clip.name}: {frames} frames, empty {labels.empty.mean():.1%}, same count as the previous "
-                  f"frame {labels.same_count.mean():.1%}, mean count {labels.count.mean():.2f} -> {path}")
-        else:
-            print(f"{clip.name}: no frame decoded -> {path}")
+
+    def label(clip: Path) -> Path:
+        return label_clip(clip, settings, args.out, max_frames=args.max_frames,
+                          progress=args.progress and args.jobs == 1, refresh=args.refresh)
+
+    # Each clip is its own graph of processes, so threads only wait here; results print in order.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for clip, path in zip(args.source, pool.map(label, args.source)):
+            labels = count_labels(path)
+            frames = len(labels.count)
+            if frames:
+                print(f"{clip.name}: {frames} frames, empty {labels.empty.mean():.1%}, same count as the previous "
+                      f"frame {labels.same_count.mean():.1%}, mean count {labels.count.mean():.2f} -> {path}")
+            else:
+                print(f"{clip.name}: no frame decoded -> {path}")
     return 0
 
 
