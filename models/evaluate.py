@@ -224,8 +224,9 @@ def plot_summary(rows: Sequence[dict[str, Any]], target: float, path: Path) -> P
     for i, row in enumerate(rows):      # the calibrated cascade: what a user gets (red x where it misses)
         c = row["policies"].get("cascade", {}).get("calibrated")
         if c is not None:
-            axis.plot([i], [c["fraction_of_ceiling"]], marker="x" if not c["meets_target"] else "_", ms=12,
+            axis.plot([i], [min(c["fraction_of_ceiling"], 1.05)], marker="x" if not c["meets_target"] else "_", ms=12,
                       mew=2, color="r" if not c["meets_target"] else "k")
+    axis.set_ylim(0, 1.1)          # a missing calibrated point may filter past the ceiling: drawn at the top
     axis.axhline(0.8, color="k", ls="--", lw=0.8)
     axis.set_xticks(x, clips, rotation=60, ha="right", fontsize=7)
     axis.set_ylabel(f"fraction of ceiling at >= {target:g} agreement")
