@@ -47,7 +47,8 @@ def one_worker(assets, tmp_path_factory) -> tuple[list[dict], dict]:
     """90 frames (frames 60-150 hold cars) counted with one worker and no filter: the reference."""
     video = asset_or_skip(assets, VIDEO)
     out = tmp_path_factory.mktemp("one") / "out.jsonl"
-    done = run_app("vehicle_count.py", "--source", str(video), "--max-frames", "150", "--out", str(out))
+    done = run_app("vehicle_count.py", "--filter", "none",
+                   "--source", str(video), "--max-frames", "150", "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "accounting balanced" in done.stdout
     return read_jsonl(out)
@@ -55,7 +56,8 @@ def one_worker(assets, tmp_path_factory) -> tuple[list[dict], dict]:
 
 def test_two_workers_give_the_same_per_frame_results_in_order_as_one(one_worker, assets, tmp_path):
     out = tmp_path / "two.jsonl"
-    done = run_app("vehicle_count.py", "--source", str(assets / VIDEO), "--max-frames", "150", "--workers", "2",
+    done = run_app("vehicle_count.py", "--filter", "none",
+                   "--source", str(assets / VIDEO), "--max-frames", "150", "--workers", "2",
                    "--out", str(out), "--stats")
     assert done.returncode == 0, done.stderr[-3000:]
     frames, summary = read_jsonl(out)
@@ -65,6 +67,29 @@ def test_two_workers_give_the_same_per_frame_results_in_order_as_one(one_worker,
     assert sum(f["count"] for f in frames) > 0, "the chosen frames should hold vehicles"
     assert summary["balanced"] and summary["inferred"] == 150
     assert "worker-2" in done.stderr   # per-stage table: both workers ran
+
+
+def test_the_default_filter_is_the_shipped_learned_cascade(one_worker, assets, tmp_path):
+    """No --filter: the shipped Skip -> Reuse cascade decides (in the filter process, through
+    LiteRT); every frame is accounted for, inferred frames carry YOLO's answer, and a reused
+    one the answer of the frame it points at."""
+    out, summary_path = tmp_path / "cascade.jsonl", tmp_path / "summary.json"
+    done = run_app("vehicle_count.py", "--source", str(assets / VIDEO), "--max-frames", "150",
+                   "--out", str(out), "--summary", str(summary_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    frames, summary = read_jsonl(out)
+    reference, _ = one_worker
+    assert summary["balanced"] and summary["produced"] == 150
+    assert summary["inferred"] + summary["reused"] + summary["skipped"] == 150
+    assert summary["reused"] + summary["skipped"] > 0, "the cascade answered nothing on a mostly empty road"
+    for frame in frames:
+        assert frame["policy"] in ("reuse", "skip", "skip+reuse"), frame
+        if frame["decision"] == "infer":
+            assert frame["count"] == reference[frame["seq"]]["count"]
+        elif frame["decision"] == "reuse":
+            assert frame["ref_seq"] < frame["seq"] and frame["count"] == frames[frame["ref_seq"]]["count"]
+        else:
+            assert frame["decision"] == "skip" and frame["count"] == 0
 
 
 def test_stride_filter_infers_every_other_frame_and_accounts_for_all(one_worker, assets, tmp_path):
@@ -98,7 +123,8 @@ def test_show_writes_an_annotated_video_with_every_frame(assets, tmp_path):
 
 def test_show_without_a_display_says_what_to_do_instead(assets):
     env_without_display = {k: v for k, v in ENV.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    done = subprocess.run([sys.executable, str(ROOT / "apps" / "vehicle_count.py"), "--source", str(assets / VIDEO),
+    done = subprocess.run([sys.executable, str(ROOT / "apps" / "vehicle_count.py"), "--filter", "none",
+                           "--source", str(assets / VIDEO),
                            "--show"], capture_output=True, text=True, env=env_without_display, timeout=60)
     assert done.returncode == 2 and "--show annotated.mp4" in done.stderr
 
@@ -209,7 +235,8 @@ def test_a_worker_on_another_host_joins_over_tcp(one_worker, assets, tmp_path):
         assert "loaded" in log.read_text(), log.read_text()[-3000:]
         out = tmp_path / "remote.jsonl"
         # --realtime (12.5 frames/s, 12 s): the app's own worker, loading its model meanwhile, gets a share.
-        done = run_app("vehicle_count.py", "--source", str(assets / VIDEO), "--max-frames", "150", "--realtime",
+        done = run_app("vehicle_count.py", "--filter", "none",
+                       "--source", str(assets / VIDEO), "--max-frames", "150", "--realtime",
                        "--remote-workers", f"{jobs},{results}", "--out", str(out))
         assert done.returncode == 0, done.stderr[-3000:]
     finally:
@@ -285,7 +312,7 @@ def test_a_live_stream_faster_than_the_detector_drops_frames_and_accounts_for_ev
     from tests.sources.conftest import TcpStreamServer
     out = tmp_path / "live.jsonl"
     with TcpStreamServer([300]) as server:
-        done = run_app("vehicle_count.py", "--source", server.url, "--out", str(out), timeout=180)
+        done = run_app("vehicle_count.py", "--filter", "none", "--source", server.url, "--out", str(out), timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     frames, summary = read_jsonl(out)
     assert summary["produced"] == 300 and summary["balanced"], summary
@@ -314,7 +341,8 @@ def test_a_source_that_cannot_work_is_refused_before_anything_starts(app, source
 
 def test_a_file_without_pictures_is_refused_for_vehicle_counting(assets, tmp_path):
     clip = asset_or_skip(assets, "audio/speech_long/jfk.flac")
-    done = run_app("vehicle_count.py", "--source", str(clip), "--out", str(tmp_path / "out.jsonl"), timeout=60)
+    done = run_app("vehicle_count.py", "--filter", "none",
+                   "--source", str(clip), "--out", str(tmp_path / "out.jsonl"), timeout=60)
     assert done.returncode == 1 and "expected a file with a video stream, got audio" in done.stderr, done.stderr
 
 

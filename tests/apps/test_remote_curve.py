@@ -49,7 +49,8 @@ def test_remote_workers_over_curve_only_the_keyed_worker_joins(assets, tmp_path)
                                     tmp_path / f"{name}.log", *curve) for name, curve in workers.items()}
     out = tmp_path / "out.jsonl"
     try:
-        done = subprocess.run([sys.executable, str(ROOT / "apps" / "vehicle_count.py"), "--source", str(video),
+        done = subprocess.run([sys.executable, str(ROOT / "apps" / "vehicle_count.py"), "--filter", "none",
+                               "--source", str(video),
                                "--max-frames", "40", "--workers", "0", "--remote-workers", f"{jobs},{results}",
                                "--curve-secret", str(app_secret), "--curve-clients", str(clients),
                                "--out", str(out)], capture_output=True, text=True, timeout=180, env=ENV, cwd=ROOT)

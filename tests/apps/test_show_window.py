@@ -143,7 +143,8 @@ def test_show_opens_a_window_with_the_annotated_frames(assets, tmp_path, xvfb):
                YOLO_CONFIG_DIR=str(ROOT / ".cache" / "ultralytics"))
     log = tmp_path / "app.log"
     with log.open("w") as log_file:
-        app = subprocess.Popen([sys.executable, str(ROOT / "apps" / "vehicle_count.py"), "--source", str(video),
+        app = subprocess.Popen([sys.executable, str(ROOT / "apps" / "vehicle_count.py"), "--filter", "none",
+                                "--source", str(video),
                                 # --realtime: the clip's own 12.5 frames/s keeps the window up ~10 s,
                                 # time enough for a busy machine to paint it and for us to look
                                 "--max-frames", "120", "--realtime", "--line", f"0,{LINE_Y},{FRAME_W},{LINE_Y}", "--show",

@@ -26,7 +26,8 @@ ENV = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0", "HF_HUB_OFFLI
 def running_app(*args: str) -> Iterator[subprocess.Popen]:
     """The vehicle-counting app in its own process group, as a terminal gives a foreground job
     (Ctrl-C reaches the whole group); the whole group is killed on leaving if it still runs."""
-    app = subprocess.Popen([sys.executable, str(ROOT / "apps" / "vehicle_count.py"), *args], stdout=subprocess.PIPE,
+    app = subprocess.Popen([sys.executable, str(ROOT / "apps" / "vehicle_count.py"), "--filter", "none",
+                            *args], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT, start_new_session=True)
     try:
         yield app
@@ -100,7 +101,7 @@ def test_an_aggregator_stopped_before_the_end_of_stream_does_not_claim_a_balance
 def test_an_unreachable_stream_is_reported_as_a_failed_source_not_a_balanced_run(scheme, tmp_path):
     url = f"{scheme}://127.0.0.1:{free_tcp_port()}/live"   # nothing listens there
     out = tmp_path / "out.jsonl"
-    done = subprocess.run([sys.executable, str(ROOT / "apps" / "vehicle_count.py"), "--source", url,
+    done = subprocess.run([sys.executable, str(ROOT / "apps" / "vehicle_count.py"), "--filter", "none", "--source", url,
                            "--out", str(out)], capture_output=True, text=True, timeout=100, env=ENV, cwd=ROOT)
     assert done.returncode != 0
     summary = json.loads(out.read_text().splitlines()[-1])["summary"]
