@@ -48,7 +48,7 @@ REPLACEMENTS = ("lfu", "lru", "fifo")
 REUSE_OPTIONS: dict[str, Option] = {
     "target": number(0, 1), "threshold": number(0, 1), "k": whole(1, 64), "k_min": whole(1, 64),
     "homogeneity": number(0, 1), "capacity": whole(1, 65536), "replacement": choice(*REPLACEMENTS),
-    "reset": whole(0),
+    "reset": whole(0), "max_run": whole(0),
 }
 
 
@@ -274,12 +274,23 @@ class ReusePolicy(LearnedFramePolicy):
     reuse). Options: ``target`` or ``threshold``, ``k`` (neighbours, 5), ``k_min`` (close ones
     needed, 1), ``homogeneity`` (share of the close ones that must agree, 1.0), ``capacity``
     (entries per stream, 256), ``replacement`` (lfu, lru, fifo), ``reset`` (empty the cache every
-    N inputs of a stream; 0, the default: never, the horizon already bounds an entry's age).
+    N inputs of a stream; 0, the default: never, the horizon already bounds an entry's age),
+    ``max_run`` (at most this many inputs of a stream in a row answered by reuse, 25; 0: no cap).
+
+    Why `max_run`: the cache learns only from frames the model answered, so once every frame
+    finds a close entry nothing reaches the model again and the answers go stale for good (the
+    evaluation found streams answered ~100 % from one old frame, at agreements down to 0.04).
+    Forcing a fresh answer after a run keeps the cache learning and bounds how stale a reused
+    answer can be, for at most 1 frame in 26 inferred. 25 is a design bound (about a second of
+    video), not tuned on the test halves.
     """
 
     options = REUSE_OPTIONS
     uses_feedback = True   # the cache holds only answers heard back from the aggregator
-    defaults = {"k": 5, "k_min": 1, "homogeneity": 1.0, "capacity": 256, "replacement": "lfu", "reset": 0}
+    defaults = {"k": 5, "k_min": 1, "homogeneity": 1.0, "capacity": 256, "replacement": "lfu", "reset": 0,
+                "max_run": 25}
+    #: Streams whose current run of reuses is counted (the least recently seen are forgotten).
+    MAX_RUN_STREAMS = 1024
 
     def __init__(self, directory: FilterDir, threshold: float, name: str = "reuse", **settings: Any):
         unknown = set(settings) - set(self.defaults)
@@ -296,6 +307,9 @@ class ReusePolicy(LearnedFramePolicy):
         self.model = LiteModel(directory.model_path, self.size, outputs=directory.embedding)
         self.cache: ReuseCache | None = None
         self.stats = CacheStats()
+        self.max_run = self.settings["max_run"]
+        self._runs: OrderedDict[str, int] = OrderedDict()   # stream -> inputs reused in a row
+        self.forced = 0                                      # inputs sent to the model by max_run
 
     @classmethod
     def from_spec(cls, argument: str) -> ReusePolicy:
@@ -314,7 +328,8 @@ class ReusePolicy(LearnedFramePolicy):
     def open(self) -> None:
         self.model.open()
         if self.cache is None:
-            self.cache = ReuseCache(self.directory.load_head(), **self.settings)
+            self.cache = ReuseCache(self.directory.load_head(),
+                                    **{key: value for key, value in self.settings.items() if key != "max_run"})
             self.stats = self.cache.stats          # still readable after close()
 
     def close(self) -> None:
@@ -325,7 +340,15 @@ class ReusePolicy(LearnedFramePolicy):
         """`features`: the frame's embedding ([E] float32, `prepare`)."""
         if self.cache is None:
             raise RuntimeError(f"{self.name}: open() the policy before deciding")
-        ref = self.cache.lookup(stream, seq, features, self.threshold)
+        run = self._runs.pop(stream, 0)
+        if self.max_run and run >= self.max_run:
+            ref = None
+            self.forced += 1
+        else:
+            ref = self.cache.lookup(stream, seq, features, self.threshold)
+        self._runs[stream] = 0 if ref is None else run + 1   # re-inserted: most recently seen last
+        if len(self._runs) > self.MAX_RUN_STREAMS:
+            self._runs.popitem(last=False)
         if ref is None:
             self.cache.hold(stream, seq, features)
             return None
@@ -336,5 +359,6 @@ class ReusePolicy(LearnedFramePolicy):
             self.cache.feedback(stream, seq, result)
 
     def end_stream(self, stream: str) -> None:
+        self._runs.pop(stream, None)
         if self.cache is not None:
             self.cache.end_stream(stream)

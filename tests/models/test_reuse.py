@@ -185,8 +185,10 @@ def test_the_policy_fills_its_cache_from_feedback_and_reuses_a_repeated_frame(tm
 
 def test_reuse_options_are_checked(tmp_path):
     directory = make_filter_dir(tmp_path, "reuse")
-    policy = ReusePolicy.from_directory(directory, "k=7,k_min=2,homogeneity=0.8,capacity=32,replacement=lru,reset=100")
-    assert policy.settings == {"k": 7, "k_min": 2, "homogeneity": 0.8, "capacity": 32, "replacement": "lru", "reset": 100}
+    policy = ReusePolicy.from_directory(directory, "k=7,k_min=2,homogeneity=0.8,capacity=32,replacement=lru,reset=100,"
+                                                   "max_run=3")
+    assert policy.settings == {"k": 7, "k_min": 2, "homogeneity": 0.8, "capacity": 32, "replacement": "lru", "reset": 100,
+                               "max_run": 3}
     with policy:
         assert (policy.cache.k, policy.cache.capacity, policy.cache.replacement) == (7, 32, "lru")
     for argument, message in [("k=2,k_min=3", "k_min must be between 1 and k"), ("replacement=random", "lfu|lru|fifo"),
@@ -212,3 +214,22 @@ def test_a_cascade_shrinks_each_frame_once_per_size(tmp_path, frames, monkeypatc
         assert np.array_equal(reuse.prepare(frames[0]), reuse.model.run(original(frames[0], 32)))
     assert (first.action, again.action, again.ref_seq) == ("infer", "reuse", 0)
     assert shrunk == [32, 32, 32]                              # seq 0, seq 1, then prepare()
+
+
+def test_a_run_of_reuses_ends_with_a_fresh_answer_after_max_run(tmp_path):
+    """The same frame again and again: reused max_run times in a row, then sent to the model
+    (the cache would otherwise never learn again); max_run=0 lifts the cap."""
+    directory = make_filter_dir(tmp_path, "reuse")
+    frame = np.full((48, 64, 3), 90, np.uint8)
+    for max_run, expected in ((3, ["infer", "reuse", "reuse", "reuse", "infer", "reuse", "reuse", "reuse", "infer"]),
+                              (0, ["infer"] + ["reuse"] * 8)):
+        policy = ReusePolicy.from_directory(directory, f"threshold=0.99,max_run={max_run}")
+        actions = []
+        with policy:
+            for seq in range(9):
+                decision = policy.decide(video(seq, frame))
+                actions.append("infer" if decision is None else decision.action)
+                if decision is None:
+                    policy.feedback("cam", seq, {"decision": INFER, "count": 1})
+        assert actions == expected, (max_run, actions)
+        assert policy.forced == actions.count("infer") - 1
