@@ -31,16 +31,15 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.errors import ConfigError
 from models.base import REUSE_HORIZON, Decision
-from models.filterdir import DistanceHead, FilterDir, open_filter_dir, resolve_threshold, shipped_dir
+from models.filterdir import DistanceHead, FilterDir
 from models.lite import LiteModel
-from models.options import Option, choice, number, parse_options, whole
+from models.options import Option, choice, number, whole
 from models.skip import LearnedFramePolicy
 
 REPLACEMENTS = ("lfu", "lru", "fifo")
@@ -286,6 +285,7 @@ class ReusePolicy(LearnedFramePolicy):
     """
 
     options = REUSE_OPTIONS
+    kind = "reuse"
     uses_feedback = True   # the cache holds only answers heard back from the aggregator
     defaults = {"k": 5, "k_min": 1, "homogeneity": 1.0, "capacity": 256, "replacement": "lfu", "reset": 0,
                 "max_run": 25}
@@ -310,20 +310,6 @@ class ReusePolicy(LearnedFramePolicy):
         self.max_run = self.settings["max_run"]
         self._runs: OrderedDict[str, int] = OrderedDict()   # stream -> inputs reused in a row
         self.forced = 0                                      # inputs sent to the model by max_run
-
-    @classmethod
-    def from_spec(cls, argument: str) -> ReusePolicy:
-        """The shipped Reuse filter (models/shipped/vehicle/reuse)."""
-        return cls.from_directory(shipped_dir("reuse"), argument, name=f"reuse:{argument}" if argument else "reuse")
-
-    @classmethod
-    def from_directory(cls, path: Path | str | FilterDir, argument: str = "", name: str | None = None) -> ReusePolicy:
-        directory = path if isinstance(path, FilterDir) else open_filter_dir(path, "reuse")
-        name = name or str(directory.path)
-        options = parse_options(name, argument, cls.options)
-        threshold = resolve_threshold(directory, options, name)
-        settings = {key: value for key, value in options.items() if key not in ("target", "threshold")}
-        return cls(directory, threshold, name, **settings)
 
     def open(self) -> None:
         self.model.open()

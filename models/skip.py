@@ -56,6 +56,24 @@ class LearnedFramePolicy(FramePolicy):
 
     size: int
     model: LiteModel
+    kind: str = ""                          # "skip" or "reuse": the filter directory's kind
+    options: dict[str, Option] = {}
+
+    @classmethod
+    def from_spec(cls, argument: str) -> LearnedFramePolicy:
+        """The shipped filter of this kind (models/shipped/vehicle/KIND)."""
+        return cls.from_directory(shipped_dir(cls.kind), argument,
+                                  name=f"{cls.kind}:{argument}" if argument else cls.kind)
+
+    @classmethod
+    def from_directory(cls, path: Path | str | FilterDir, argument: str = "",
+                       name: str | None = None) -> LearnedFramePolicy:
+        directory = path if isinstance(path, FilterDir) else open_filter_dir(path, cls.kind)
+        name = name or str(directory.path)
+        options = parse_options(name, argument, cls.options)
+        threshold = resolve_threshold(directory, options, name)
+        settings = {key: value for key, value in options.items() if key not in ("target", "threshold")}
+        return cls(directory, threshold, name, **settings)
 
     def open(self) -> None:
         self.model.open()
@@ -81,6 +99,7 @@ class SkipPolicy(LearnedFramePolicy):
     """Skips a frame whose P(model needed) is below `threshold`; no opinion otherwise."""
 
     options = SKIP_OPTIONS
+    kind = "skip"
 
     def __init__(self, directory: FilterDir, threshold: float, name: str = "skip"):
         self.directory = directory
@@ -89,18 +108,6 @@ class SkipPolicy(LearnedFramePolicy):
         self.size = directory.input_size
         self.model = LiteModel(directory.model_path, self.size, outputs=1)
         self._skip = Decision("skip", policy=name)     # immutable: one for every skipped frame
-
-    @classmethod
-    def from_spec(cls, argument: str) -> SkipPolicy:
-        """The shipped Skip filter (models/shipped/vehicle/skip)."""
-        return cls.from_directory(shipped_dir("skip"), argument, name=f"skip:{argument}" if argument else "skip")
-
-    @classmethod
-    def from_directory(cls, path: Path | str | FilterDir, argument: str = "", name: str | None = None) -> SkipPolicy:
-        directory = path if isinstance(path, FilterDir) else open_filter_dir(path, "skip")
-        name = name or str(directory.path)
-        options = parse_options(name, argument, cls.options)
-        return cls(directory, resolve_threshold(directory, options, name), name)
 
     def decide_prepared(self, stream: str, seq: int, features: np.ndarray) -> Decision | None:
         """`features`: [P(model needed)] (`prepare`)."""
