@@ -359,3 +359,16 @@ def test_plot_results_draws_vehicles_and_speech_and_refuses_an_empty_file(tmp_pa
     empty = tmp_path / "empty.jsonl"
     empty.write_text(json.dumps({"summary": {}}) + "\n")
     assert plot_main([str(empty)]) == 1
+
+
+def test_make_demo_counts_the_sample_behind_the_learned_filter_and_audits_it(assets, tmp_path):
+    """`make demo` (apps/demo.py): the shared sample, the shipped cascade, a 5 % audit; run in a
+    scratch directory, where it writes demo-results/."""
+    asset_or_skip(assets, "traffic/intel_car_detection.mp4")
+    done = subprocess.run([sys.executable, str(ROOT / "apps" / "demo.py")], capture_output=True, text=True,
+                          timeout=300, env=ENV, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "filter cascade" in done.stderr and "accounting balanced" in done.stdout
+    assert "audit:" in done.stdout and "estimated agreement of all answers" in done.stdout
+    summary = json.loads((tmp_path / "demo-results" / "summary.json").read_text())
+    assert summary["total"]["produced"] == 377 and summary["total"]["filtering_rate"] > 0
