@@ -420,24 +420,22 @@ class Aggregator(Stage):
                 model_ms = float(message.result.get("infer_ms", 0.0))
             except _BAD_FIELD as error:
                 log.warning("[%s] %s seq %d: %s; counted unanswered", self.name, message.stream, message.seq, error)
-        elif action == "skip":
-            answer = task.empty
-        elif action == "reuse":
-            answer = stream.answers.get(decision.ref_seq)
-            if answer is None:
-                account.unresolved_reuse += 1
-                record["unresolved"] = True
-                log.warning("[%s] %s seq %d reuses seq %d, whose result is unknown; taken as empty",
-                            self.name, message.stream, message.seq, decision.ref_seq)
-                answer = task.empty
-            record["ref_seq"] = decision.ref_seq
-        elif action == "exit":
+        elif action in ("skip", "reuse", "exit"):
             try:
-                answer = task.parse_exit(decision.result)
-                record["exit"] = decision.exit
+                answer, found = self._filter_answer(stream, decision)
             except _BAD_FIELD as error:
                 log.warning("[%s] %s seq %d: bad early-exit result (%s); counted unanswered", self.name,
                             message.stream, message.seq, error)
+            else:
+                if action == "reuse":
+                    record["ref_seq"] = decision.ref_seq
+                    if not found:
+                        account.unresolved_reuse += 1
+                        record["unresolved"] = True
+                        log.warning("[%s] %s seq %d reuses seq %d, whose result is unknown; taken as empty",
+                                    self.name, message.stream, message.seq, decision.ref_seq)
+                elif action == "exit":
+                    record["exit"] = decision.exit
 
         if answer is None:
             account.unanswered += 1
@@ -477,20 +475,26 @@ class Aggregator(Stage):
                              result={key: record[key] for key in ("stream", "seq", "decision") if key in record})
         return output
 
-    def _audit(self, stream: _Stream, filtered: Decision, model_answer: Any) -> bool:
-        """Whether the filter's decision on an audited input would have resolved to an answer that
-        agrees with the model's (as `_resolve` would have resolved it: a reuse of an unknown
-        answer as the empty one; an unreadable early exit never agrees)."""
+    @staticmethod
+    def _filter_answer(stream: _Stream, decision: Decision) -> tuple[Any, bool]:
+        """What a filter's decision (skip, reuse or exit) resolves to, and whether a reuse found
+        the answer it points at (an unknown one is taken as the empty answer). An unreadable
+        early-exit result raises (one of `_BAD_FIELD`)."""
         task = stream.task
+        if decision.action == "skip":
+            return task.empty, True
+        if decision.action == "reuse":
+            answer = stream.answers.get(decision.ref_seq)
+            return (task.empty, False) if answer is None else (answer, True)
+        return task.parse_exit(decision.result), True
+
+    def _audit(self, stream: _Stream, filtered: Decision, model_answer: Any) -> bool:
+        """Whether the filter's decision on an audited input would have resolved (`_filter_answer`,
+        as `_resolve` resolves it) to an answer that agrees with the model's; an unreadable early
+        exit never agrees."""
         try:
-            if filtered.action == "skip":
-                answer = task.empty
-            elif filtered.action == "reuse":
-                answer = stream.answers.get(filtered.ref_seq)
-                answer = task.empty if answer is None else answer
-            else:
-                answer = task.parse_exit(filtered.result)
-            return bool(task.agrees(answer, model_answer))
+            answer, _ = self._filter_answer(stream, filtered)
+            return bool(stream.task.agrees(answer, model_answer))
         except _BAD_FIELD:
             return False
 
