@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.assets import assets_dir  # noqa: E402
 from pipeline.message import Message  # noqa: E402
+from models.filterdir import SHIPPED  # noqa: E402
 
 VIDEO = "traffic/intel_car_detection.mp4"
 TARGETS = {"fraction_of_ceiling": 0.8, "loco_mean_fraction_of_ceiling": 0.7, "cost_share_of_yolo": 0.03,
@@ -157,8 +158,7 @@ def run_app(video: Path, policy: str, directory: Path, label: str, frames: int |
 def bench_end_to_end(video: Path, runs: int, filters: Path, target: float, frames: int | None = None) -> dict[str, Any]:
     """`--filter cascade` (the shipped set; another set is named by its directories and
     calibrated thresholds) against `--filter none`, alternately."""
-    shipped = (ROOT / "models" / "shipped" / "vehicle").resolve()
-    cascade = "cascade" if filters.resolve() == shipped and target == 0.95 else cascade_spec(filters, target)
+    cascade = "cascade" if filters.resolve() == SHIPPED and target == 0.95 else cascade_spec(filters, target)
     results: dict[str, list[dict[str, Any]]] = {"cascade": [], "none": []}
     with tempfile.TemporaryDirectory(prefix="bench-filters-") as directory:
         for index in range(runs):
@@ -269,7 +269,7 @@ def verdict(results: dict[str, Any]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--filters", type=Path, default=ROOT / "models" / "shipped" / "vehicle",
+    parser.add_argument("--filters", type=Path, default=SHIPPED,
                         help="filter set (skip/, reuse/, cascade.json; default the shipped one)")
     parser.add_argument("--clips", type=Path, nargs="+", default=None, help="default: every clip under $INFI_ASSETS/traffic")
     parser.add_argument("--target", type=float, default=0.95)

@@ -96,16 +96,19 @@ def add_train(tools: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=run_train)
 
 
+def _clips(given: list[Path] | None) -> list[Path]:
+    """The clips named (each must exist), or every clip under $INFI_ASSETS/traffic."""
+    if not given:
+        from models.dataset import default_clips
+        return default_clips()
+    missing = [str(c) for c in given if not c.is_file()]
+    if missing:
+        raise ConfigError(f"no such clip(s): {', '.join(missing)}")
+    return list(given)
+
+
 def run_train(args: argparse.Namespace) -> int:
-    from models.dataset import default_clips
-    from pipeline.errors import ConfigError
-    if args.clips:
-        missing = [str(c) for c in args.clips if not c.is_file()]
-        if missing:
-            raise ConfigError(f"no such clip(s): {', '.join(missing)}")
-        clips = list(args.clips)
-    else:
-        clips = default_clips()
+    clips = _clips(args.clips)
     if args.size is not None and not 16 <= args.size <= 256:
         raise ConfigError(f"--size takes 16..256 pixels, got {args.size}")
     if args.epochs is not None and args.epochs < 1:
@@ -115,7 +118,8 @@ def run_train(args: argparse.Namespace) -> int:
             label_clip(clip, progress=args.progress)
     from models.train import default_options, train_reuse, train_skip
     options = default_options(args.kind, size=args.size, epochs=args.epochs, seed=args.seed)
-    out = args.out or Path("models/shipped/vehicle") / args.kind
+    from models.filterdir import SHIPPED
+    out = args.out or SHIPPED / args.kind     # where --filter skip|reuse reads, wherever this runs
     trainer = train_skip if args.kind == "skip" else train_reuse
     result = trainer(clips, args.exclude, options, out, progress=args.progress)
     print(f"{args.kind}: validation {', '.join(f'{k} {v:.3f}' for k, v in result.metrics.items() if isinstance(v, float))}"
@@ -142,7 +146,6 @@ def add_calibrate(tools: argparse._SubParsersAction) -> None:
 
 
 def _targets(values: list[float]) -> list[float]:
-    from pipeline.errors import ConfigError
     bad = [v for v in values if not 0 < v <= 1]
     if bad:
         raise ConfigError(f"--target takes agreements in (0, 1], got {bad}")
@@ -168,7 +171,7 @@ def add_evaluate(tools: argparse._SubParsersAction) -> None:
                                 description="Replay a filter set (skip, reuse, their cascade) and the baselines "
                                 "(framediff, motion, stride:N) over the test half of each clip: a PNG per clip, a "
                                 "summary PNG and evaluation.json under --out.")
-    evaluate.add_argument("--filters", type=Path, default=Path(__file__).resolve().parent / "shipped" / "vehicle",
+    evaluate.add_argument("--filters", type=Path, default=None,
                           help="filter set: a directory with skip/ and reuse/ (default models/shipped/vehicle)")
     evaluate.add_argument("--clips", type=Path, nargs="+", default=None, metavar="CLIP",
                           help="clips (default: every video under $INFI_ASSETS/traffic)")
@@ -185,18 +188,12 @@ def add_evaluate(tools: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from models.evaluate import STRIDES, check_filters, describe_summary, evaluate_clips
-    from pipeline.errors import ConfigError
-    check_filters(args.filters)
+    from models.filterdir import SHIPPED
+    filters = args.filters or SHIPPED
+    check_filters(filters)
     _targets([args.target])
-    if args.clips:
-        missing = [str(c) for c in args.clips if not c.is_file()]
-        if missing:
-            raise ConfigError(f"no such clip(s): {', '.join(missing)}")
-        clips = list(args.clips)
-    else:
-        from models.dataset import default_clips
-        clips = default_clips()
-    table = evaluate_clips(clips, args.filters, args.out, args.target, args.lag, args.baselines,
+    clips = _clips(args.clips)
+    table = evaluate_clips(clips, filters, args.out, args.target, args.lag, args.baselines,
                            STRIDES if args.baselines else (), args.labels, args.progress, say=print)
     for line in describe_summary(table["summary"]):
         print(line)
