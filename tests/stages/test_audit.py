@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,11 +14,12 @@ import pytest
 from pipeline.errors import ConfigError
 from pipeline.message import Message, eos
 from models.base import REUSE_HORIZON, Decision, FramePolicy, ResultError
-from stages.aggregate import Aggregator, Answers
+from stages.aggregate import Answers
 from stages.filter import Filter
 from stages.results import Detections, Transcript
 from stages.savings import audit_estimate, wilson_interval
 from stages.tasks import SpeechTask, VehicleTask
+from tests.stages.test_aggregate import make_aggregator, run_messages as run
 
 
 def vehicles(n: int) -> dict:
@@ -35,21 +35,6 @@ def frame(seq: int, decision: Decision, count: int | None = None) -> Message:
 
 def audited(seq: int, filtered: Decision, count: int) -> Message:
     return frame(seq, Decision("infer", policy="p", audit=filtered), count)
-
-
-def make_aggregator(tmp_path: Path, **params) -> Aggregator:
-    stage = Aggregator(**{"task": "vehicles", "out": str(tmp_path / "out.jsonl"),
-                          "summary": str(tmp_path / "summary.json"), "print_summary": False, **params})
-    stage.name = "aggregate"
-    stage.setup()
-    return stage
-
-
-def run(stage: Aggregator, messages: list[Message]) -> list[Message]:
-    outputs: list[Message] = []
-    for message in messages:
-        outputs += (stage.end_of_stream(message) if message.is_eos else stage.process(message)) or []
-    return outputs
 
 
 # -- the estimate ---------------------------------------------------------------------------------
