@@ -36,7 +36,7 @@ from pipeline.message import Message
 from models import metrics
 from models.dataset import Split, cached_frames, label_end, split_indices
 from models.labels import DetectorSettings, count_labels, default_label_dir, label_path
-from models.base import REUSE_HORIZON, FramePolicy, Policy
+from models.base import REUSE_HORIZON, Answers, FramePolicy, Policy
 
 #: Frames between a decision and the moment its answer reaches the policy's `feedback` (one
 #: frame in the worker, one in the aggregator's reorder and publish, as a live run on this
@@ -260,7 +260,7 @@ def replay(policies: Sequence[Policy], clip: PreparedClip, thresholds: Sequence[
     answer = np.zeros(n, np.int32)
     answered_by = np.full(n, NOBODY, np.int8)
     ref = np.full(n, -1, np.int64)
-    answers: dict[int, int] = {}          # what the aggregator holds: seq -> resolved count
+    answers = Answers()                   # what the aggregator holds: seq -> resolved count
     pending: deque[tuple[int, dict[str, Any]]] = deque()
     unresolved_at = np.zeros(n, bool)
     seqs, truth = clip.seq.tolist(), clip.truth.tolist()
@@ -291,18 +291,16 @@ def replay(policies: Sequence[Policy], clip: PreparedClip, thresholds: Sequence[
             elif name == "reuse":
                 r = decision.ref_seq
                 ref[i] = r
-                if r in answers and seq - r <= REUSE_HORIZON:
-                    value = answers[r]
+                known = answers.get(r) if seq - r <= REUSE_HORIZON else None
+                if known is not None:
+                    value = known
                 else:
                     unresolved_at[i] = True
                     value = 0
             else:   # exit: the early exit's own answer
                 value = int((decision.result or {}).get("count", 0))
             action[i], answer[i], answered_by[i] = ACTION_CODES[name], value, who
-            answers[seq] = value
-            if len(answers) > 2 * REUSE_HORIZON:
-                for old in [s for s in answers if s < seq - REUSE_HORIZON]:
-                    del answers[old]
+            answers.put(seq, value)
             result = {"stream": stream, "seq": seq, "decision": name, "count": value}
             if who != NOBODY:
                 result["policy"] = policies[who].name

@@ -43,7 +43,7 @@ from pipeline.message import MAX_HEADER_BYTES, Message, eos
 from pipeline.stage import Stage
 from stages import ledger
 from stages.reorder import ReorderBuffer
-from models.base import REUSE_HORIZON, Decision, ResultError
+from models.base import Answers, Decision, ResultError
 from stages.savings import StreamAccount, format_summary, summarize
 from stages.tasks import TASKS, Task, make_task
 from stages.tracking import CountingLine, GeometryError, Region
@@ -81,36 +81,6 @@ def _header_size(message: Message) -> int:
         return len(json.dumps(message.header(), separators=(",", ":"), allow_nan=False))
     except (TypeError, ValueError, RecursionError):
         return MAX_HEADER_BYTES + 1
-
-
-class Answers:
-    """One stream's resolved answers by seq, for the reuses that point back at them.
-
-    Every answer within `horizon` seqs behind the newest seq stored is kept: a policy never
-    points a reuse further back than `models.base.REUSE_HORIZON`, so an input resolved in order
-    always finds its reference. Older ones are dropped (a late input that old is not stored), so
-    at most 2 x (horizon + 1) answers are held, whatever the stream's length or gaps.
-    """
-
-    def __init__(self, horizon: int = REUSE_HORIZON):
-        self.horizon = horizon
-        self.newest = -1
-        self._answers: dict[int, Any] = {}
-
-    def put(self, seq: int, answer: Any) -> None:
-        if seq < self.newest - self.horizon:
-            return
-        self._answers[seq] = answer
-        self.newest = max(self.newest, seq)
-        if len(self._answers) > 2 * (self.horizon + 1):   # amortised: a rebuild per horizon's worth of inputs
-            floor = self.newest - self.horizon
-            self._answers = {key: value for key, value in self._answers.items() if key >= floor}
-
-    def get(self, seq: int | None) -> Any:
-        return self._answers.get(seq)
-
-    def __len__(self) -> int:
-        return len(self._answers)
 
 
 @dataclass

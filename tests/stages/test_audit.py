@@ -13,8 +13,7 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.message import Message, eos
-from models.base import REUSE_HORIZON, Decision, FramePolicy, ResultError
-from stages.aggregate import Answers
+from models.base import REUSE_HORIZON, Answers, Decision, FramePolicy, ResultError
 from stages.filter import Filter
 from stages.results import Detections, Transcript
 from stages.savings import audit_estimate, wilson_interval
