@@ -41,12 +41,13 @@ POLICIES: dict[str, PolicyEntry] = {
                         "no filtering: every input goes to the model (the reference)"),
     "stride": PolicyEntry("models.baselines.stride:Stride", "stride:N",
                           "infer one input in N, reuse its answer for the N-1 after it"),
-    "skip": PolicyEntry("models.skip:SkipPolicy", "skip[:target=T|threshold=P]",
+    "skip": PolicyEntry("models.skip:SkipPolicy", "skip[:target=T|threshold=P,max_run=50,window=20,max_misses=1]",
                         "the shipped InFi-Skip filter: skip a frame whose P(a vehicle) is below the threshold "
-                        "(calibrated for per-frame count agreement T, default 0.95)"),
+                        "(calibrated for per-frame count agreement T, default 0.95); it checks itself and "
+                        "stops skipping a stream where YOLO finds vehicles it would have skipped"),
     "reuse": PolicyEntry("models.reuse:ReusePolicy",
                          "reuse[:target=T|threshold=P,k=5,k_min=1,homogeneity=1,capacity=256,"
-                         "replacement=lfu|lru|fifo,reset=0]",
+                         "replacement=lfu|lru|fifo,reset=0,max_run=25]",
                          "the shipped InFi-Reuse filter: answer a frame with an earlier inferred frame's "
                          "answer when its k nearest cached frames (learned distance) agree"),
     "cascade": PolicyEntry("models.registry:ShippedCascade", "cascade[:target=T]",

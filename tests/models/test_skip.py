@@ -71,3 +71,130 @@ def test_the_filter_stage_runs_a_skip_directory_and_drops_skipped_pixels(tmp_pat
         assert out.decision["action"] == "skip" and out.arrays == ()
     finally:
         stage.teardown()
+
+
+# --------------------------------------------------------------------------------------------
+# Skip checks itself: probes after a run of skips, distrust after misses, trust restored by checks
+
+EMPTY, BUSY = np.array([0.0], np.float32), np.array([0.99], np.float32)   # P(model needed)
+
+
+def infer(count):
+    return {"decision": "infer", "count": count}
+
+
+@pytest.fixture
+def skip_dir(tmp_path):
+    return make_filter_dir(tmp_path, "skip", threshold=0.5)
+
+
+def actions(policy, seqs, features=EMPTY, stream="cam"):
+    out = []
+    for seq in seqs:
+        decision = policy.decide_prepared(stream, seq, features)
+        out.append(decision.action if decision is not None else None)
+    return out
+
+
+def test_skip_sends_a_would_skip_frame_to_the_model_after_max_run_skips_in_a_row(skip_dir):
+    policy = SkipPolicy.from_directory(skip_dir, "max_run=3")
+    assert actions(policy, range(9)) == ["skip"] * 3 + ["infer"] + ["skip"] * 3 + ["infer", "skip"]
+    assert policy.decide_prepared("cam", 9, EMPTY).policy == str(skip_dir)           # the probe is Skip's
+    assert actions(policy, [12], BUSY) == [None]                                     # a busy frame ends the run
+    assert actions(policy, range(13, 17)) == ["skip"] * 3 + ["infer"]
+    assert (policy.stats.probes, actions(policy, range(17, 20), EMPTY, "other")) == (3, ["skip"] * 3)
+    never = SkipPolicy.from_directory(skip_dir, "max_run=0")
+    assert set(actions(never, range(500))) == {"skip"} and never.stats.probes == 0
+
+
+def test_probes_come_every_check_spacing_skips_until_a_stream_has_a_window_of_checks(skip_dir):
+    policy = SkipPolicy.from_directory(skip_dir, "max_run=100,window=2")
+    spacing = SkipPolicy.CHECK_SPACING
+    seen = actions(policy, range(spacing + 1))
+    assert seen[-1] == "infer" and seen.count("infer") == 1                          # young stream: often
+    for seq in (spacing, 3 * spacing):                                               # two checks, spaced
+        policy._streams["cam"].unchecked.append(seq)
+        policy.feedback("cam", seq, infer(0))
+    seen = actions(policy, range(4 * spacing, 4 * spacing + 101))
+    assert seen.count("infer") == 1 and seen[-1] == "infer"                          # then every max_run
+
+
+def test_a_vehicle_found_in_a_frame_skip_would_skip_makes_it_stop_skipping_that_stream(skip_dir):
+    policy = SkipPolicy.from_directory(skip_dir, "max_run=3,window=2,max_misses=0")
+    assert actions(policy, range(4)) == ["skip"] * 3 + ["infer"]
+    policy.feedback("cam", 3, infer(2))                                  # the probe had two cars
+    assert actions(policy, range(4, 60)) == [None] * 56                  # distrusted: let through
+    assert actions(policy, [40], EMPTY, "other") == ["skip"]             # only on that stream
+    assert policy.stats.misses == 1 and policy.stats.held_back == 56
+    spacing = SkipPolicy.CHECK_SPACING
+    policy.feedback("cam", 5, infer(0))                                  # too close to the miss: one picture
+    assert actions(policy, [60]) == [None]
+    policy.feedback("cam", 3 + spacing, infer(0))                        # a clean check, spaced
+    assert actions(policy, [61]) == [None]                               # the miss is still in the window
+    policy.feedback("cam", 3 + 2 * spacing, infer(0))                    # the window (2) is clean again
+    assert actions(policy, [62]) == ["skip"]
+    assert policy.stats.checked == 4 and policy.stats.misses == 1
+
+
+def test_skip_learns_only_from_model_answers_to_frames_it_would_have_skipped(skip_dir):
+    policy = SkipPolicy.from_directory(skip_dir, "max_run=3,window=4,max_misses=0")
+    actions(policy, range(3))                                             # seqs 0-2: would-skip
+    actions(policy, [3], BUSY)                                            # seq 3: Skip had no doubt
+    policy.feedback("cam", 3, infer(5))                                   # not a check of Skip
+    policy.feedback("cam", 1, {"decision": "skip", "count": 0})           # its own answer: not a check
+    policy.feedback("cam", 1, {"decision": "reuse", "count": 4, "ref_seq": 0})
+    policy.feedback("cam", 1, infer(True))                                # not a count
+    policy.feedback("cam", 1, {"decision": "infer"})
+    policy.feedback("nobody", 1, infer(3))                                # a stream it never saw
+    assert policy.stats.checked == 0 and actions(policy, [4]) == ["skip"]
+    policy.feedback("cam", 2, {"decision": "infer", "count": 1, "audit": {"filter": "skip"}})  # an audited skip
+    assert policy.stats.misses == 1 and actions(policy, [5]) == [None]
+    policy.end_stream("cam")                                              # forgotten with the stream
+    assert actions(policy, [0]) == ["skip"]
+
+
+def test_skip_state_is_bounded_per_stream_and_in_streams(skip_dir, monkeypatch):
+    monkeypatch.setattr(SkipPolicy, "MAX_STREAMS", 3)
+    policy = SkipPolicy.from_directory(skip_dir, "max_run=0")
+    for stream in "abcde":
+        actions(policy, range(200), EMPTY, stream)
+    assert list(policy._streams) == ["c", "d", "e"] and policy.stats.streams_dropped == 2
+    assert all(len(watch.unchecked) == SkipPolicy.MAX_UNCHECKED for watch in policy._streams.values())
+    policy.feedback("e", 10, infer(3))                                    # fell out of the table: ignored
+    assert policy.stats.checked == 0
+
+
+def test_skip_self_check_options_are_validated(skip_dir):
+    policy = SkipPolicy.from_directory(skip_dir, "max_run=10,window=5,max_misses=2")
+    assert (policy.max_run, policy.window, policy.max_misses) == (10, 5, 2)
+    assert SkipPolicy.from_directory(skip_dir).settings == {"max_run": 50, "window": 20, "max_misses": 1}
+    with pytest.raises(ConfigError, match="window"):
+        SkipPolicy.from_directory(skip_dir, "window=0")
+    with pytest.raises(ConfigError, match="max_run"):
+        SkipPolicy.from_directory(skip_dir, "max_run=-1")
+    with pytest.raises(ConfigError, match="backoff"):
+        SkipPolicy.from_directory(skip_dir, "backoff=3")
+
+
+def test_in_fog_the_shipped_skip_finds_out_it_is_wrong_and_stops_skipping(assets):
+    """On italy_a14_cctv_fog the shipped Skip calls every frame empty (docs/filters.md); YOLO
+    finds vehicles in most. Without its self-check it skips nearly the whole test half."""
+    from models.filterdir import cascade_thresholds, open_filter_dir, shipped_dir
+    from models.simulate import decode_frames, prepare_clip, replay
+    from tests.models.test_shipped import WARMUP, yolo_counts
+    clip = asset_or_skip(assets, "traffic/italy_a14_cctv_fog.mp4")
+    counts = yolo_counts(clip)
+    half = len(counts) // 2
+    policy = SkipPolicy(open_filter_dir(shipped_dir("skip"), "skip"), cascade_thresholds(0.95)[0])
+    with policy:
+        start = max(0, half - WARMUP)
+        prepared = prepare_clip(clip.stem, decode_frames(clip, range(start, len(counts))),
+                                dict(enumerate(counts.tolist())), [policy])
+        prepared.warmup = half - start
+        policy.max_run = 0                               # never probes: nothing ever checks it
+        blind = replay([policy], prepared).agreement(prepared.scored_truth)
+        assert policy.stats.checked == 0
+        policy.max_run = 50
+        checked = replay([policy], prepared).agreement(prepared.scored_truth)
+    assert policy.stats.misses > 0 and policy.stats.held_back > 0
+    assert blind < 0.6 and checked > blind + 0.15, (blind, checked)
