@@ -260,6 +260,10 @@ class Filter(Stage):
         costs = getattr(self.policy, "cost_summary", None)
         if costs is not None:
             log.info("[%s] cost per policy: %s", self.name, costs())
+        for policy in getattr(self.policy, "policies", [self.policy]):
+            stats = getattr(policy, "stats", None)          # Skip's self-check, Reuse's cache
+            if stats is not None and hasattr(stats, "as_dict"):
+                log.info("[%s] %s: %s", self.name, policy.name, stats.as_dict())
         if self.audit:
             log.info("[%s] audit: %d inputs the filter answered were sent to the model as well", self.name,
                      self.audited)

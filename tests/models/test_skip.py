@@ -198,3 +198,16 @@ def test_in_fog_the_shipped_skip_finds_out_it_is_wrong_and_stops_skipping(assets
         checked = replay([policy], prepared).agreement(prepared.scored_truth)
     assert policy.stats.misses > 0 and policy.stats.held_back > 0
     assert blind < 0.6 and checked > blind + 0.15, (blind, checked)
+
+
+def test_the_filter_stage_logs_what_skip_checked_when_it_ends(tmp_path, frames, caplog):
+    directory = make_filter_dir(tmp_path, "skip", size=32, threshold=1.0)    # would skip everything
+    stage = Filter(f"{directory}:threshold=1,max_run=2")
+    stage.setup()
+    try:
+        decisions = [stage.process(video(seq, frames[1])).decision["action"] for seq in range(3)]
+    finally:
+        with caplog.at_level("INFO", logger="stages.filter"):
+            stage.teardown()
+    assert decisions == ["skip", "skip", "infer"]
+    assert "'skipped': 2, 'probes': 1" in caplog.text
