@@ -3,10 +3,12 @@
 A frame policy has one knob, ``threshold`` (larger filters more). For a target per-frame count
 agreement (0.95 by default), calibration replays the filter (models/simulate.py) over the
 VALIDATION part of every clip it was trained on (the shared split: the last 20 % of each clip's
-first half), pooling the frames of all clips, and picks, among the thresholds whose pooled
-agreement meets the target, the one that keeps the most frames from the model. The worst
-clip's agreement at that threshold is reported beside it: a pooled target does not promise it
-per camera (the live audit is what watches a camera).
+first half) and picks, among the thresholds that meet the target, the one that keeps the most
+frames from the model. A threshold meets the target when both the agreement over all frames
+pooled AND the mean of the per-clip agreements reach it: pooled alone weighs cameras by their
+frames, so a long clip hides a short one the filter fails on; the mean counts every camera
+once. The worst clip's agreement is reported beside them: neither promises it per camera (the
+live audit is what watches a camera).
 
 - a single filter directory gets ``calibration.json`` (format in docs/filters.md), one entry per
   target (0.9, 0.95, 0.98 by default); a target no threshold meets is listed under ``unmet``
@@ -57,13 +59,21 @@ class GridPoint:
     frames: int
     per_clip: dict[str, tuple[float, float, int]]     # clip -> (agreement, filtered, frames)
 
+    @property
+    def clip_mean(self) -> float:
+        """The mean of the per-clip agreements: every camera counts once."""
+        return float(np.mean([agreed for agreed, _, _ in self.per_clip.values()]))
+
+    def meets(self, target: float) -> bool:
+        return min(self.agreement, self.clip_mean) >= target - 1e-12
+
     def worst_clip(self) -> dict[str, Any]:
         name, (agreed, filtered, frames) = min(self.per_clip.items(), key=lambda item: item[1][0])
         return {"clip": name, "agreement": round(agreed, 4), "filtered": round(filtered, 4), "frames": frames}
 
     def summary(self) -> dict[str, Any]:
-        return {"agreement": round(self.agreement, 4), "filtered": round(self.filtered, 4), "frames": self.frames,
-                "worst_clip": self.worst_clip()}
+        return {"agreement": round(self.agreement, 4), "clip_mean": round(self.clip_mean, 4),
+                "filtered": round(self.filtered, 4), "frames": self.frames, "worst_clip": self.worst_clip()}
 
 
 def score_grid(policies: Sequence[FramePolicy], clips: Sequence[PreparedClip], grid: Iterable[Sequence[float]],
@@ -89,9 +99,10 @@ def score_grid(policies: Sequence[FramePolicy], clips: Sequence[PreparedClip], g
 
 
 def choose(points: Sequence[GridPoint], target: float) -> GridPoint | None:
-    """The point that keeps the most frames from the model among those whose pooled agreement
-    meets `target` (ties: the higher agreement, then the smaller thresholds); None if none does."""
-    meeting = [p for p in points if p.agreement >= target - 1e-12]
+    """The point that keeps the most frames from the model among those that meet `target`
+    (pooled and per-clip mean, `GridPoint.meets`; ties: the higher agreement, then the smaller
+    thresholds); None if none does."""
+    meeting = [p for p in points if p.meets(target)]
     if not meeting:
         return None
     return max(meeting, key=lambda p: (p.filtered, p.agreement, tuple(-t for t in p.thresholds)))
@@ -104,8 +115,8 @@ def pick_targets(points: Sequence[GridPoint], targets: Sequence[float], keys: Se
         point = choose(points, target)
         label = f"{target:g}"
         if point is None:
-            best = max(points, key=lambda p: p.agreement)
-            unmet[label] = {"best_agreement": round(best.agreement, 4),
+            best = max(points, key=lambda p: (min(p.agreement, p.clip_mean), p.agreement))
+            unmet[label] = {"best_agreement": round(best.agreement, 4), "clip_mean": round(best.clip_mean, 4),
                             "at": dict(zip(keys, (round(t, 6) for t in best.thresholds)))}
             log.warning("no threshold meets agreement %s on the validation frames (best %.4f)", label, best.agreement)
             continue
@@ -160,7 +171,7 @@ def calibrate_policy(policy: FramePolicy, clips: Sequence[PreparedClip], targets
     points = sorted(points, key=lambda p: p.thresholds)
     return {"format": CALIBRATION_FORMAT, "metric": "count-agreement", **picked,
             "curve": [{"threshold": round(p.thresholds[0], 6), "agreement": round(p.agreement, 4),
-                       "filtered": round(p.filtered, 4)} for p in points],
+                       "clip_mean": round(p.clip_mean, 4), "filtered": round(p.filtered, 4)} for p in points],
             **_provenance(clips, lag)}
 
 
@@ -180,8 +191,9 @@ def calibrate_cascade(skip: FramePolicy, reuse: FramePolicy, clips: Sequence[Pre
     points = search([skip, reuse], clips, grid_sizes, targets, lag, progress, also)
     picked = pick_targets(points, targets, ["skip", "reuse"])
     return {"format": CALIBRATION_FORMAT, "metric": "count-agreement", "order": ["skip", "reuse"], **picked,
-            "tried": [[round(p.thresholds[0], 6), round(p.thresholds[1], 6), round(p.agreement, 4), round(p.filtered, 4)]
-                      for p in sorted(points, key=lambda p: p.thresholds)],
+            # [skip, reuse, pooled agreement, filtered, per-clip mean agreement]
+            "tried": [[round(p.thresholds[0], 6), round(p.thresholds[1], 6), round(p.agreement, 4), round(p.filtered, 4),
+                       round(p.clip_mean, 4)] for p in sorted(points, key=lambda p: p.thresholds)],
             **_provenance(clips, lag)}
 
 

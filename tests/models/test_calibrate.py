@@ -106,7 +106,7 @@ def test_a_target_no_threshold_meets_is_listed_as_unmet_without_a_threshold():
             return np.array([2.0, 3.0])      # every threshold skips every frame
     document = calibrate_policy(AlwaysSkips(), toy_clips(), targets=[0.99])
     assert document["targets"] == {}
-    assert set(document["unmet"]["0.99"]) == {"best_agreement", "at"}
+    assert set(document["unmet"]["0.99"]) == {"best_agreement", "clip_mean", "at"}
 
 
 def test_choose_prefers_more_filtering_then_higher_agreement():
@@ -114,6 +114,21 @@ def test_choose_prefers_more_filtering_then_higher_agreement():
     best = choose(points, 0.0)
     assert best.thresholds == (2.0,) and best.filtered == 1.0
     assert choose(points, 1.01) is None
+
+
+def test_a_threshold_meets_the_target_only_when_the_mean_over_clips_does_too():
+    """A long clip the filter suits must not hide a short one it fails on (pooled frames would)."""
+    long_clip, short_clip = toy_clips(seed=2, clips=1, frames=1000)[0], toy_clips(seed=3, clips=1, frames=60)[0]
+    short_clip.features["skip"] = [np.array([0.0])] * len(short_clip)      # looks empty, is not
+    short_clip.truth[:] = 1
+    clips = [long_clip, short_clip]
+    points = score_grid([ScoreSkipper()], clips, [(t,) for t in np.linspace(0, 1, 21)])
+    pooled_only = max((p for p in points if p.agreement >= 0.9), key=lambda p: p.filtered)
+    assert pooled_only.clip_mean < 0.9                        # pooled passes, the short camera fails
+    picked = choose(points, 0.9)
+    assert picked.meets(0.9) and picked.clip_mean >= 0.9 and picked.agreement >= 0.9
+    assert picked.filtered < pooled_only.filtered
+    assert picked.summary()["clip_mean"] == pytest.approx(picked.clip_mean, abs=1e-4)
 
 
 def test_the_cascade_thresholds_are_picked_jointly_and_meet_the_target():
@@ -125,7 +140,7 @@ def test_the_cascade_thresholds_are_picked_jointly_and_meet_the_target():
     entry = document["targets"]["0.95"]
     agreement, filtered = pooled([skip, reuse], clips, (entry["skip"], entry["reuse"]))
     assert agreement >= 0.95 and entry["validation"]["filtered"] == pytest.approx(filtered, abs=1e-4)
-    for a, b, other_agreement, other_filtered in document["tried"]:
+    for a, b, other_agreement, other_filtered, _ in document["tried"]:
         assert (other_agreement, other_filtered) == pytest.approx(pooled([skip, reuse], clips, (a, b)), abs=1e-4)
         if other_agreement >= 0.95:
             assert other_filtered <= filtered + 1e-4          # figures rounded to 4 places
