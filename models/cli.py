@@ -7,6 +7,18 @@ runs the real YOLO worker once per clip and keeps its per-frame detections (mode
 cached by clip content and detector settings; it prints, per clip, the frames labelled and the
 share a filter could answer for: empty frames and frames repeating the previous frame's count.
 
+    infistream filter label --task speech --source FILE|MIXTURES [...] [--window 2 --hop 1] [--words 2]
+
+runs the real speech worker (Whisper tiny.en) over every window of each audio (or video) file, or
+of every clip of a mixture directory, and keeps the transcripts and word counts
+(models/speech_labels.py), cached by content, recognizer settings, window and hop; it prints, per
+file, the windows and the share that needs recognition (more than --words words).
+
+    infistream filter mixtures [--out DIR] [--seed S] [--scale F] [--label --jobs N]
+
+builds the speech training data (models/mixtures.py): espeak-ng and the shared real speech over the
+shared noise and music beds, split by speaker, sentence and bed, with a manifest; --label labels it.
+
     infistream filter train skip|reuse [--clips CLIP ...] [--exclude NAME ...] [--size S] [--epochs N] [--out DIR]
 
 labels every clip first (cached), then trains InFi-Skip or InFi-Reuse on the training parts of
@@ -33,13 +45,18 @@ from pathlib import Path
 
 from pipeline.errors import ConfigError
 from models.labels import DetectorSettings, count_labels, default_label_dir, label_clip
+from models.speech_labels import DEFAULT_WORDS, HOP_S, WINDOW_S
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     filters = commands.add_parser("filter", help="label, train and evaluate filters")
     tools = filters.add_subparsers(dest="tool", required=True)
-    label = tools.add_parser("label", help="run YOLO once per clip and keep its per-frame detections")
-    label.add_argument("--source", nargs="+", required=True, type=Path, metavar="CLIP", help="video files")
+    label = tools.add_parser("label", help="run YOLO (or, with --task speech, Whisper) once per clip and keep "
+                             "its per-frame detections (per-window transcripts)")
+    label.add_argument("--task", choices=("vehicle", "speech"), default="vehicle",
+                       help="vehicle: YOLO on video frames (default); speech: Whisper tiny.en on audio windows")
+    label.add_argument("--source", nargs="+", required=True, type=Path, metavar="CLIP",
+                       help="video files; for --task speech audio or video files, or mixture directories")
     label.add_argument("--out", type=Path, default=None, help=f"label directory (default {default_label_dir()})")
     label.add_argument("--max-frames", type=int, default=None, help="label only the first N frames of each clip")
     label.add_argument("--weights", default="", help="YOLO weights (default: the shared offline YOLOv8n INT8)")
@@ -49,7 +66,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     label.add_argument("--jobs", type=int, default=1,
                        help="clips labelled at once (each runs its own YOLO process; 2 on a 2-core machine "
                        "labels ~1.5x faster than 1)")
+    speech = label.add_argument_group("--task speech")
+    speech.add_argument("--window", type=float, default=WINDOW_S, help=f"window seconds (default {WINDOW_S}, as apps/speech.py)")
+    speech.add_argument("--hop", type=float, default=HOP_S, help=f"seconds between windows (default {HOP_S})")
+    speech.add_argument("--words", type=int, default=DEFAULT_WORDS,
+                        help=f"the rule: a window needs recognition with more than this many words (default {DEFAULT_WORDS})")
     label.set_defaults(handler=run_label)
+    add_mixtures(tools)
     add_train(tools)
     add_calibrate(tools)
     add_evaluate(tools)
@@ -58,6 +81,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run_label(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.task == "speech":
+        return run_speech_label(args)
     settings = DetectorSettings(weights=args.weights, conf=args.conf)
 
     def label(clip: Path) -> Path:
@@ -74,6 +99,94 @@ def run_label(args: argparse.Namespace) -> int:
                       f"frame {labels.same_count.mean():.1%}, mean count {labels.count.mean():.2f} -> {path}")
             else:
                 print(f"{clip.name}: no frame decoded -> {path}")
+    return 0
+
+
+def _speech_files(sources: list[Path]) -> list[Path]:
+    """Files as given; a directory stands for the clips its mixture manifest names."""
+    from models.mixtures import clip_files
+    files = []
+    for source in sources:
+        files.extend(clip_files(source) if source.is_dir() else [source])
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ConfigError(f"no such file(s): {', '.join(missing)}")
+    return files
+
+
+def run_speech_label(args: argparse.Namespace) -> int:
+    from models.speech_labels import RecognizerSettings, label_many, needs_recognition, read_speech_labels
+    if args.words < 0:
+        raise ConfigError(f"--words must be at least 0, got {args.words}")
+    if args.max_frames is not None or args.weights or args.conf != DetectorSettings.conf:
+        raise ConfigError("--max-frames, --weights and --conf are YOLO's; --task speech takes --window, --hop, --words")
+    settings = RecognizerSettings(window_s=args.window, hop_s=args.hop)
+    files = _speech_files(args.source)
+    totals = {"windows": 0, "needs": 0, "seconds": 0.0}
+
+    def report(file: Path, path: Path) -> None:
+        labels = read_speech_labels(path)
+        needs = needs_recognition(labels, args.words)
+        totals["windows"] += len(labels)
+        totals["needs"] += int(needs.sum())
+        totals["seconds"] += float(labels.infer_ms.sum()) / 1000
+        share = f"{needs.mean():.1%}" if len(labels) else "-"
+        print(f"{file.name}: {len(labels)} windows, more than {args.words} words {share}, "
+              f"{labels.words.sum()} words, recognizer {labels.infer_ms.sum() / 1000:.1f} s -> {path}")
+
+    label_many(files, settings, args.out, jobs=args.jobs, refresh=args.refresh, done=report)
+    if len(files) > 1 and totals["windows"]:
+        print(f"{len(files)} files: {totals['windows']} windows, {totals['needs'] / totals['windows']:.1%} need "
+              f"recognition, recognizer {totals['seconds']:.0f} s ({totals['seconds'] * 1000 / totals['windows']:.0f} "
+              f"ms per window, as measured when labelled)")
+    return 0
+
+
+def add_mixtures(tools: argparse._SubParsersAction) -> None:
+    from models.mixtures import MixtureOptions
+    mixtures = tools.add_parser("mixtures", help="build the speech training data: speech over noise and music",
+                                description="Write speech mixtures (espeak-ng and the shared real speech over the "
+                                "shared noise and music beds, at several SNRs, with speech-free stretches) as 16 kHz "
+                                "WAV clips plus manifest.json, split into train/val/test by speaker, sentence and bed; "
+                                "the same seed gives the same files. --label then runs the real recognizer over them.")
+    mixtures.add_argument("--out", type=Path, default=None, help="directory (default .cache/speech-mixtures/seed-S)")
+    mixtures.add_argument("--seed", type=int, default=0)
+    mixtures.add_argument("--scale", type=float, default=1.0,
+                          help="multiply the clips per split and subset (default 1: ~1,800 windows)")
+    mixtures.add_argument("--clip-seconds", type=float, default=MixtureOptions.clip_s, help="seconds per clip (default 30)")
+    mixtures.add_argument("--rebuild", action="store_true", help="write the clips again even when up to date")
+    mixtures.add_argument("--label", action="store_true", help="then label every clip with the recognizer (cached)")
+    mixtures.add_argument("--labels", type=Path, default=None, help="speech label directory (default .cache/speech-labels)")
+    mixtures.add_argument("--jobs", type=int, default=1, help="clips labelled at once (each its own recognizer process)")
+    mixtures.add_argument("--words", type=int, default=DEFAULT_WORDS, help="the rule's N for the summary (default 2)")
+    mixtures.set_defaults(handler=run_mixtures)
+
+
+def run_mixtures(args: argparse.Namespace) -> int:
+    from models.mixtures import MixtureOptions, build_mixtures, clip_files, labelled_windows, read_manifest
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    options = MixtureOptions(seed=args.seed, clip_s=args.clip_seconds, scale=args.scale)
+    manifest_path = build_mixtures(args.out, options, rebuild=args.rebuild)
+    manifest = read_manifest(manifest_path.parent)
+    windows: dict[str, int] = {}
+    for clip in manifest["clips"]:
+        windows[clip["split"]] = windows.get(clip["split"], 0) + len(clip["windows"])
+    print(f"{manifest_path}: {len(manifest['clips'])} clips, "
+          + ", ".join(f"{split} {count} windows" for split, count in windows.items()))
+    if not args.label:
+        return 0
+    from models.speech_labels import RecognizerSettings, label_many
+    label_many(clip_files(manifest_path.parent), RecognizerSettings(window_s=options.window_s, hop_s=options.hop_s),
+               args.labels, jobs=args.jobs)
+    rows = labelled_windows(manifest_path.parent, label_dir=args.labels, words=args.words)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["split"], row["subset"]), []).append(row)
+    for (split, subset), group in groups.items():
+        needs = sum(row["needs"] for row in group) / len(group)
+        print(f"{split}/{subset}: {len(group)} windows, {needs:.1%} more than {args.words} words, recognizer "
+              f"{sum(row['infer_ms'] for row in group) / len(group):.0f} ms per window")
     return 0
 
 
