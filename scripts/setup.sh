@@ -2,14 +2,15 @@
 # Prepare .venv with everything infistream needs; safe to run again (it only adds what is missing).
 # System packages: PortAudio for sounddevice (microphone source, needed); the X libraries OpenCV's
 # window (--show) loads, and for tests only: libzmq3-dev (the C example stage), Xvfb and xwininfo
-# (the --show window test). Installed with apt-get when run as root; otherwise we name them, and
-# stop only when a needed one is missing (tests of the others skip with the reason).
+# (the --show window test); espeak-ng speaks the synthetic half of the speech training data
+# (`infistream filter mixtures`, make train). Installed with apt-get when run as root; otherwise we
+# name them, and stop only when a needed one is missing (tests of the others skip with the reason).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-SYSTEM_PACKAGES=(libportaudio2 libzmq3-dev libsm6 libxext6 xvfb x11-utils)
+SYSTEM_PACKAGES=(libportaudio2 libzmq3-dev libsm6 libxext6 xvfb x11-utils espeak-ng)
 NEEDED_PACKAGES=(libportaudio2)
 
 missing=()
@@ -22,6 +23,8 @@ ldconfig -p 2>/dev/null | grep -q "libSM.so.6" || missing+=(libsm6)
 ldconfig -p 2>/dev/null | grep -q "libXext.so.6" || missing+=(libxext6)
 command -v Xvfb >/dev/null || missing+=(xvfb)
 command -v xwininfo >/dev/null || missing+=(x11-utils)
+# Synthetic speech for the speech filters' training mixtures (models/mixtures.py); ~10 MB.
+command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 if ((${#missing[@]})); then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "setup: installing Debian packages: ${missing[*]}"
@@ -33,7 +36,7 @@ if ((${#missing[@]})); then
         for package in "${missing[@]}"; do
             [[ " ${NEEDED_PACKAGES[*]} " == *" $package "* ]] && exit 1
         done
-        echo "setup: going on without them (only --show windows and some tests need them)" >&2
+        echo "setup: going on without them (only --show windows, speech mixtures and some tests need them)" >&2
     fi
 fi
 
