@@ -63,7 +63,7 @@ SAMPLE_RATE = 16000
 MIXTURE_FORMAT = 1
 ESPEAK = "espeak-ng"
 
-# 96 common words each for the train and val sentences: disjoint, so no sentence is in both.
+# Common words for the sentences; train and val get disjoint halves, so no sentence is in both.
 _WORDS = """time year people way day man thing woman life child world school state family student
 group country problem hand part place case week company system program question work government
 number night point home water room mother area money story fact month lot right study book eye job
@@ -101,9 +101,8 @@ def _voices(accents: Sequence[str], variants: Sequence[str]) -> tuple[str, ...]:
     return tuple(f"{accent}+{variant}" for accent in accents for variant in variants)
 
 
-_NOUNS_TRAIN, _NOUNS_VAL = _WORDS[0::2], _WORDS[1::2]
-_VERBS_TRAIN, _VERBS_VAL = _VERBS[0::2], _VERBS[1::2]
-_SHORT_TRAIN, _SHORT_VAL = _SHORT[0::2], _SHORT[1::2]
+# Each word once (some are in two lists), then every other word to train, the rest to val.
+_VOCABULARY = tuple(dict.fromkeys(_SHORT + _WORDS + _VERBS))
 _TRAIN_NOISE = ("audio/background_noise/doing_the_dishes.wav", "audio/background_noise/exercise_bike.wav",
                 "audio/background_noise/pink_noise.wav", "audio/background_noise/white_noise.wav")
 
@@ -121,7 +120,7 @@ SPLITS: dict[str, SplitPlan] = {
         music_beds=(("synth", 0.0, 1.0),),
         real_clips=(),
         clips={"clean": 8, "noise": 20, "music": 12},
-        vocabulary=tuple(_NOUNS_TRAIN + _VERBS_TRAIN + _SHORT_TRAIN)),
+        vocabulary=_VOCABULARY[0::2]),
     "val": SplitPlan(
         voices=_voices(("en-029", "en-us-nyc"), ("m2", "m5", "m6", "f3", "f4")),
         real_speech=(),
@@ -129,7 +128,7 @@ SPLITS: dict[str, SplitPlan] = {
         music_beds=(("synth", 0.0, 1.0),),
         real_clips=(),
         clips={"clean": 2, "noise": 5, "music": 3},
-        vocabulary=tuple(_NOUNS_VAL + _VERBS_VAL + _SHORT_VAL)),
+        vocabulary=_VOCABULARY[1::2]),
     "test": SplitPlan(
         voices=(),
         real_speech=("audio/librispeech/another_door.wav", "audio/noisy_vctk/p257_031.wav",
@@ -437,6 +436,7 @@ def build_mixtures(out: Path | None = None, options: MixtureOptions = MixtureOpt
                 clip = build_clip(_clip_rng(options.seed, split, subset, index), plan, subset, options, store)
                 write_wav(out / name, clip.mix)
                 clips.append({"file": name, "split": split, **clip.record, "seconds": options.clip_s,
+                              "samples": int(clip.mix.size),
                               "windows": window_records(clip.mix.size, clip.record["events"], options)})
                 if say:
                     say(f"{name}: {len(clip.record['events'])} speech events")
@@ -456,7 +456,7 @@ def _real_clips(plan: SplitPlan, split: str, out: Path, store: _Assets, options:
         name = f"{split}/real-{Path(source).stem}.wav"
         write_wav(out / name, audio)
         records.append({"file": name, "split": split, "subset": "real", "bed": None, "source": source,
-                        "events": [], "seconds": round(audio.size / SAMPLE_RATE, 4),
+                        "events": [], "seconds": round(audio.size / SAMPLE_RATE, 4), "samples": int(audio.size),
                         "windows": window_records(audio.size, [], options)})
     return records
 
