@@ -75,7 +75,7 @@ import typing
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Callable, Iterable, Iterator, Union
 
 import zmq
 
@@ -161,6 +161,12 @@ class Stage:
         """The output (index) `message` goes to when the stage has several; None: all of them."""
         return None
 
+    def unsendable(self, message: Message, error: MessageError) -> Message | None:
+        """What to send instead of an output that cannot be encoded (`error`: its header is not
+        plain JSON or over 64 KiB); None: nothing, the output is dropped and counted. Asked only
+        when sending fails, so the usual output is encoded once, by the sender."""
+        return None
+
     def teardown(self) -> None:
         """Release what `setup` opened. Runs whenever `setup` returned."""
 
@@ -225,6 +231,8 @@ class _Outputs:
         self.metrics = metrics
         self.stop = stop
         self.drain_timeout_s = options.drain_timeout_s
+        #: `Stage.unsendable` of the stage sending: a stand-in for what cannot be encoded.
+        self.fallback: Callable[[Message, MessageError], Message | None] | None = None
 
     def send(self, message: Message, route: int | None = None) -> str | None:
         """Send to every output, or only to output `route` when there are several.
@@ -244,6 +252,12 @@ class _Outputs:
                     if sender.send(message):
                         break
                 except MessageError as error:
+                    stand_in = self.fallback(message, error) if self.fallback is not None else None
+                    if stand_in is not None:
+                        log.warning("[%s] %s seq %d cannot be sent as it is (%s): sending the stage's "
+                                    "stand-in instead", self.metrics.stage, message.stream, message.seq, error)
+                        message = stand_in
+                        continue       # the stand-in goes to this output and the ones after it
                     failed = error.reason
                     self.metrics.dropped[error.reason] += 1
                     log.warning("[%s] dropped %s seq %d: cannot be sent: %s", self.metrics.stage,
@@ -307,6 +321,7 @@ def run_stage(stage: Stage, options: RunOptions, *, stop: threading.Event | None
     receiver = side = outputs = None
     try:
         outputs = _Outputs(options, metrics, stop, context)
+        outputs.fallback = stage.unsendable
         if isinstance(stage, SourceStage):
             _run_source(stage, options, outputs, metrics, stop)
         else:

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from pipeline.errors import ConfigError
-from pipeline.message import MAX_HEADER_BYTES, Message, eos
+from pipeline.errors import ConfigError, MessageError
+from pipeline.message import Message, eos
 from pipeline.stage import Stage
 from stages import ledger
 from stages.reorder import ReorderBuffer
@@ -73,14 +73,6 @@ def _filter_report(meta: Any) -> dict[str, Any]:
                        for v in thresholds.values()):
         return {}
     return {"filter_thresholds": {str(k)[:64]: v for k, v in thresholds.items()}, "threshold_changes": changes}
-
-
-def _header_size(message: Message) -> int:
-    """Bytes of `message`'s header on the wire; larger than any limit when it is not plain JSON."""
-    try:
-        return len(json.dumps(message.header(), separators=(",", ":"), allow_nan=False))
-    except (TypeError, ValueError, RecursionError):
-        return MAX_HEADER_BYTES + 1
 
 
 @dataclass
@@ -435,15 +427,18 @@ class Aggregator(Stage):
         stream.written.add(message.seq)
         if self._display is not None and message.arrays and answer is not None:
             self._display.show(message.arrays[0], answer, record, message.media)
-        output = Message("result", message.stream, message.seq, pts=message.pts, t_capture=t_capture,
-                         media=message.media, decision=message.decision, result=record, meta=message.meta)
-        if _header_size(output) > MAX_HEADER_BYTES:
-            # Not sendable as it is (a peer's oversize or non-finite content): send the verdict only.
-            log.warning("[%s] %s seq %d: result too large or not plain JSON; published without its "
-                        "decision, meta and task fields", self.name, message.stream, message.seq)
-            output = Message("result", message.stream, message.seq, pts=message.pts, t_capture=t_capture,
-                             result={key: record[key] for key in ("stream", "seq", "decision") if key in record})
-        return output
+        return Message("result", message.stream, message.seq, pts=message.pts, t_capture=t_capture,
+                       media=message.media, decision=message.decision, result=record, meta=message.meta)
+
+    def unsendable(self, message: Message, error: MessageError) -> Message | None:
+        """A result too large or not plain JSON (a peer's oversize or non-finite content, under
+        the 64 KiB header limit on the way in, over it with the result added) goes out as its
+        verdict alone, so the stage never fails on its output and readers still hear of it."""
+        if message.kind != "result" or not isinstance(message.result, dict):
+            return None
+        record = message.result
+        return Message("result", message.stream, message.seq, pts=message.pts, t_capture=message.t_capture,
+                       result={key: record[key] for key in ("stream", "seq", "decision") if key in record})
 
     @staticmethod
     def _filter_answer(stream: _Stream, decision: Decision) -> tuple[Any, bool]:

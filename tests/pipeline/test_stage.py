@@ -197,3 +197,41 @@ def test_a_stage_with_two_outputs_routes_each_message_to_the_one_it_names(transp
         thread.start()
     join_all(list(reversed(threads)))
     assert (even.totals["received"], odd.totals["received"]) == (25, 25)
+
+
+class NaNOnOdd(Stage):
+    """Odd inputs come out with a header that is not plain JSON (a NaN), which no sender encodes."""
+
+    def process(self, message: Message) -> Message:
+        if message.seq % 2:
+            return Message(message.kind, message.stream, message.seq, meta={"score": float("nan")})
+        return message
+
+
+class NaNOnOddWithStandIn(NaNOnOdd):
+    def unsendable(self, message, error):
+        return Message(message.kind, message.stream, message.seq, meta={"stand_in": error.reason})
+
+
+class Collect(StatsPrinter):
+    def setup(self):
+        super().setup()
+        self.seen: list[Message] = []
+
+    def process(self, message: Message):
+        self.seen.append(message)
+        return super().process(message)
+
+
+@pytest.mark.parametrize("stage, received", [(NaNOnOdd(), 5), (NaNOnOddWithStandIn(), 10)])
+def test_an_output_that_cannot_be_encoded_is_replaced_by_the_stages_stand_in_or_dropped_and_counted(
+        make_url, stage, received):
+    sink = Collect()
+    threads = chain(make_url, "ipc", [("source", CountingSource(count=10)), ("nan", stage), ("sink", sink)])
+    join_all(threads)
+    stand_ins = [m.seq for m in sink.seen if m.meta.get("stand_in") == "unencodable-header"]
+    assert len(sink.seen) == received
+    if received == 10:
+        assert stand_ins == [1, 3, 5, 7, 9] and threads[1].metrics["dropped"] == {}
+    else:
+        assert stand_ins == [] and threads[1].metrics["dropped"] == {"unencodable-header": 5}

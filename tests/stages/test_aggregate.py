@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from pipeline.errors import MessageError
 from pipeline.message import Message, eos
 from pipeline.stage import RunOptions, StageThread
 from pipeline.transport import Endpoint, Receiver, Sender, SocketOptions
@@ -352,8 +353,11 @@ def test_a_result_that_cannot_be_published_as_it_is_goes_out_as_its_verdict_only
     message.meta["padding"] = "x" * (MAX_HEADER_BYTES - len(encode(message)[0]) - 40)
     assert len(encode(message)[0]) <= MAX_HEADER_BYTES
     [output] = stage.process(message)
-    encode(output)
-    assert output.result == {"stream": "cam", "seq": 0, "decision": "infer"}
+    with pytest.raises(MessageError, match="64 KiB|at most"):
+        encode(output)                                   # the sender will fail on it...
+    stand_in = stage.unsendable(output, MessageError("oversize-header", "too big"))
+    encode(stand_in)                                     # ...and send this instead (pipeline/stage.py)
+    assert stand_in.result == {"stream": "cam", "seq": 0, "decision": "infer"} and stand_in.kind == "result"
 
 
 @pytest.mark.timeout(60)
