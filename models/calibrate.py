@@ -218,11 +218,21 @@ def read_metadata(directory: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read {path}: {error}") from None
 
 
-def open_filter(directory: Path) -> FramePolicy:
+def open_filter(directory: Path, self_check: bool = False) -> FramePolicy:
     """The frame policy of a trained filter directory, at an explicit threshold (calibration
-    must not need a calibration), through the registry as ``--filter DIR:threshold=0``."""
+    must not need a calibration), through the registry as ``--filter DIR:threshold=0``.
+
+    A Skip filter's self-check (models/skip.py) is off unless `self_check`: calibration picks
+    the threshold the network itself earns. With the check on, a threshold that skips nearly
+    every frame can pass on short validation parts, the check switching Skip off on busy
+    cameras during the unscored warm-up; live, that would mean two seconds of wrong answers
+    each time a quiet camera gets busy. The check stays a safety net, on when the filter runs
+    (and in evaluation, which measures what runs)."""
     from models.registry import parse_policy
-    policy = parse_policy(f"{directory}:threshold=0")
+    if not self_check and read_metadata(Path(directory)).get("kind") == "skip":
+        policy = parse_policy(f"{directory}:threshold=0,max_run=0")
+    else:
+        policy = parse_policy(f"{directory}:threshold=0")
     if not isinstance(policy, FramePolicy):
         raise ConfigError(f"{directory} does not build a frame policy (got {type(policy).__name__})")
     return policy

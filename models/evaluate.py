@@ -284,7 +284,7 @@ def build_policies(filters: Path | None, baselines: bool) -> ClipPolicies:
     built = ClipPolicies()
     try:
         if filters is not None:
-            built.frame["skip"] = open_filter(filters / "skip")
+            built.frame["skip"] = open_filter(filters / "skip", self_check=True)    # as it runs
             built.frame["reuse"] = open_filter(filters / "reuse")
         if baselines:
             for name in ("framediff", "motion"):

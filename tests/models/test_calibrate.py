@@ -163,3 +163,14 @@ def test_the_command_refuses_missing_inputs_before_any_work(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pipeline.cli", "filter", "calibrate", str(tmp_path),
                           "--clips", str(tmp_path / "absent.mp4")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert run.returncode == 2 and "no such clip" in run.stderr
+
+
+def test_calibration_judges_the_skip_network_without_its_self_check(tmp_path):
+    """Calibrated with its self-check on, Skip could pass at a threshold that skips nearly
+    everything, the check switching it off on busy clips during the unscored warm-up."""
+    from models.calibrate import open_filter
+    from tests.models.fixtures import make_filter_dir
+    skip_dir = make_filter_dir(tmp_path, "skip", threshold=None)
+    assert open_filter(skip_dir).max_run == 0
+    assert open_filter(skip_dir, self_check=True).max_run == 50            # as it runs
+    assert open_filter(make_filter_dir(tmp_path, "reuse", threshold=None)).threshold == 0
