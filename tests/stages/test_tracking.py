@@ -162,6 +162,96 @@ def test_reappearing_after_a_gap_keeps_its_track():
     assert counter.totals()["tracks_confirmed"] == 1 and len(events) == 1
 
 
+# --- gaps: frames a filter answered (skip, reuse) are "not observed", never "no vehicles" ---------------------
+
+@pytest.mark.parametrize("gap", [3, 8, 15, 24])   # 0.12-0.96 s at 25 fps, the last just under max_age_s
+@pytest.mark.parametrize("speed", [150.0, 400.0])   # px/s: 6 and 16 px a frame
+def test_a_crossing_inside_a_gap_counts_once(gap, speed):
+    """The line (y=200) is crossed in the middle of `gap` unobserved frames: one crossing, seen
+    when the car is next observed, timed when it reached the line (not when it was next seen)."""
+    cross = 16                                              # frame at which the bottom centre reaches y=200
+    first = cross - gap // 2                                # first unobserved frame
+    counter = VehicleCounter(line=CountingLine.parse("0,200,640,200"))
+    events = []
+    for k in range(cross + gap + 10):
+        observed = not first <= k < first + gap
+        record = counter.update(k / FPS, det(car_at(300, 200 + speed * (k - cross) / FPS)) if observed else None)
+        events += [(k, e["direction"], e["pts"]) for e in record["new_crossings"]]
+    assert [(k, d) for k, d, _ in events] == [(first + gap, "down")]
+    assert events[0][2] == pytest.approx(cross / FPS, abs=1e-3)
+    assert counter.totals()["tracks_confirmed"] == 1
+
+
+def test_a_vehicle_pulling_away_during_a_gap_keeps_its_track():
+    """Creeping above the line, then driving off towards the camera while unobserved for 0.6 s: it
+    comes back 100 px further than the constant-velocity prediction (made at a crawl) puts it,
+    and nearly twice as big. Time in gaps widens the gate; the crossing is counted once."""
+    def car(k: int) -> list[float]:
+        t = max(0, k - 25) / FPS                             # drives off at frame 25, 500 px/s^2
+        y = 200 + 0.2 * k + 250 * t * t
+        w = 50 * (1 + (y - 200) / 150)                       # grows as it comes closer
+        return [320 - w / 2, y - 0.7 * w, 320 + w / 2, y]
+
+    frames = [[car(k)] if not 28 <= k < 43 else None for k in range(60)]
+    counter, events = run(frames, line="0,250,640,250")
+    assert [d for _, d in events] == ["down"] and counter.totals()["tracks_confirmed"] == 1
+
+
+def test_a_vehicle_seen_twice_before_a_gap_is_not_forgotten():
+    """Seen in 2 frames (tentative: min_hits is 3), then 0.7 s of gaps, then seen below the line.
+    A gap is no evidence the box was a stray: the track survives it and the crossing counts. The
+    same 0.7 s *observed* without the car forgets it (tentative_age_s 0.5 s of observed frames)."""
+    frames = [[car_at(300, 150 + 5 * k)] for k in range(30)]   # 125 px/s; y=200 at frame 10
+    gapped = [f if not 2 <= k < 19 else None for k, f in enumerate(frames)]
+    counter, events = run(gapped)
+    assert events == [(19, "down")] and counter.totals()["tracks_confirmed"] == 1   # its third hit
+    empty = [f if not 2 <= k < 19 else [] for k, f in enumerate(frames)]
+    counter, events = run(empty)
+    assert events == [] and counter.totals()["tracks_confirmed"] == 1   # a new track, below the line
+
+
+@pytest.mark.parametrize("fps", [10.0, 25.0, 60.0])
+def test_a_gap_ends_a_track_after_max_age_in_seconds_at_any_frame_rate(fps):
+    def observe_after(gap_s: float) -> tuple[int, int]:
+        tracker = Tracker(max_age_s=1.0)
+        for i in range(5):
+            tracker.observe(i / fps, det(car_at(300, 100 + 2 * i)))
+        (before,) = tracker.active()
+        k = 5
+        while k / fps < 4 / fps + gap_s:
+            tracker.gap(k / fps)
+            k += 1
+        seen = tracker.observe(k / fps, det(car_at(300, 100 + 2 * k)))
+        return before.id, seen[0].id
+
+    kept = observe_after(0.9)                   # 0.9 s plus at most one frame: within 1 s
+    assert kept[0] == kept[1]
+    lost = observe_after(1.05)
+    assert lost[0] != lost[1]
+
+
+@pytest.mark.parametrize("gap", [5, 12, 20])
+def test_two_cars_do_not_swap_ids_across_a_gap(gap):
+    """Side by side in two lanes 20 px apart, one fast, one slow, level when the gap begins: the
+    fast one is ahead when they are seen again, and both cross the line in between (in the longer
+    gaps). Each keeps its id; two crossings, one per car."""
+    fast = [[car_at(250, 100 + 8 * k)] for k in range(45)]
+    slow = [[car_at(330, 150 + 3 * k)] for k in range(45)]
+    frames = [f if not 10 <= k < 10 + gap else None for k, f in enumerate(merge(fast, slow))]
+    counter = VehicleCounter(line=CountingLine.parse("0,200,640,200"))
+    ids: dict[int, set[int]] = {250: set(), 330: set()}
+    crossings = []
+    for k, boxes in enumerate(frames):
+        record = counter.update(k / FPS, det(*boxes) if boxes is not None else None)
+        crossings += record["new_crossings"]
+        if boxes is not None and k >= 3:                     # confirmed from the third frame
+            for track in counter.tracker.active():
+                ids[round((track.box[0] + track.box[2]) / 2)].add(track.id)
+    assert len(ids[250]) == len(ids[330]) == 1 and ids[250] != ids[330]
+    assert sorted(e["track"] for e in crossings) == sorted(ids[250] | ids[330])
+    assert counter.totals()["tracks_confirmed"] == 2
+
+
 def test_frame_record_and_totals_are_json():
     counter = VehicleCounter(line=CountingLine.parse("0,200,640,200"), region=Region.parse("250,50,350,250"))
     records = [counter.update(i / FPS, det(*f)) for i, f in enumerate(DOWN)]
@@ -309,12 +399,13 @@ def clip_detections(request, tmp_path_factory, assets):
     return get
 
 
-def count_clip(truth, pts, rows, conf, stride=1, offset=0):
-    """Feed every frame in order, every `stride`-th as an observation: crossing frames and directions."""
+def count_clip(truth, pts, rows, conf, stride=1, offset=0, observed=None):
+    """Feed every frame in order, every `stride`-th as an observation (or those `observed` holds
+    true): crossing times and directions."""
     counter = VehicleCounter(line=CountingLine(*truth["line"], anchor=truth["anchor"]))
     events = []
     for i, (t, r) in enumerate(zip(pts, rows)):
-        if (i - offset) % stride:
+        if (i - offset) % stride if observed is None else not observed[i]:
             counter.update(float(t), None)
             continue
         r = r[r[:, 5] >= conf]
@@ -347,6 +438,34 @@ def test_ground_truth_crossings(clip_detections, name, conf, stride):
                   f"(hand count {truth['crossings']}), {found} match hand-counted events: {events}"
         assert abs(len(events) - truth["crossings"]) <= 1, summary
         assert found >= truth["crossings"] - 1 and len(events) - found <= 1, summary
+
+
+def bursts(n: int, seed: int) -> np.ndarray:
+    """Which of n frames are observed: runs of 5-20 unobserved frames (0.2-0.8 s at 24 fps), each
+    followed by 1-4 observed, as when a filter answers most frames (about 85 % unobserved)."""
+    rng = np.random.default_rng(seed)
+    observed, i = np.zeros(n, bool), 0
+    while i < n:
+        unobserved, seen = int(rng.integers(5, 21)), int(rng.integers(1, 5))
+        observed[i + unobserved:i + unobserved + seen] = True
+        i += unobserved + seen
+    return observed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(10))
+def test_ground_truth_crossings_with_runs_of_unobserved_frames(clip_detections, seed):
+    """street_two_lane (24 fps, cars in view 2-4 s) with about 85 % of the frames unobserved in
+    runs of up to 0.8 s: the counter still finds the hand count within one. (highway_topdown is
+    not held to this: with so few frames observed, YOLO sees some of its cars in 0-2 of them.)
+    Before the tracker told gaps from empty frames it counted 5 of 8 on three of these patterns,
+    6 or 7 on four; now 8 on nine, 7 on one."""
+    truth, pts, rows = clip_detections("street_two_lane")
+    observed = bursts(len(rows), seed)
+    events = count_clip(truth, pts, rows, 0.25, observed=observed)
+    found = matched(truth, pts, events)
+    summary = f"seed {seed}, {observed.mean():.0%} observed: {len(events)} crossings, {found} match: {events}"
+    assert abs(len(events) - truth["crossings"]) <= 1 and found >= truth["crossings"] - 1, summary
 
 
 @pytest.mark.slow
