@@ -18,7 +18,7 @@ from models.labels import file_sha256
 from models.registry import parse_policy
 from models.simulate import INFER, decode_frames, prepare_clip, replay
 from stages.results import Detections
-from stages.tracking import CountingLine, VehicleCounter
+from stages.tracking import CountingLine, Tracker, VehicleCounter, anchor_points
 from tests.conftest import asset_or_skip
 from tests.stages.test_tracking import CASES, clip_detections  # noqa: F401  (a fixture)
 
@@ -61,12 +61,32 @@ def test_the_shipped_cascade_meets_its_target_on_a_test_half(assets, cascade, na
     assert result.filtered > 0
 
 
-# highway_topdown: the shipped cascade answers 79 % of the clip (its agreement over the whole clip
-# is 0.88) and the tracker, seeing 21 % of the frames, counts 4 of the 5 crossings. A known failure
-# of the shipped filters (issue 9 stays open on it); strict, so a fix shows up here.
+# highway_topdown: the shipped cascade answers about 78 % of the clip and the tracker counts 4 of the
+# 5 crossings. The one lost is not the tracker's: YOLO (conf 0.1) sees the fourth car (teal, upper
+# lane, crossing near frame 216) in 3 frames only, 213, 217 and 227 (scores 0.17, 0.29, 0.19), and
+# the shipped Skip answers all three (trained on labels at conf 0.25, it is right on two of them);
+# no tracker counts a car it never observes. The test below checks every car the cascade does let
+# YOLO see. A known failure of the shipped filters (issue 9 stays open on it); strict, so a fix
+# shows up here.
 LINE_CASES = [pytest.param(name, conf, marks=pytest.mark.xfail(
-    strict=True, reason="with the shipped cascade the tracker counts 4 of the 5 crossings of highway_topdown"))
+    strict=True, reason="the shipped Skip answers the only 3 frames in which YOLO sees highway_topdown's "
+                        "fourth car, so its crossing is never observed (4 of 5 counted)"))
     if name == "highway_topdown" else (name, conf) for name, conf in CASES]
+
+
+def crossings_observed(truth, pts, rows, conf, observed: np.ndarray):
+    """Feed every frame, those `observed` holds true as observations: the crossings (pts,
+    direction), and per frame the ids of the tracks matched there with the side of the line their
+    anchor point is on."""
+    counter = VehicleCounter(line=CountingLine(*truth["line"], anchor=truth["anchor"]))
+    events, matched = [], []
+    for i, (t, r) in enumerate(zip(pts, rows)):
+        r = r[r[:, 5] >= conf]
+        record = counter.update(float(t), Detections(r[:, :4], r[:, 4].astype(int), r[:, 5]) if observed[i] else None)
+        events += [(e["pts"], e["direction"], e["track"]) for e in record["new_crossings"]]
+        matched.append({track.id: counter.line.side(anchor_points(track.box, counter.line.anchor)[0]) > 0
+                        for track in counter.tracker.tracks if observed[i] and track.pts == float(t)})
+    return events, matched
 
 
 @pytest.mark.slow
@@ -80,13 +100,32 @@ def test_line_crossings_with_the_cascade_equal_the_unfiltered_run(assets, cascad
     _, result = run_cascade(cascade, clip, counts, 0, 0)
     inferred = result.action == INFER
     assert 0 < inferred.sum() < len(rows)
+    everything, _ = crossings_observed(truth, pts, rows, conf, np.ones(len(rows), bool))
+    filtered, _ = crossings_observed(truth, pts, rows, conf, inferred)
+    assert len(filtered) == len(everything), f"{name}: {inferred.mean():.0%} of frames inferred"
 
-    def crossings(observed: np.ndarray) -> int:
-        counter = VehicleCounter(line=CountingLine(*truth["line"], anchor=truth["anchor"]))
-        for i, (t, r) in enumerate(zip(pts, rows)):
-            r = r[r[:, 5] >= conf]
-            counter.update(float(t), Detections(r[:, :4], r[:, 4].astype(int), r[:, 5]) if observed[i] else None)
-        return counter.crossings
 
-    everything = crossings(np.ones(len(rows), bool))
-    assert crossings(inferred) == everything, f"{name}: {inferred.mean():.0%} of frames inferred"
+@pytest.mark.slow
+@pytest.mark.parametrize("name, conf", CASES)
+def test_every_crossing_the_cascade_lets_yolo_see_is_counted(assets, cascade, clip_detections, name, conf):  # noqa: F811
+    """What the tracker owes whatever the filter does: a vehicle that crossed in the unfiltered
+    run, and that YOLO sees in at least min_hits of the frames the cascade sends it, on both sides
+    of the line, with at most max_age_s between two of them, is counted from the inferred frames
+    alone (same direction, within 0.5 s)."""
+    truth, pts, rows = clip_detections(name)
+    clip = asset_or_skip(assets, truth["media"])
+    counts = np.asarray([int((r[:, 5] >= conf).sum()) for r in rows], np.int32)
+    _, result = run_cascade(cascade, clip, counts, 0, 0)
+    inferred = result.action == INFER
+    everything, tracks = crossings_observed(truth, pts, rows, conf, np.ones(len(rows), bool))
+    filtered, _ = crossings_observed(truth, pts, rows, conf, inferred)
+    tracker = Tracker()
+    owed = []
+    for t_cross, direction, track in everything:
+        seen = [i for i in np.flatnonzero(inferred) if track in tracks[i]]
+        sides = {tracks[i][track] for i in seen}
+        if len(seen) >= tracker.min_hits and len(sides) == 2 and np.all(np.diff(pts[seen]) <= tracker.max_age_s):
+            owed.append((t_cross, direction))
+    assert owed, f"{name}: the cascade lets YOLO see no crossing vehicle; the test checks nothing"
+    missing = [(t, d) for t, d in owed if not any(d == e[1] and abs(t - e[0]) <= 0.5 for e in filtered)]
+    assert not missing, f"{name}: crossings seen by YOLO through the cascade but not counted: {missing}"
