@@ -507,3 +507,20 @@ def window_samples(directory: Path, clip: dict, window_s: float, hop_s: float) -
         part = audio[start:start + window]
         piece[:part.size] = part
         yield piece
+
+
+def load_split(directory: Path, split: str, settings: RecognizerSettings | None = None, label_dir: Path | None = None,
+               words: int = DEFAULT_WORDS) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """One split's windows for training or evaluating a filter: (samples float32 [windows, window
+    samples], needs bool [windows], the `labelled_windows` rows), labelling what is not cached."""
+    manifest = read_manifest(directory)
+    options = manifest["options"]
+    rows = [row for row in labelled_windows(directory, settings, label_dir, words) if row["split"] == split]
+    if not rows:
+        raise ConfigError(f"{directory} has no window in split {split!r} (splits: "
+                          f"{sorted({clip['split'] for clip in manifest['clips']})})")
+    arrays = []
+    for clip in manifest["clips"]:
+        if clip["split"] == split:
+            arrays.extend(window_samples(directory, clip, options["window_s"], options["hop_s"]))
+    return np.stack(arrays), np.asarray([row["needs"] for row in rows], bool), rows

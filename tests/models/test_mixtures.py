@@ -17,7 +17,7 @@ import pytest
 
 from models import mixtures
 from models.mixtures import (SPLITS, MixtureOptions, build_clip, build_mixtures, labelled_windows, load_audio,
-                             power, read_manifest, speaker_of, window_records)
+                             load_split, power, read_manifest, speaker_of, window_records)
 from models.speech_labels import RecognizerSettings, speech_label_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,6 +160,11 @@ def test_labelled_windows_join_the_recognizers_answers_with_the_manifest(tmp_pat
     assert [row["needs"] for row in labelled_windows(tmp_path, label_dir=labels, words=1)] == [True, True, False]
     with pytest.raises(Exception, match="windows are 2.0 s every 1.0 s"):
         labelled_windows(tmp_path, RecognizerSettings(window_s=3.0), labels)
+
+    samples, needs, rows = load_split(tmp_path, "train", label_dir=labels)
+    assert samples.shape == (3, 32000) and samples.dtype == np.float32 and needs.tolist() == [False, True, False]
+    with pytest.raises(Exception, match="no window in split 'test'"):
+        load_split(tmp_path, "test", label_dir=labels)
 
 
 @pytest.mark.slow
