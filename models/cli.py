@@ -57,7 +57,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="vehicle: YOLO on video frames (default); speech: Whisper tiny.en on audio windows")
     label.add_argument("--source", nargs="+", required=True, type=Path, metavar="CLIP",
                        help="video files; for --task speech audio or video files, or mixture directories")
-    label.add_argument("--out", type=Path, default=None, help=f"label directory (default {default_label_dir()})")
+    label.add_argument("--out", type=Path, default=None, help=f"label directory (default {default_label_dir()}; "
+                       "for --task speech its sibling speech-labels)")
     label.add_argument("--max-frames", type=int, default=None, help="label only the first N frames of each clip")
     label.add_argument("--weights", default="", help="YOLO weights (default: the shared offline YOLOv8n INT8)")
     label.add_argument("--conf", type=float, default=DetectorSettings.conf)
