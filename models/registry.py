@@ -57,6 +57,12 @@ POLICIES: dict[str, PolicyEntry] = {
                              "framediff[:feature=pixel|edge|area,threshold=X,size=96]",
                              "Reducto's pixel, edge or area difference from the last inferred frame; "
                              "below the threshold, reuse its answer"),
+    "vad": PolicyEntry("models.baselines.vad:Vad", "vad:silero[:threshold=P] | vad:webrtc[:MODE][,threshold=S]",
+                       "audio: skip a window a voice activity detector finds no speech in (Silero's highest "
+                       "speech probability below P, default 0.5; or WebRTC's voiced share below S, default 0.1, "
+                       "aggressiveness MODE 0-3, default 3)"),
+    "energy": PolicyEntry("models.baselines.vad:EnergyGate", "energy[:threshold=DB]",
+                          "audio: skip a window whose RMS level is below DB dBFS (default -50)"),
     "motion": PolicyEntry("models.baselines.motion:MotionGate",
                           "motion[:rule=sum|mask|delta|now,threshold=X,size=64,history=500]",
                           "background subtraction (MOG2): while the motion since the last inferred frame "
