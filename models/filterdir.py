@@ -187,6 +187,11 @@ def open_filter_dir(path: Path | str, kind: str | None = None) -> FilterDir:
     metadata_path = path / "metadata.json"
     metadata = _read_json(metadata_path, "filter metadata")
     found = metadata.get("kind")
+    if found == "early-exit":           # its own files and checks (models/early_exit.py)
+        from models.early_exit import open_early_exit_dir
+        if kind not in (None, found):
+            raise ConfigError(f"{path} holds an early-exit filter, not a {kind} filter")
+        return open_early_exit_dir(path, metadata)
     if found not in KINDS:
         raise ConfigError(f"{metadata_path}: \"kind\" must be one of {', '.join(KINDS)}, got {found!r:.40}")
     if kind is not None and found != kind:

@@ -67,6 +67,11 @@ POLICIES: dict[str, PolicyEntry] = {
                           "motion[:rule=sum|mask|delta|now,threshold=X,size=64,history=500]",
                           "background subtraction (MOG2): while the motion since the last inferred frame "
                           "is below the threshold, reuse its answer"),
+    "early-exit": PolicyEntry("models.early_exit:EarlyExitPolicy",
+                              "early-exit[:task=speech|vehicles,rule=maxprob|entropy,threshold=P]",
+                              "the binary early-exit network (larq): runs its blocks in order and, at the first "
+                              "exit confident that the model is not needed (top probability >= P, default 0.9; "
+                              "or normalised entropy <= P, default 0.3), answers exit(k) with the empty result"),
 }
 
 #: The form of a trained filter directory on the command line (not a name of the table).

@@ -44,7 +44,7 @@ BROKEN = {
     "corrupt metadata": (lambda d: (d / "metadata.json").write_text("{nope"), "metadata.json: not a readable JSON"),
     "metadata a list": (lambda d: (d / "metadata.json").write_text("[]"), "expected a JSON object"),
     "other format": (lambda d: edit_metadata(d, format=2), '"format": 1, got 2'),
-    "unknown kind": (lambda d: edit_metadata(d, kind="early-exit"), '"kind" must be one of skip, reuse'),
+    "unknown kind": (lambda d: edit_metadata(d, kind="teleport"), '"kind" must be one of skip, reuse'),
     "size not a number": (lambda d: edit_metadata(d, input_size="32"), '"input_size" must be a whole number'),
     "other input size": (lambda d: edit_metadata(d, input_size=48),
                          r"filter trained for 48x48 input \(metadata.json\), the model file .*model.tflite "
