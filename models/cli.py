@@ -196,7 +196,7 @@ def add_train(tools: argparse._SubParsersAction) -> None:
                              description="Label every clip (cached), train a Skip or Reuse filter on the training "
                              "part of each clip's first half, pick the best epoch on the validation part, and write "
                              "the filter directory (model.tflite, head.npz for reuse, metadata.json).")
-    train.add_argument("kind", choices=("skip", "reuse"))
+    train.add_argument("kind", choices=("skip", "reuse", "early-exit"))
     train.add_argument("--clips", type=Path, nargs="+", default=None, metavar="CLIP",
                        help="clips to learn from (default: every video under $INFI_ASSETS/traffic)")
     train.add_argument("--exclude", nargs="+", default=[], metavar="NAME",
@@ -207,6 +207,8 @@ def add_train(tools: argparse._SubParsersAction) -> None:
                        help="filter directory to write (default models/shipped/vehicle/KIND)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
+    from models.early_exit import add_train_arguments
+    add_train_arguments(train)          # --task, --mixtures, --words, --rule, --exit-threshold
     train.set_defaults(handler=run_train)
 
 
@@ -222,6 +224,9 @@ def _clips(given: list[Path] | None) -> list[Path]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.kind == "early-exit":           # the binary early-exit network (models/early_exit.py)
+        from models.early_exit import run_train_command
+        return run_train_command(args)
     clips = _clips(args.clips)
     if args.size is not None and not 16 <= args.size <= 256:
         raise ConfigError(f"--size takes 16..256 pixels, got {args.size}")

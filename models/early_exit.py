@@ -52,7 +52,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from models.audio_features import LogMel, LogMelSettings
+from models.audio_features import SAMPLE_RATE, LogMel, LogMelSettings
 from models.base import Decision, FramePolicy
 from models.options import Option, choice, number, parse_options
 from pipeline.errors import ConfigError
@@ -489,6 +489,223 @@ def export_early_exit(network: ExitNetwork, out: Path, metadata: dict[str, Any],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _replace(out / "metadata.json", (json.dumps(meta, indent=1) + "\n").encode())
     return gaps
+
+
+def part_latency_ms(models: Sequence[bytes | Path], inputs: np.ndarray, repeats: int = 200) -> dict[str, Any]:
+    """Median ms of one invoke (set input, invoke, read outputs) of each part, LiteRT on one
+    thread, over `repeats` runs on real inputs; and the cumulative ms to reach each exit."""
+    runner = ExitModels(models)
+    runner.open()
+    per_part = []
+    for k in range(runner.exits):
+        xs = []
+        for x in inputs[:8]:
+            for earlier in range(k):
+                x = runner.run_part(earlier, x)[1]
+            xs.append(x)
+        times = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            runner.run_part(k, xs[i % len(xs)])
+            times.append((time.perf_counter() - start) * 1e3)
+        per_part.append(float(np.median(times)))
+    return {"per_part_ms": per_part, "to_exit_ms": [float(v) for v in np.cumsum(per_part)], "repeats": repeats,
+            "threads": 1}
+
+
+def _training_metadata(training: ExitTraining, options: ExitOptions, extra: dict[str, Any]) -> dict[str, Any]:
+    from models.export import git_commit
+    rule = options.rule
+    return {"commit": git_commit(), "training": {
+        "options": options.to_json(), "history": training.history, "seconds": round(training.seconds, 1),
+        "validation": training.validation, **extra}, "default_rule": rule,
+        "default_threshold": DEFAULT_THRESHOLDS[rule] if options.threshold is None else options.threshold}
+
+
+def _finish(training: ExitTraining, options: ExitOptions, out: Path | None, metadata: dict[str, Any],
+            val_inputs: np.ndarray, val_labels: np.ndarray, extra: dict[str, Any],
+            say: Callable[[str], None] | None) -> ExitTraining:
+    network = training.network
+    if len(val_labels):
+        probs = predict_exits(network, val_inputs)
+        extra = {**extra, "sweep": {rule: sweep(probs, val_labels, rule, network.exit_costs,
+                                                np.round(np.linspace(0.5 if rule == "maxprob" else 0.0, 1.0, 11), 3))
+                                    for rule in RULES}}
+        if say is not None:
+            v = training.validation
+            say(f"early-exit: validation accuracy per exit {[round(a, 3) for a in v['per_exit_accuracy']]}, "
+                f"early-exit accuracy {v['accuracy']:.3f} (last exit {v['last_exit_accuracy']:.3f}) at {options.rule} "
+                f"{v['threshold']}; exits {v['exit_counts']}, MACs saved {v['macs_saved']:.1%}, binary ops saved "
+                f"{v['binary_ops_saved']:.1%}")
+    if out is not None:
+        sample = val_inputs[:8] if len(val_inputs) else None
+        if sample is None:
+            raise ValueError("exporting needs validation inputs to check the TFLite parts against Keras")
+        export_early_exit(network, out, {**metadata, **_training_metadata(training, options, extra)}, sample)
+        latency = part_latency_ms(sorted(Path(out).glob("exit_*.tflite"), key=lambda p: int(p.stem[5:])), sample)
+        meta_path = Path(out) / "metadata.json"
+        meta = json.loads(meta_path.read_text())
+        meta["latency"] = latency
+        meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+        if say is not None:
+            say(f"early-exit filter written to {out}; ms per part {[round(v, 3) for v in latency['per_part_ms']]}")
+    return training
+
+
+def train_speech(mixtures: Path, out: Path | None = None, options: ExitOptions = ExitOptions(),
+                 label_dir: Path | None = None, words: int = 2, say: Callable[[str], None] | None = print,
+                 **arch: Any) -> ExitTraining:
+    """Train on a mixture directory's train split (models/mixtures.py `load_split`; labels the
+    windows not labelled yet), validate on its val split, export to `out`."""
+    from models.mixtures import load_split
+    train_x, train_y, _ = load_split(Path(mixtures), "train", label_dir=label_dir, words=words)
+    val_x, val_y, _ = load_split(Path(mixtures), "val", label_dir=label_dir, words=words)
+    settings = LogMelSettings(window_s=train_x.shape[1] / SAMPLE_RATE)
+    log_mel = LogMel(settings)
+    inputs, val_inputs = log_mel.batch(train_x)[..., None], log_mel.batch(val_x)[..., None]
+    shape = ExitArchitecture(input_shape=inputs.shape[1:], input_mean=float(inputs.mean()),
+                             input_std=float(inputs.std()), **arch)
+    if say is not None:
+        say(f"early-exit speech: {len(train_y)} training windows ({train_y.mean():.1%} need recognition), "
+            f"{len(val_y)} validation windows, input {inputs.shape[1:]}")
+    training = train_network(shape, inputs, train_y.astype(int), val_inputs, val_y.astype(int), options, say)
+    extra = {"trained_on": str(mixtures), "train_windows": int(len(train_y)), "val_windows": int(len(val_y))}
+    return _finish(training, options, out, audio_metadata(settings, "speech", words), val_inputs,
+                   val_y.astype(int), extra, say)
+
+
+def train_vehicles(clips: Sequence[Path | str], out: Path | None = None, options: ExitOptions = ExitOptions(),
+                   size: int = 32, exclude: Sequence[str] = (), progress: bool = True,
+                   say: Callable[[str], None] | None = print, **arch: Any) -> ExitTraining:
+    """The video Skip variant: frames shrunk to `size` (models/dataset.py, the clips' training and
+    validation parts as Skip uses them), label 1 when YOLO found a vehicle."""
+    from models.dataset import load_clips
+    from models.train import _frames_at
+    data = load_clips(clips, size, exclude, progress)
+    frames, counts, _ = _frames_at(data, "train")
+    val_frames, val_counts, _ = _frames_at(data, "val")
+    shape = ExitArchitecture(input_shape=(size, size, 3), input_mean=127.5, input_std=127.5,
+                             **{"stem_stride": 1, **arch})
+    labels, val_labels = (counts > 0).astype(int), (val_counts > 0).astype(int)
+    if say is not None:
+        say(f"early-exit vehicles: {len(labels)} training frames ({labels.mean():.1%} with a vehicle), "
+            f"{len(val_labels)} validation frames, size {size}")
+    training = train_network(shape, frames.astype(np.float32), labels, val_frames.astype(np.float32), val_labels,
+                             options, say)
+    extra = {"trained_on": [clip.name for clip in data], "train_frames": int(len(labels))}
+    return _finish(training, options, out, video_metadata(size), val_frames.astype(np.float32), val_labels,
+                   extra, say)
+
+
+def evaluate_directory(path: Path | str, raw: np.ndarray, labels: np.ndarray, rule: str | None = None,
+                       threshold: float | None = None, groups: Sequence[str] | None = None) -> dict[str, Any]:
+    """The exported filter at `path` on labelled raw inputs (audio windows or frames), through the
+    runtime (LiteRT): the exit report at `rule`/`threshold` (default: the directory's), per group
+    when `groups` are given, a threshold sweep for both rules, and per-input latency of the live
+    path (features + parts up to the exit, `decide`)."""
+    from models.filterdir import open_filter_dir
+    directory = open_filter_dir(path, KIND)
+    rule = rule or directory.metadata.get("default_rule", "maxprob")
+    threshold = directory.metadata.get("default_threshold", DEFAULT_THRESHOLDS[rule]) if threshold is None \
+        else threshold
+    policy = EarlyExitPolicy(directory, rule, threshold)
+    labels = np.asarray(labels).astype(int)
+    with policy:
+        probs = np.stack([policy.prepare(x).reshape(directory.exits, -1) for x in raw])
+        kind = directory.input_kind
+        times = []
+        for seq, x in enumerate(raw):
+            start = time.perf_counter()
+            policy.decide(Message(kind, "eval", seq, arrays=(x,)))
+            times.append((time.perf_counter() - start) * 1e3)
+    costs = directory.costs()
+    report = exit_report(probs, labels, rule, threshold, costs)
+    if groups is not None:
+        groups = np.asarray(groups)
+        report["groups"] = {str(g): exit_report(probs[groups == g], labels[groups == g], rule, threshold, costs)
+                            for g in sorted(set(groups.tolist()))}
+    report["sweep"] = {r: sweep(probs, labels, r, costs, np.round(np.linspace(0.5 if r == "maxprob" else 0.0, 1.0,
+                                                                              21), 3)) for r in RULES}
+    report["decide_ms"] = {"median": float(np.median(times)), "p90": float(np.percentile(times, 90)),
+                           "what": "features + the parts run up to the exit, LiteRT, 1 thread"}
+    return report
+
+
+def plot_report(report: dict[str, Any], out: Path) -> Path:
+    """A PNG: the exit distribution per class at the report's threshold, and accuracy against
+    binary operations saved over the threshold sweep."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    exits = np.arange(report["exits"])
+    bottom = np.zeros(len(exits))
+    for name, counts in report["per_class_exits"].items():
+        left.bar(exits, counts, bottom=bottom, label=name)
+        bottom += counts
+    left.set(xlabel="exit", ylabel="inputs", xticks=exits,
+             title=f"exits at {report['rule']} {report['threshold']:g} ({report['none_confident']} none confident)")
+    left.legend()
+    for rule, rows in report["sweep"].items():
+        right.plot([r["binary_ops_saved"] for r in rows], [r["accuracy"] for r in rows], "o-", label=rule)
+    right.axhline(report["last_exit_accuracy"], color="grey", ls="--", label="last exit")
+    right.set(xlabel="binary operations saved", ylabel="accuracy", title="accuracy vs work over thresholds")
+    right.legend()
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def evaluate_speech(path: Path | str, mixtures: Path, split: str = "test", words: int = 2,
+                    **kwargs: Any) -> dict[str, Any]:
+    """`evaluate_directory` on a mixture split's windows, grouped by subset (clean, noise, music, real)."""
+    from models.mixtures import load_split
+    samples, needs, rows = load_split(Path(mixtures), split, words=words)
+    report = evaluate_directory(path, samples, needs.astype(int), groups=[row["subset"] for row in rows], **kwargs)
+    report["data"] = {"mixtures": str(mixtures), "split": split, "windows": int(len(needs)),
+                      "needs_recognition": float(needs.mean())}
+    return report
+
+
+def add_train_arguments(parser: Any) -> None:
+    """``infistream filter train early-exit`` options (models/cli.py adds them to its train command)."""
+    group = parser.add_argument_group("early-exit")
+    group.add_argument("--task", choices=TASKS, default="speech",
+                       help="early-exit: speech (audio windows of a mixture directory) or vehicles (frames of --clips)")
+    group.add_argument("--mixtures", type=Path, default=None,
+                       help="early-exit --task speech: the mixture directory (infistream filter mixtures; "
+                            "default .cache/speech-mixtures/seed-0)")
+    group.add_argument("--words", type=int, default=2, help="early-exit --task speech: the rule's N (default 2)")
+    group.add_argument("--rule", choices=RULES, default="maxprob",
+                       help="early-exit: the exit rule reported at training (default maxprob)")
+    group.add_argument("--exit-threshold", type=float, default=None,
+                       help="early-exit: the rule's threshold (default 0.9 for maxprob, 0.3 for entropy)")
+
+
+def run_train_command(args: Any) -> int:
+    """``infistream filter train early-exit --task speech|vehicles``: train, report, write the directory."""
+    threshold = args.exit_threshold
+    if threshold is not None:
+        check_rule(args.rule, threshold)
+    options = ExitOptions(epochs=args.epochs or ExitOptions.epochs, seed=args.seed, rule=args.rule,
+                          threshold=threshold)
+    out = args.out or SHIPPED_ROOT / SHIPPED_TASK_DIRS[args.task] / KIND
+    if args.task == "speech":
+        from models.mixtures import default_mixture_dir
+        mixtures = args.mixtures or default_mixture_dir()
+        if not (Path(mixtures) / "manifest.json").exists():
+            raise ConfigError(f"no speech mixtures at {mixtures}: build them with `infistream filter mixtures "
+                              f"--label` or name them with --mixtures")
+        training = train_speech(mixtures, out, options, words=args.words)
+    else:
+        from models.dataset import default_clips
+        clips = args.clips or default_clips()
+        training = train_vehicles(clips, out, options, size=args.size or 32, exclude=args.exclude,
+                                  progress=args.progress)
+    print(f"early-exit ({args.task}): {training.seconds:.0f} s; written to {out}")
+    return 0
 
 
 # ------------------------------------------------------------------------- runtime (LiteRT)
