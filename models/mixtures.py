@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 #: Bumped when the same seed would give other audio: a manifest of another format is rebuilt.
-MIXTURE_FORMAT = 1
+MIXTURE_FORMAT = 2
 ESPEAK = "espeak-ng"
 
 # Common words for the sentences; train and val get disjoint halves, so no sentence is in both.
@@ -455,9 +455,11 @@ def _real_clips(plan: SplitPlan, split: str, out: Path, store: _Assets, options:
         audio = store.audio(source)
         name = f"{split}/real-{Path(source).stem}.wav"
         write_wav(out / name, audio)
+        # Where speech lies in a recording is not known: its windows say None, not 0 s.
+        windows = [{**window, "speech_s": None} for window in window_records(audio.size, [], options)]
         records.append({"file": name, "split": split, "subset": "real", "bed": None, "source": source,
                         "events": [], "seconds": round(audio.size / SAMPLE_RATE, 4), "samples": int(audio.size),
-                        "windows": window_records(audio.size, [], options)})
+                        "windows": windows})
     return records
 
 

@@ -183,4 +183,5 @@ def test_infistream_filter_mixtures_writes_the_clips_and_the_manifest(espeak, st
         audio = load_audio(tmp_path / clip["file"])
         assert audio.size == clip["samples"] and len(clip["windows"]) >= 1
         assert clip["subset"] == "real" or clip["samples"] == 3 * 16000
+    assert all(window["speech_s"] is None for clip in real for window in clip["windows"])
     assert f"{len(manifest['clips'])} clips" in done.stdout
