@@ -293,3 +293,47 @@ def test_exits_flow_through_the_filter_stage_and_the_aggregator_resolves_them(ri
     assert [line.get("exit") for line in lines if "seq" in line] == [1, 1, 1]
     summary = json.loads((tmp_path / "summary.json").read_text())["total"]
     assert summary["exited"] == 3 and summary["inferred"] == 0
+
+
+def test_the_video_variant_exits_on_frames_with_an_empty_count(tf_ready, tmp_path):
+    """Same builder on shrunk frames: a frame the network is sure holds no vehicle exits with
+    {"count": 0}, which the vehicle task resolves to no detections."""
+    from models.early_exit import ExitArchitecture, ExitOptions, export_early_exit, train_network, video_metadata
+    from stages.tasks import VehicleTask
+    rng = np.random.default_rng(6)
+    frames = rng.integers(0, 256, (8, 16, 16, 3)).astype(np.float32)
+    labels = np.arange(8) % 2
+    arch = ExitArchitecture(input_shape=(16, 16, 3), input_mean=127.5, input_std=127.5, stem=4, stem_stride=1,
+                            filters=(4, 8))
+    training = train_network(arch, frames, labels, frames[:4], labels[:4], ExitOptions(epochs=1, batch=8, threads=1),
+                             say=None)
+    assert training.network.costs["blocks"][0] == {"macs": 0, "binary_ops": 16 * 16 * 9 * 4 * 4}
+    set_heads(training, [[4.0, -4.0], None])
+    export_early_exit(training.network, tmp_path, video_metadata(16), frames[:2])
+    policy = parse_policy(str(tmp_path))
+    assert policy.input_kind == "video"
+    camera = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    with policy:
+        decision = policy.decide(Message("video", "cam", 0, arrays=(camera,)))
+        assert policy.decide(Message("audio", "mic", 0, arrays=(np.zeros(100, np.float32),))) is None
+        assert policy.model.invocations == [1, 0]
+    assert (decision.action, decision.exit, decision.result) == ("exit", 0, {"count": 0})
+    assert len(VehicleTask().parse_exit(decision.result)) == 0
+
+
+def test_a_broken_early_exit_directory_is_refused_naming_what_is_wrong(rigged, tmp_path):
+    import shutil
+    from models.filterdir import open_filter_dir
+    broken = tmp_path / "broken"
+    shutil.copytree(rigged, broken)
+    (broken / "exit_2.tflite").unlink()
+    with pytest.raises(ConfigError, match="exit_2.tflite not found"):
+        parse_policy(str(broken))
+    with pytest.raises(ConfigError, match="holds an early-exit filter, not a skip filter"):
+        open_filter_dir(rigged, "skip")
+    meta = json.loads((rigged / "metadata.json").read_text())
+    meta["input"]["features"]["mels"] = 9
+    shutil.copytree(rigged, tmp_path / "other", dirs_exist_ok=True)
+    (tmp_path / "other" / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="takes"):
+        parse_policy(str(tmp_path / "other"))
