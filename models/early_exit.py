@@ -173,6 +173,10 @@ def exit_report(all_probs: np.ndarray, labels: np.ndarray, rule: str, threshold:
         "per_class_exits": {name: [int(((exits == e) & (labels == c)).sum()) for e in range(k)]
                             for c, name in enumerate(CLASSES[:all_probs.shape[2]])},
         "mean_exit": float(exits.mean()) if n else float("nan"),
+        # As a filter: the inputs the policy answers (a confident "not needed"), and InFi's
+        # accuracy, where only an answered input that needed the model is an error.
+        "filtered": float((fired & (predicted == 0)).mean()) if n else 0.0,
+        "infi_accuracy": float(1 - (fired & (predicted == 0) & (labels == 1)).mean()) if n else float("nan"),
     }
     if costs is not None:
         full = costs[-1]
@@ -193,7 +197,8 @@ def sweep(all_probs: np.ndarray, labels: np.ndarray, rule: str, costs: Sequence[
     for threshold in thresholds:
         r = exit_report(all_probs, labels, rule, threshold, costs)
         rows.append({key: r[key] for key in ("threshold", "accuracy", "last_exit_accuracy", "mean_exit",
-                                             "macs_saved", "binary_ops_saved", "exit_counts", "none_confident")})
+                                             "macs_saved", "binary_ops_saved", "exit_counts", "none_confident",
+                                             "filtered", "infi_accuracy")})
     return rows
 
 
@@ -402,7 +407,7 @@ def train_network(arch: ExitArchitecture, inputs: np.ndarray, labels: np.ndarray
             report = exit_report(predict_exits(network, val_inputs), val_labels, rule, threshold,
                                  network.exit_costs)
             entry.update({"per_exit_accuracy": report["per_exit_accuracy"], "accuracy": report["accuracy"],
-                          "macs_saved": report["macs_saved"]})
+                          "macs_saved": report["macs_saved"], "binary_ops_saved": report["binary_ops_saved"]})
             score = float(np.mean(report["per_exit_accuracy"]))
         else:
             score = -entry["loss"]
@@ -411,7 +416,8 @@ def train_network(arch: ExitArchitecture, inputs: np.ndarray, labels: np.ndarray
             accuracies = " ".join(f"{a:.3f}" for a in entry.get("per_exit_accuracy", []))
             say(f"early-exit epoch {epoch + 1}/{options.epochs}: loss {entry['loss']:.4f}"
                 + (f", val accuracy per exit {accuracies}, early-exit accuracy {entry['accuracy']:.3f}, "
-                   f"MACs saved {entry['macs_saved']:.1%}" if "accuracy" in entry else ""))
+                   f"binary ops saved {entry['binary_ops_saved']:.1%}, MACs {entry['macs_saved']:.1%}"
+                   if "accuracy" in entry else ""))
         if score > best:
             best, best_weights = score, network.model.get_weights()
     network.model.set_weights(best_weights)

@@ -66,6 +66,10 @@ def test_the_report_counts_exits_per_class_and_the_work_saved():
     assert report["mean_binary_ops"] == pytest.approx((1000 + 2000 + 2000) / 3)
     assert report["binary_ops_saved"] == pytest.approx(1 - 5000 / 6000)
     assert report["macs_saved"] == pytest.approx(1 - 320 / 330)
+    # as a filter: only input 0 is answered (exit 0, "not needed"), and it did not need the model
+    assert report["filtered"] == pytest.approx(1 / 3) and report["infi_accuracy"] == 1.0
+    wrong = exit_report(all_probs, np.array([1, 1, 1]), "maxprob", 0.9)
+    assert wrong["infi_accuracy"] == pytest.approx(2 / 3)
 
 
 def test_log_mel_is_the_filterbank_of_the_power_spectrum():
