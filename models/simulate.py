@@ -36,12 +36,12 @@ from pipeline.message import Message
 from models import metrics
 from models.dataset import Split, cached_frames, label_end, split_indices
 from models.labels import DetectorSettings, count_labels, default_label_dir, label_path
-from models.base import REUSE_HORIZON, Answers, FramePolicy, Policy
+from models.base import FEEDBACK_LAG, REUSE_HORIZON, Answers, FramePolicy, Policy
 
-#: Frames between a decision and the moment its answer reaches the policy's `feedback` (one
-#: frame in the worker, one in the aggregator's reorder and publish, as a live run on this
-#: machine sees it); `replay(lag=0)` is the ideal of feedback before the next frame.
-DEFAULT_LAG = 2
+#: Frames between a decision and the moment its answer reaches the policy's `feedback`: the
+#: most the live filter allows (`models.base.FEEDBACK_LAG`); `replay(lag=0)` is the ideal of
+#: feedback before the next frame.
+DEFAULT_LAG = FEEDBACK_LAG
 
 #: Frames before a scored part that are replayed first, unscored (`PreparedClip.warmup`): about
 #: 6 s of video, so that Reuse's cache is judged as it mostly runs, warm.

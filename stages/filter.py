@@ -35,7 +35,7 @@ import numpy as np
 from pipeline.errors import ConfigError
 from pipeline.message import Message
 from pipeline.stage import Stage
-from models.base import Decision, FramePolicy, Policy
+from models.base import FEEDBACK_LAG, Decision, FramePolicy, Policy   # FEEDBACK_LAG: how far ahead Reuse may decide
 from models.registry import parse_policy
 from stages import ledger
 from stages.savings import audit_estimate
@@ -43,9 +43,6 @@ from stages.savings import audit_estimate
 log = logging.getLogger(__name__)
 
 
-#: Inputs a feedback-driven policy may decide past the last answer it heard back: the lag the
-#: filters are calibrated and evaluated with (models/simulate.py, `infistream filter calibrate --lag`).
-FEEDBACK_LAG = 2
 #: How long the filter holds its input for an answer before deciding without it (the results
 #: channel is best effort, and a graph may have no side input at all).
 FEEDBACK_WAIT_S = 2.0

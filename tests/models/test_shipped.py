@@ -16,7 +16,7 @@ import pytest
 
 from models.labels import file_sha256
 from models.registry import parse_policy
-from models.simulate import INFER, decode_frames, prepare_clip, replay
+from models.simulate import DEFAULT_LAG, INFER, decode_frames, prepare_clip, replay
 from stages.results import Detections
 from stages.tracking import CountingLine, Tracker, VehicleCounter, anchor_points
 from tests.conftest import asset_or_skip
@@ -45,7 +45,7 @@ def run_cascade(cascade, clip: Path, counts: np.ndarray, start: int, scored_from
     frames = decode_frames(clip, range(start, len(counts)))
     prepared = prepare_clip(clip.stem, frames, dict(enumerate(counts.tolist())), cascade.policies)
     prepared.warmup = scored_from - start
-    return prepared, replay(cascade.policies, prepared, lag=2)
+    return prepared, replay(cascade.policies, prepared, lag=DEFAULT_LAG)
 
 
 @pytest.mark.parametrize("name", ["street_two_lane.mp4", "highway_cctv.avi"])
