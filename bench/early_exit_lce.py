@@ -54,7 +54,7 @@ def main() -> int:
     from ai_edge_litert.interpreter import Interpreter
 
     from models.audio_features import LogMelSettings
-    from models.early_exit import ExitArchitecture, build_network, part_tflite
+    from models.early_exit_train import ExitArchitecture, build_network, part_tflite
 
     shape = (*LogMelSettings().shape, 1)
     networks = {"default (stem 8; 16, 32, 64, 128)": ExitArchitecture(input_shape=shape),

@@ -98,7 +98,7 @@ def tf_ready():
 
 
 def test_multiply_adds_match_a_hand_count(tf_ready):
-    from models.early_exit import ExitArchitecture, build_network, layer_costs
+    from models.early_exit_train import ExitArchitecture, build_network, layer_costs
     network = build_network(ExitArchitecture(input_shape=(8, 8, 1), stem=2, stem_stride=1, filters=(4, 4)))
     # stem 3x3, 1 -> 2 channels on 8x8: 8*8*9*1*2; block 0, 2 -> 4 channels on 8x8 (binary):
     # 8*8*9*2*4; pooled to 4x4; block 1, 4 -> 4 on 4x4: 4*4*9*4*4; each head 4 -> 2 dense.
@@ -126,7 +126,7 @@ def windows(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def trained(tf_ready, tmp_path_factory):
     """A tiny 3-exit BNN trained for a few steps on generated windows, exported."""
-    from models.early_exit import ExitArchitecture, ExitOptions, audio_metadata, export_early_exit, train_network
+    from models.early_exit_train import ExitArchitecture, ExitOptions, audio_metadata, export_early_exit, train_network
     samples, labels = windows(24)
     features = LogMel(SETTINGS).batch(samples)[..., None]
     arch = ExitArchitecture(input_shape=features.shape[1:], input_mean=float(features.mean()),
@@ -144,7 +144,7 @@ def test_the_binary_blocks_are_binary_and_their_latent_kernels_clipped(trained):
     assert len(layers) == 3
     for layer in layers:
         assert layer.input_quantizer is not None and layer.kernel_quantizer is not None
-    from models.early_exit import quantized_kernels
+    from models.early_exit_train import quantized_kernels
     for kernel, layer in zip(quantized_kernels(training.network), layers):
         assert set(np.unique(kernel).tolist()) == {-1.0, 1.0}        # what the forward pass multiplies by
         latent = layer.get_weights()[0]
@@ -153,11 +153,11 @@ def test_the_binary_blocks_are_binary_and_their_latent_kernels_clipped(trained):
 
 def test_all_exits_train_jointly(tf_ready):
     """One step moves the weights of every exit head and every block."""
-    from models.early_exit import ExitArchitecture, ExitOptions, train_network
+    from models.early_exit_train import ExitArchitecture, ExitOptions, train_network
     samples, labels = windows(8, seed=1)
     features = LogMel(SETTINGS).batch(samples)[..., None]
     arch = ExitArchitecture(input_shape=features.shape[1:], stem=4, filters=(4, 4))
-    from models.early_exit import build_network
+    from models.early_exit_train import build_network
     from models.train import seed_everything
     seed_everything(3, 1)
     initial = {layer.name: [w.copy() for w in layer.get_weights()] for layer in build_network(arch).model.layers}
@@ -175,7 +175,7 @@ def test_export_writes_one_part_per_exit_checked_against_keras(trained):
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["kind"] == "early-exit" and meta["exits"] == 3 and meta["task"] == "speech"
     assert len(gaps["parts"]) == 3 and gaps["chain"] <= 1e-3
-    from models.early_exit import predict_exits
+    from models.early_exit_train import predict_exits
     runner = ExitModels([out / f"exit_{k}.tflite" for k in range(3)])
     runner.open()
     keras_probs = predict_exits(trained[0].network, features[:6])
@@ -197,7 +197,7 @@ def set_heads(training, biases):
 def rigged(trained, tmp_path_factory):
     """The trained network with fixed heads, exported: exit 0 uniform (never confident), exit 1
     sure the model is not needed (p = 0.999), exit 2 sure it is needed."""
-    from models.early_exit import audio_metadata, export_early_exit
+    from models.early_exit_train import audio_metadata, export_early_exit
     training, _, features, _, _ = trained
     set_heads(training, [[0.0, 0.0], [3.5, -3.5], [-3.5, 3.5]])
     out = tmp_path_factory.mktemp("rigged")
@@ -302,7 +302,7 @@ def test_exits_flow_through_the_filter_stage_and_the_aggregator_resolves_them(ri
 def test_the_video_variant_exits_on_frames_with_an_empty_count(tf_ready, tmp_path):
     """Same builder on shrunk frames: a frame the network is sure holds no vehicle exits with
     {"count": 0}, which the vehicle task resolves to no detections."""
-    from models.early_exit import ExitArchitecture, ExitOptions, export_early_exit, train_network, video_metadata
+    from models.early_exit_train import ExitArchitecture, ExitOptions, export_early_exit, train_network, video_metadata
     from stages.tasks import VehicleTask
     rng = np.random.default_rng(6)
     frames = rng.integers(0, 256, (8, 16, 16, 3)).astype(np.float32)
@@ -341,3 +341,25 @@ def test_a_broken_early_exit_directory_is_refused_naming_what_is_wrong(rigged, t
     (tmp_path / "other" / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="takes"):
         parse_policy(str(tmp_path / "other"))
+
+
+def test_the_filter_stage_runs_an_early_exit_filter_without_tensorflow(rigged):
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = f"""
+import sys
+import numpy as np
+from pipeline.message import Message
+from stages.filter import Filter
+stage = Filter({str(rigged) + ':threshold=0.99'!r})
+stage.setup()
+window = np.zeros({SETTINGS.samples}, np.float32)
+print(stage.process(Message("audio", "mic", 0, arrays=(window,))).decision["action"])
+stage.teardown()
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "larq")))
+"""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-2:] == ["exit", "[]"]
