@@ -270,6 +270,18 @@ def test_bad_options_are_refused(rigged):
         parse_policy(f"{rigged}:task=vehicles")
 
 
+def test_the_shipped_name_says_how_to_train_one_when_none_is_shipped(rigged, tmp_path, monkeypatch):
+    import shutil
+    import models.early_exit
+    monkeypatch.setattr(models.early_exit, "SHIPPED_ROOT", tmp_path)
+    with pytest.raises(ConfigError, match="infistream filter train early-exit --task vehicles"):
+        parse_policy("early-exit:task=vehicles")
+    shutil.copytree(rigged, tmp_path / "speech" / "early-exit")
+    policy = parse_policy("early-exit:rule=entropy,threshold=0.2")     # task speech by default
+    assert isinstance(policy, EarlyExitPolicy) and policy.name == "early-exit:rule=entropy,threshold=0.2"
+    assert (policy.rule, policy.threshold, policy.task) == ("entropy", 0.2, "speech")
+
+
 def test_exits_flow_through_the_filter_stage_and_the_aggregator_resolves_them(rigged, tmp_path):
     from stages.aggregate import Aggregator
     from stages.filter import Filter
