@@ -105,27 +105,42 @@ def label_clip(clip: Path | str, settings: DetectorSettings = DetectorSettings()
     return target
 
 
-def _write_labels(raw: Path, out: Path) -> int:
-    frames, end = [], None
-    for line in raw.read_text().splitlines():
+def read_sink_output(raw: Path, made_by: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The result headers a labelling run's JsonlSink wrote, in seq order, and its end-of-stream
+    header (`made_by` names the model in the error when the run never reached its end)."""
+    results, end = [], None
+    for line in Path(raw).read_text().splitlines():
         header = json.loads(line)
         if header.get("kind") == "eos":
             end = header
-            continue
+        else:
+            results.append(header)
+    if end is None:
+        raise RuntimeError(f"the {made_by}'s output {raw} has no end of stream: labels would be incomplete")
+    results.sort(key=lambda header: header["seq"])
+    return results, end
+
+
+def write_label_file(out: Path, rows: Sequence[dict[str, Any]], end: dict[str, Any]) -> None:
+    """One JSON line per row, then the end record (``{"end": true, ...end}``) that says the file is whole."""
+    with Path(out).open("w") as stream:
+        for row in rows:
+            stream.write(json.dumps(row, separators=(",", ":")) + "\n")
+        stream.write(json.dumps({"end": True, **end}) + "\n")
+
+
+def _write_labels(raw: Path, out: Path) -> int:
+    results, end = read_sink_output(raw, "detector")
+    frames = []
+    for header in results:
         result = header.get("result") or {}
         frames.append({"seq": header["seq"], "pts": header.get("pts", 0.0), "boxes": result.get("boxes", []),
                        "classes": result.get("classes", []), "scores": result.get("scores", [])})
-    if end is None:
-        raise RuntimeError(f"the detector's output {raw} has no end of stream: labels would be incomplete")
-    frames.sort(key=lambda frame: frame["seq"])
     if len(frames) + int(end.get("dropped", 0)) != end["seq"]:
         raise RuntimeError(f"{len(frames)} labelled frames + {end.get('dropped', 0)} dropped at the source "
                            f"!= {end['seq']} frames read: refusing incomplete labels")
-    with out.open("w") as stream:
-        for frame in frames:
-            stream.write(json.dumps(frame, separators=(",", ":")) + "\n")
-        stream.write(json.dumps({"end": True, "frames": end["seq"], "labelled": len(frames),
-                                 "source": (end.get("meta") or {}).get("source", {})}) + "\n")
+    write_label_file(out, frames, {"frames": end["seq"], "labelled": len(frames),
+                                   "source": (end.get("meta") or {}).get("source", {})})
     return len(frames)
 
 

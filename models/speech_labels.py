@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from models.labels import file_sha256
+from models.labels import file_sha256, read_sink_output, write_label_file
 from pipeline.assets import cache_dir
 from pipeline.errors import ConfigError
 from pipeline.graph import GraphRun, parse_graph
@@ -150,29 +150,19 @@ def label_many(files: Sequence[Path], settings: RecognizerSettings = RecognizerS
 
 
 def _write_labels(raw: Path, out: Path, settings: RecognizerSettings) -> int:
-    windows, end = [], None
-    for line in raw.read_text().splitlines():
-        header = json.loads(line)
-        if header.get("kind") == "eos":
-            end = header
-            continue
+    results, end = read_sink_output(raw, "recognizer")
+    windows = []
+    for header in results:
         result = header.get("result") or {}
         if result.get("task") != "speech":
             raise RuntimeError(f"window {header.get('seq')} of {raw} has no transcript: {result!r:.200}")
         windows.append({"seq": header["seq"], "pts": header.get("pts", 0.0), "text": result.get("text", ""),
                         "words": int(result.get("words", 0)), "infer_ms": result.get("infer_ms", 0.0)})
-    if end is None:
-        raise RuntimeError(f"the recognizer's output {raw} has no end of stream: labels would be incomplete")
-    windows.sort(key=lambda window: window["seq"])
     if len(windows) != end["seq"] or [w["seq"] for w in windows] != list(range(len(windows))):
         raise RuntimeError(f"{len(windows)} transcribed windows, {end.get('dropped', 0)} dropped at the source, "
                            f"of {end['seq']} windows cut: refusing incomplete labels")
-    with out.open("w") as stream:
-        for window in windows:
-            stream.write(json.dumps(window, separators=(",", ":")) + "\n")
-        stream.write(json.dumps({"end": True, "windows": end["seq"], "labelled": len(windows),
-                                 "window_s": settings.window_s, "hop_s": settings.hop_s,
-                                 "source": (end.get("meta") or {}).get("source", {})}) + "\n")
+    write_label_file(out, windows, {"windows": end["seq"], "labelled": len(windows), "window_s": settings.window_s,
+                                    "hop_s": settings.hop_s, "source": (end.get("meta") or {}).get("source", {})})
     return len(windows)
 
 
