@@ -180,13 +180,16 @@ class Policy:
 #: Inputs of a stream a feedback-driven policy (Reuse) may decide past the last answer it has
 #: heard back: the filter stage holds its input beyond that (stages/filter.py), and calibration
 #: and evaluation replay feedback this many frames late (models/simulate.py), so the thresholds
-#: are picked for the worst staleness the live filter allows. 8, not less: the filter must be
-#: able to run ahead of one YOLO answer by as many frames as it keeps from YOLO per inference
-#: (about 5 at 80 % filtered), or the pipeline waits on every answer (at 2, vehicle_count.py
-#: on intel_car_detection was held to x3.1-3.7 of the unfiltered frame rate with 82 % of the
-#: frames filtered). On validation, the shipped cascade at 8 instead of 2 kept 2 points fewer
-#: frames from YOLO at the same thresholds, with the same agreement.
-FEEDBACK_LAG = 8
+#: are picked for the staleness the live filter allows. A trade-off, measured on 2026-12-01
+#: (bench_filters, test halves of the 22 clips, thresholds recalibrated for each lag):
+#: at 2 the cascade reaches 0.39 of the ceiling (mean) and is ahead of framediff on 12 clips,
+#: but vehicle_count.py on intel_car_detection waits on every YOLO answer (82 % filtered, yet
+#: only x3.1 the unfiltered frame rate: 226 ms of wall time per inference against YOLO's 137);
+#: at 8 the pipeline no longer waits (x3.7 at 76 % filtered, 136 ms per inference) but Reuse
+#: decides on a staler cache: 0.35 of the ceiling, ahead of framediff on 7 clips, and the
+#: joint calibration turns Skip off. 2 keeps the accuracy; letting Reuse point at a frame whose
+#: answer is still on its way would remove the wait without the staleness.
+FEEDBACK_LAG = 2
 
 #: How far back (in sequence numbers of one stream) a reuse decision may point. The aggregator
 #: keeps at least this many answers per stream (stages/aggregate.py), so a reuse within the
