@@ -38,7 +38,6 @@ import numpy as np
 from pipeline.errors import ConfigError
 from models.base import REUSE_HORIZON, Decision
 from models.filterdir import DistanceHead, FilterDir
-from models.lite import LiteModel
 from models.options import Option, choice, number, whole
 from models.skip import LearnedFramePolicy
 
@@ -293,18 +292,10 @@ class ReusePolicy(LearnedFramePolicy):
     MAX_RUN_STREAMS = 1024
 
     def __init__(self, directory: FilterDir, threshold: float, name: str = "reuse", **settings: Any):
-        unknown = set(settings) - set(self.defaults)
-        if unknown:
-            raise ConfigError(f"reuse takes {', '.join(self.defaults)}, got {', '.join(sorted(unknown))}")
-        self.directory = directory
-        self.threshold = float(threshold)
-        self.name = name
-        self.size = directory.input_size
-        self.settings = {**self.defaults, **settings}
+        super().__init__(directory, threshold, name, directory.embedding, settings)
         if not 1 <= self.settings["k_min"] <= self.settings["k"]:
             raise ConfigError(f"--filter {name}: k_min must be between 1 and k ({self.settings['k']}), "
                               f"got {self.settings['k_min']}")
-        self.model = LiteModel(directory.model_path, self.size, outputs=directory.embedding)
         self.cache: ReuseCache | None = None
         self.stats = CacheStats()
         self.max_run = self.settings["max_run"]

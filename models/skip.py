@@ -81,6 +81,18 @@ class LearnedFramePolicy(FramePolicy):
     model: LiteModel
     kind: str = ""                          # "skip" or "reuse": the filter directory's kind
     options: dict[str, Option] = {}
+    defaults: dict[str, Any] = {}           # the options besides target/threshold, with their defaults
+
+    def __init__(self, directory: FilterDir, threshold: float, name: str, outputs: int, settings: dict[str, Any]):
+        unknown = set(settings) - set(self.defaults)
+        if unknown:
+            raise ConfigError(f"{self.kind} takes {', '.join(self.defaults)}, got {', '.join(sorted(unknown))}")
+        self.directory = directory
+        self.threshold = float(threshold)
+        self.name = name
+        self.size = directory.input_size
+        self.model = LiteModel(directory.model_path, self.size, outputs=outputs)
+        self.settings = {**self.defaults, **settings}
 
     @classmethod
     def from_spec(cls, argument: str) -> LearnedFramePolicy:
@@ -167,15 +179,7 @@ class SkipPolicy(LearnedFramePolicy):
     MAX_UNCHECKED = 64
 
     def __init__(self, directory: FilterDir, threshold: float, name: str = "skip", **settings: Any):
-        unknown = set(settings) - set(self.defaults)
-        if unknown:
-            raise ConfigError(f"skip takes {', '.join(self.defaults)}, got {', '.join(sorted(unknown))}")
-        self.directory = directory
-        self.threshold = float(threshold)
-        self.name = name
-        self.size = directory.input_size
-        self.model = LiteModel(directory.model_path, self.size, outputs=1)
-        self.settings = {**self.defaults, **settings}
+        super().__init__(directory, threshold, name, 1, settings)
         self.max_run = int(self.settings["max_run"])
         self.window = int(self.settings["window"])
         self.max_misses = int(self.settings["max_misses"])
