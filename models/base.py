@@ -242,6 +242,9 @@ class FramePolicy(Policy):
     """
 
     threshold: float = 0.0
+    #: The kind of message it decides on (``video`` frames; ``audio`` windows for the audio gates);
+    #: any other gets no opinion.
+    input_kind: str = "video"
 
     def prepare(self, frame: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} must implement prepare()")
@@ -254,6 +257,6 @@ class FramePolicy(Policy):
         return np.linspace(0.0, 1.0, 101)
 
     def decide(self, message: Message) -> Decision | None:
-        if message.kind != "video" or not message.arrays:
-            return None                     # not a frame: no opinion
+        if message.kind != self.input_kind or not message.arrays:
+            return None                     # not an input of its kind: no opinion
         return self.decide_prepared(message.stream, message.seq, self.prepare(message.arrays[0]))

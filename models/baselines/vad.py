@@ -32,7 +32,6 @@ import numpy as np
 from models.base import Decision, FramePolicy, Policy
 from models.options import Option, number, parse_options
 from pipeline.errors import ConfigError
-from pipeline.message import Message
 
 SAMPLE_RATE = 16_000
 
@@ -41,17 +40,13 @@ class AudioGate(FramePolicy):
     """Skips an audio window whose feature (`prepare`) is below `threshold`; no opinion otherwise."""
 
     kind = ""
+    input_kind = "audio"
     default_threshold = 0.0
 
     def __init__(self, threshold: float | None = None, name: str = ""):
         self.threshold = float(self.default_threshold if threshold is None else threshold)
         self.name = name or self.kind
         self._skip = Decision("skip", policy=self.name)
-
-    def decide(self, message: Message) -> Decision | None:
-        if message.kind != "audio" or not message.arrays:
-            return None                     # not an audio window: no opinion
-        return self.decide_prepared(message.stream, message.seq, self.prepare(message.arrays[0]))
 
     def decide_prepared(self, stream: str, seq: int, features: np.ndarray) -> Decision | None:
         return self._skip if features[0] < self.threshold else None
