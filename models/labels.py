@@ -22,7 +22,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -84,25 +84,36 @@ def label_clip(clip: Path | str, settings: DetectorSettings = DetectorSettings()
         log.info("labels of %s: cached in %s", clip.name, target)
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="infistream-label-") as temp:
-        raw = Path(temp) / "raw.jsonl"
-        graph = parse_graph({"name": "label", "stages": [
-            {"name": "source", "stage": "stages.source:Source",
-             "params": {"uri": str(clip), "media": "video", "progress": progress,
-                        **({"max_frames": max_frames} if max_frames else {})}},
-            {"name": "detect", "stage": "stages.detect:YoloWorker", "inputs": ["source"],
-             "params": {"weights": settings.weights, "conf": settings.conf, "iou": settings.iou,
-                        "imgsz": settings.imgsz, "classes": settings.classes}},
-            {"name": "sink", "stage": "stages.sinks:JsonlSink", "inputs": ["detect"], "params": {"path": str(raw)}},
-        ]}, "label")
-        run = GraphRun(graph, log_level=logging.getLevelName(logging.getLogger().level) or "WARNING")
-        if run.run() != 0:
-            raise RuntimeError(f"labelling {clip} failed: stage(s) {run.failed} ended with errors (see the log)")
-        partial = target.with_suffix(".partial")
-        frames = _write_labels(raw, partial)
-        os.replace(partial, target)   # never a half-written file under the final name
+    source = {"media": "video", "progress": progress, **({"max_frames": max_frames} if max_frames else {})}
+    detector = {"weights": settings.weights, "conf": settings.conf, "iou": settings.iou, "imgsz": settings.imgsz,
+                "classes": settings.classes}
+    frames = run_labelling("label", clip, source, ("detect", "stages.detect:YoloWorker", detector), target,
+                           _write_labels)
     log.info("labels of %s: %d frames in %s", clip.name, frames, target)
     return target
+
+
+def run_labelling(name: str, media: Path, source: dict[str, Any], model: tuple[str, str, dict[str, Any]],
+                  target: Path, write: Callable[[Path, Path], int]) -> int:
+    """Run `media` through source -> the model's worker (`model`: stage name, ``module:Class``,
+    parameters) -> a JsonlSink, as one graph of processes, and turn the sink's output into the
+    label file `target` with `write(raw, out) -> rows`; the file appears whole or not at all.
+    Returns the rows written."""
+    model_name, model_stage, model_params = model
+    with tempfile.TemporaryDirectory(prefix=f"infistream-{name}-") as temp:
+        raw = Path(temp) / "raw.jsonl"
+        graph = parse_graph({"name": name, "stages": [
+            {"name": "source", "stage": "stages.source:Source", "params": {"uri": str(media), **source}},
+            {"name": model_name, "stage": model_stage, "inputs": ["source"], "params": model_params},
+            {"name": "sink", "stage": "stages.sinks:JsonlSink", "inputs": [model_name], "params": {"path": str(raw)}},
+        ]}, name)
+        run = GraphRun(graph, log_level=logging.getLevelName(logging.getLogger().level) or "WARNING")
+        if run.run() != 0:
+            raise RuntimeError(f"labelling {media} failed: stage(s) {run.failed} ended with errors (see the log)")
+        partial = target.with_suffix(".partial")
+        rows = write(raw, partial)
+        os.replace(partial, target)   # never a half-written file under the final name
+    return rows
 
 
 def read_sink_output(raw: Path, made_by: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -30,10 +28,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from models.labels import file_sha256, read_sink_output, write_label_file
+from models.labels import file_sha256, read_sink_output, run_labelling, write_label_file
 from pipeline.assets import cache_dir
 from pipeline.errors import ConfigError
-from pipeline.graph import GraphRun, parse_graph
 
 log = logging.getLogger(__name__)
 
@@ -112,22 +109,10 @@ def label_speech(audio: Path | str, settings: RecognizerSettings = RecognizerSet
         except IncompleteLabelsError as error:
             log.warning("%s; labelling %s again", error, audio.name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="infistream-speech-label-") as temp:
-        raw = Path(temp) / "raw.jsonl"
-        graph = parse_graph({"name": "speech-label", "stages": [
-            {"name": "source", "stage": "stages.source:Source",
-             "params": {"uri": str(audio), "media": "audio", "progress": progress,
-                        "window_s": settings.window_s, "hop_s": settings.hop_s}},
-            {"name": "speech", "stage": "stages.speech:SpeechWorker", "inputs": ["source"],
-             "params": settings.worker_params()},
-            {"name": "sink", "stage": "stages.sinks:JsonlSink", "inputs": ["speech"], "params": {"path": str(raw)}},
-        ]}, "speech-label")
-        run = GraphRun(graph, log_level=logging.getLevelName(logging.getLogger().level) or "WARNING")
-        if run.run() != 0:
-            raise RuntimeError(f"labelling {audio} failed: stage(s) {run.failed} ended with errors (see the log)")
-        partial = target.with_suffix(".partial")
-        windows = _write_labels(raw, partial, settings)
-        os.replace(partial, target)   # never a half-written file under the final name
+    source = {"media": "audio", "progress": progress, "window_s": settings.window_s, "hop_s": settings.hop_s}
+    windows = run_labelling("speech-label", audio, source,
+                            ("speech", "stages.speech:SpeechWorker", settings.worker_params()), target,
+                            lambda raw, out: _write_labels(raw, out, settings))
     log.info("speech labels of %s: %d windows in %s", audio.name, windows, target)
     return target
 

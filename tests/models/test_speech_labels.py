@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import speech_labels
+from models import labels as label_runs, speech_labels   # label_runs: where the labelling graph runs
 from models.speech_labels import (IncompleteLabelsError, RecognizerSettings, SpeechLabels, check_complete,
                                   label_speech, needs_recognition, read_speech_labels, speech_label_path)
 from tests.conftest import asset_or_skip
@@ -86,7 +86,7 @@ def test_labels_round_trip_through_the_cache_and_incomplete_files_are_refused(tm
     audio = tmp_path / "clip.wav"
     audio.write_bytes(b"not decoded: the graph is a stand-in")
     FakeGraphRun.runs = 0
-    monkeypatch.setattr(speech_labels, "GraphRun", FakeGraphRun)
+    monkeypatch.setattr(label_runs, "GraphRun", FakeGraphRun)
     path = label_speech(audio, out_dir=tmp_path / "labels")
     labels = read_speech_labels(path)
     assert labels.text == tuple(FakeGraphRun.texts)
@@ -121,14 +121,14 @@ def test_a_worker_output_without_every_window_is_not_stored(tmp_path):
 
 
 def test_the_graph_runs_the_speech_worker_over_the_windows_asked(tmp_path, monkeypatch):
-    monkeypatch.setattr(speech_labels, "GraphRun", FakeGraphRun)
+    monkeypatch.setattr(label_runs, "GraphRun", FakeGraphRun)
     seen = {}
 
     class Spy(FakeGraphRun):
         def __init__(self, graph, log_level="WARNING"):
             super().__init__(graph, log_level)
             seen.update(stages=[spec.stage for spec in graph.stages], params=self.params)
-    monkeypatch.setattr(speech_labels, "GraphRun", Spy)
+    monkeypatch.setattr(label_runs, "GraphRun", Spy)
     audio = tmp_path / "clip.wav"
     audio.write_bytes(b"x")
     label_speech(audio, RecognizerSettings(window_s=3.0, hop_s=1.5), tmp_path)
@@ -160,7 +160,7 @@ def test_infistream_filter_label_task_speech_runs_whisper_on_a_real_clip(assets,
     class NoRun:
         def __init__(self, *args, **kwargs):
             raise AssertionError("the recognizer ran again for a cached file")
-    monkeypatch.setattr(speech_labels, "GraphRun", NoRun)
+    monkeypatch.setattr(label_runs, "GraphRun", NoRun)
     assert label_speech(clip, out_dir=tmp_path) == files[0]
 
 
