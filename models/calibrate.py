@@ -134,8 +134,13 @@ def search(policies: Sequence[FramePolicy], clips: Sequence[PreparedClip], coars
            also: Iterable[Sequence[float]] = ()) -> list[GridPoint]:
     """Coarse to fine: every tuple of a coarse grid (each policy's `threshold_grid` thinned to
     `coarse_sizes`), plus the tuples in `also`; then, around each target's pick, the full grid's
-    values between the pick's coarse neighbours (at most `FINE` per policy)."""
-    full = [np.asarray(policy.threshold_grid(), np.float64) for policy in policies]
+    values between the pick's coarse neighbours (at most `FINE` per policy).
+
+    A policy's grid runs from filtering least to most, which for most is increasing; the
+    early-exit network's maxprob grid DEcreases (a larger maxprob filters less). Thinning and the
+    neighbour search need increasing values, so each grid is sorted first (the set of
+    thresholds tried is the same either way)."""
+    full = [np.sort(np.asarray(policy.threshold_grid(), np.float64)) for policy in policies]
     coarse = [thin_grid(grid, size) for grid, size in zip(full, coarse_sizes)]
     grid = [tuple(float(v) for v in t) for t in itertools.product(*coarse)]
     seen = set(grid)
