@@ -31,6 +31,14 @@ picks each threshold of a trained filter DIR (or, for a filter set holding skip/
 both and of their cascade, jointly) for target per-frame count agreements on validation frames
 (models/calibrate.py), writing calibration.json (and cascade.json).
 
+    infistream filter calibrate --task speech SPEC [SPEC ...] [--mixtures DIR] [--out FILE] [--ship FILE]
+
+picks each audio policy's threshold (energy, vad:silero, vad:webrtc:3, early-exit, audio-skip, a
+filter DIR), or a cascade's (energy+audio-skip: jointly, cheapest gate first), for target InFi
+accuracies on a mixture directory's val split (models/speech_eval.py); a learned filter's
+directory gets calibration.json, every result goes to --out, and --ship writes the spec to ship
+per target (models/shipped/speech/cascade.json).
+
     infistream filter evaluate [--filters DIR] [--clips CLIP ...] [--out DIR] [--target 0.95]
 
 replays the filter set and the baselines over the test half of each clip (models/evaluate.py):
@@ -252,11 +260,25 @@ def add_calibrate(tools: argparse._SubParsersAction) -> None:
                                  description="Pick the threshold of a trained filter directory for each target "
                                  "per-frame count agreement on the validation frames of its training clips; for a "
                                  "filter set (a directory with skip/ and reuse/) also the cascade's thresholds, jointly.")
-    calibrate.add_argument("directory", type=Path, metavar="DIR", help="a trained filter, or a filter set (skip/, reuse/)")
+    calibrate.add_argument("directory", nargs="+", metavar="DIR|SPEC",
+                           help="a trained filter, or a filter set (skip/, reuse/); with --task speech, audio "
+                           "policies or cascades (energy vad:silero early-exit energy+audio-skip DIR ...)")
+    calibrate.add_argument("--task", choices=("vehicle", "speech"), default="vehicle",
+                           help="vehicle: per-frame count agreement on video frames (default); speech: InFi "
+                           "accuracy on a mixture directory's val windows")
     calibrate.add_argument("--target", type=float, nargs="+", default=[0.9, 0.95, 0.98],
-                           help="target agreements (default 0.9 0.95 0.98)")
+                           help="target agreements (default 0.9 0.95 0.98; for speech, InFi accuracies)")
     calibrate.add_argument("--clips", type=Path, nargs="+", default=None, metavar="CLIP",
                            help="clips whose validation frames to use (default: those the filter was trained on)")
+    speech = calibrate.add_argument_group("--task speech")
+    speech.add_argument("--mixtures", type=Path, default=None,
+                        help="labelled mixture directory (default .cache/speech-mixtures/seed-0)")
+    speech.add_argument("--words", type=int, default=DEFAULT_WORDS,
+                        help=f"the rule: more than this many words needs recognition (default {DEFAULT_WORDS})")
+    speech.add_argument("--out", type=Path, default=Path("bench/results/filters_speech_calibration.json"),
+                        help="where every spec's calibration goes (default bench/results/filters_speech_calibration.json)")
+    speech.add_argument("--ship", type=Path, default=None, metavar="FILE",
+                        help="also write the spec to ship per target, chosen on val (models/shipped/speech/cascade.json)")
     calibrate.add_argument("--lag", type=int, default=DEFAULT_LAG,
                            help=f"frames between a decision and its feedback (default {DEFAULT_LAG})")
     calibrate.add_argument("--labels", type=Path, default=None, help=f"label directory (default {default_label_dir()})")
@@ -275,7 +297,18 @@ def run_calibrate(args: argparse.Namespace) -> int:
     import json
 
     from models.calibrate import describe, calibrate_directory
-    written = calibrate_directory(args.directory, _targets(args.target), args.clips, args.lag, args.labels, args.progress)
+    if args.task == "speech":
+        if args.clips:
+            raise ConfigError("--clips is for video; --task speech calibrates on --mixtures' val split")
+        from models.speech_eval import run_speech_calibrate
+        run_speech_calibrate(args.directory, args.mixtures, _targets(args.target), args.words, args.labels,
+                             args.out, args.ship)
+        return 0
+    if len(args.directory) != 1:
+        raise ConfigError(f"calibrate takes one filter directory (or, with --task speech, policy specs); "
+                          f"got {len(args.directory)}: {' '.join(args.directory)}")
+    written = calibrate_directory(Path(args.directory[0]), _targets(args.target), args.clips, args.lag, args.labels,
+                                  args.progress)
     for what, path in written.items():
         document = json.loads(path.read_text())
         print(f"{path}:")

@@ -375,8 +375,8 @@ def calibrate(parts: Sequence[Prepared], windows: Windows, targets: Sequence[flo
     off), so the cascade never does worse on validation than its best gate alone.
 
     Returns ``{"targets": {"0.95": {"thresholds": [...], "spec": "...", "validation": {...}}},
-    "unmet": {...}, "curve": [...]}``; a single policy's entries also say ``"threshold"``, as a
-    filter's calibration.json does."""
+    "unmet": {...}, "envelope": [[skip rate, InFi accuracy], ...]}``; a single policy's entries
+    also say ``"threshold"``, as a filter's calibration.json does, and it has the whole "curve"."""
     parts = list(parts)
     grids = grids_for(parts, most)
     points = score_grid(parts, windows, grids)
@@ -399,12 +399,31 @@ def calibrate(parts: Sequence[Prepared], windows: Windows, targets: Sequence[flo
         entry: dict[str, Any] = {"thresholds": list(point.thresholds), "spec": cascade_spec(specs, point.thresholds)}
         if len(parts) == 1:
             entry = {"threshold": point.thresholds[0], **entry}
+        else:
+            kept = unneeded_gates_dropped(parts, point.thresholds, skipped)
+            if len(kept) < len(parts):
+                entry["pruned"] = cascade_spec([parts[k].spec for k in kept], [point.thresholds[k] for k in kept])
         entry["validation"] = {name: s.to_json() for name, s in score_by_subset(skipped, windows, cost).items()}
         chosen[label] = entry
-    curve = sorted({p.thresholds: p for p in points}.values(), key=lambda p: p.skip_rate)
-    return {"targets": chosen, "unmet": unmet,
-            "curve": [[*p.thresholds, round(p.skip_rate, 4), round(p.infi_accuracy, 4), round(p.subset_mean, 4)]
-                      for p in curve]}
+    result = {"targets": chosen, "unmet": unmet, "envelope": envelope(points)}
+    if len(parts) == 1:                  # [threshold, skip rate, InFi accuracy, subset mean], by threshold
+        curve = sorted({p.thresholds: p for p in points}.values(), key=lambda p: p.skip_rate)
+        result["curve"] = [[*p.thresholds, round(p.skip_rate, 4), round(p.infi_accuracy, 4), round(p.subset_mean, 4)]
+                           for p in curve]
+    return result
+
+
+def unneeded_gates_dropped(parts: Sequence[Prepared], thresholds: Sequence[float], skipped: np.ndarray) -> list[int]:
+    """Indices of the gates to keep: a gate at its grid's first (least filtering) threshold is
+    dropped when the others alone skip the same windows (it would only cost time)."""
+    kept = list(range(len(parts)))
+    for k in range(len(parts)):
+        if thresholds[k] != parts[k].grid()[0] or len(kept) == 1:
+            continue
+        others = [i for i in kept if i != k]
+        if np.array_equal(cascade_outcome([parts[i] for i in others], [thresholds[i] for i in others])[0], skipped):
+            kept = others
+    return kept
 
 
 def score_at(parts: Sequence[Prepared], windows: Windows, thresholds: Sequence[float]) -> dict[str, dict[str, Any]]:
@@ -473,3 +492,145 @@ def describe(spec: str, result: dict[str, Any]) -> list[str]:
     for target, entry in result.get("unmet", {}).items():
         lines.append(f"{spec} target {target}: NOT MET on validation (best InFi accuracy {entry['best_infi_accuracy']:.3f})")
     return lines
+
+
+# --------------------------------------------------------------------------------------------
+# ``infistream filter calibrate --task speech SPEC [SPEC ...]``
+
+def split_spec(spec: str) -> list[str]:
+    parts = [part.strip() for part in spec.split("+")]
+    if not spec.strip() or any(not part for part in parts):
+        raise ConfigError(f"{spec!r}: give a policy (energy, vad:silero) or a cascade joined with + (energy+vad:silero)")
+    return parts
+
+
+def policy_directory(policy: FramePolicy) -> Path | None:
+    """The filter directory a learned policy reads (its calibration.json goes there), or None."""
+    directory = getattr(policy, "directory", None)
+    path = getattr(directory, "path", None)
+    return Path(path) if path is not None else None
+
+
+def calibrate_specs(specs: Sequence[str], val: Windows, targets: Sequence[float] = TARGETS,
+                    say: Any = None) -> tuple[dict[str, dict[str, Any]], dict[str, Prepared]]:
+    """Every spec (a policy or a cascade) calibrated on `val`; each distinct policy prepared once
+    and its policy left open (the caller closes them: `close_all`). A cascade's gates run
+    cheapest first (by the median cost of their `prepare`), whatever the order given."""
+    prepared: dict[str, Prepared] = {}
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for spec in specs:
+            parts = split_spec(spec)
+            if len(set(parts)) < len(parts):
+                raise ConfigError(f"{spec!r} names a policy twice")
+            for part in parts:
+                if part not in prepared:
+                    policy = open_policy(part)
+                    policy.open()
+                    prepared[part] = prepare_policy(policy, val, part)
+                    if say:
+                        say(f"prepared {part} on {len(val)} {val.split} windows: {prepared[part].cost_ms:.2f} ms per window")
+            ordered = sorted(parts, key=lambda part: prepared[part].cost_ms)
+            result = calibrate([prepared[part] for part in ordered], val, targets)
+            results[spec] = {"order": ordered, "cost_ms": {part: round(prepared[part].cost_ms, 4) for part in ordered},
+                             **result}
+    except BaseException:
+        close_all(prepared)
+        raise
+    return results, prepared
+
+
+def close_all(prepared: dict[str, Prepared]) -> None:
+    for part in prepared.values():
+        part.policy.close()
+
+
+#: Shipping prefers fewer gates unless more of them skip this much more on validation, in
+#: standard errors of the skip rate (sqrt(p (1 - p) / windows): 2.9 points on 290 windows): a
+#: cascade's gain smaller than the sampling noise of the split that picked it is not a gain.
+SHIP_MARGIN_SE = 1.0
+
+
+def choose_shipped(results: dict[str, dict[str, Any]], targets: Sequence[float], windows: int) -> dict[str, Any]:
+    """Per target, the spec to ship: the most skipping on validation among those that met the
+    target, unless one with fewer gates skips within `SHIP_MARGIN_SE` standard errors of it
+    (then the fewest gates, most skipping among them). ``{"0.95": {"spec", "from", "validation"}}``."""
+    shipped = {}
+    for target in targets:
+        label = f"{target:g}"
+        met = [(name, result["targets"][label]) for name, result in results.items() if label in result["targets"]]
+        if not met:
+            continue
+        rate = lambda entry: entry["validation"]["all"]["skip_rate"]      # noqa: E731
+        best = max(rate(entry) for _, entry in met)
+        margin = SHIP_MARGIN_SE * math.sqrt(max(best * (1 - best), 1e-12) / max(windows, 1))
+        close = [(name, entry) for name, entry in met if rate(entry) >= best - margin - 1e-12]
+        name, entry = min(close, key=lambda item: (len(split_spec(prune(item[1]))), -rate(item[1])))
+        shipped[label] = {"spec": prune(entry), "from": name, "validation": entry["validation"]}
+    return shipped
+
+
+def prune(entry: dict[str, Any]) -> str:
+    """The entry's spec without gates the joint search left at their least filtering threshold
+    (the grid's first value, where they skip nothing or next to nothing): those only cost time.
+    Kept when dropping them would change validation's skip count."""
+    return entry.get("pruned", entry["spec"])
+
+
+def cascade_document(shipped: dict[str, Any], results: dict[str, dict[str, Any]], mixtures: Path, val: Windows,
+                     words: int) -> dict[str, Any]:
+    """models/shipped/speech/cascade.json: the spec per target, what it was picked from and how."""
+    return {"format": CALIBRATION_FORMAT, "task": "speech",
+            "targets": {label: item["spec"] for label, item in shipped.items()},
+            "calibrated_on": {**provenance(mixtures, val, words),
+                              "rule": f"per target, the most skipping spec on val meeting the target (pooled and "
+                                      f"subset-mean InFi accuracy), fewer gates preferred within "
+                                      f"{SHIP_MARGIN_SE:g} standard error of the skip rate",
+                              "candidates": {name: {label: {"spec": entry["spec"],
+                                                            "skip_rate": entry["validation"]["all"]["skip_rate"]}
+                                                    for label, entry in result["targets"].items()}
+                                             for name, result in results.items()}},
+            "measured": {label: {"from": item["from"], "validation": item["validation"]}
+                         for label, item in shipped.items()}}
+
+
+def run_speech_calibrate(specs: Sequence[str], mixtures: Path | None, targets: Sequence[float], words: int,
+                         label_dir: Path | None, out: Path, ship: Path | None, say: Any = print) -> dict[str, Path]:
+    """The command: calibrate every spec on the val split, write a filter directory's
+    calibration.json for a spec that is one learned filter, all results to `out`, and with
+    `ship` the chosen spec per target (models/shipped/speech/cascade.json)."""
+    from models.calibrate import write_json
+    if words < 0:
+        raise ConfigError(f"--words must be at least 0, got {words}")
+    for spec in specs:
+        split_spec(spec)
+    mixtures = Path(mixtures or DEFAULT_MIXTURES)
+    val = load_windows(mixtures, "val", words, label_dir)
+    results, prepared = calibrate_specs(specs, val, targets, say)
+    written: dict[str, Path] = {}
+    try:
+        for spec, result in results.items():
+            for line in describe(spec, result):
+                say(line)
+            directory = policy_directory(prepared[result["order"][0]].policy) if len(result["order"]) == 1 else None
+            if directory is not None:
+                document = calibration_document({k: result[k] for k in ("targets", "unmet", "curve") if k in result},
+                                                mixtures, val, words)
+                written[spec] = write_json(directory / "calibration.json", document)
+                say(f"wrote {written[spec]}")
+    finally:
+        close_all(prepared)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written["all"] = write_json(out, {"format": CALIBRATION_FORMAT, "task": "speech", "specs": results,
+                                      **provenance(mixtures, val, words)})
+    say(f"wrote {written['all']}")
+    if ship is not None:
+        shipped = choose_shipped(results, targets, len(val))
+        if not shipped:
+            raise ConfigError("no spec met any target on validation: nothing to ship")
+        ship.parent.mkdir(parents=True, exist_ok=True)
+        written["ship"] = write_json(ship, cascade_document(shipped, results, mixtures, val, words))
+        for label, item in shipped.items():
+            say(f"ship for {label}: {item['spec']} (from {item['from']})")
+        say(f"wrote {written['ship']}")
+    return written
