@@ -2,6 +2,7 @@
 
     python apps/bench_filters.py [--filters models/shipped/vehicle] [--target 0.95] [--runs 3]
                                  [--loco [--folds 5] [--epochs N]] [--end-to-end]
+    python apps/bench_filters.py --task speech [...]     (the audio filters: apps/bench_speech.py)
 
 1. Accuracy (always): `infistream filter evaluate` on the test half of every clip under
    $INFI_ASSETS/traffic: skip, reuse, their cascade, framediff, motion and stride:1..30, as
@@ -268,7 +269,15 @@ def verdict(results: dict[str, Any]) -> list[str]:
 
 
 def main() -> int:
+    task = argparse.ArgumentParser(add_help=False)
+    task.add_argument("--task", choices=("vehicle", "speech"), default="vehicle")
+    known, rest = task.parse_known_args()
+    if known.task == "speech":                 # the audio filters: apps/bench_speech.py
+        from apps.bench_speech import main as speech_main
+        return speech_main(rest)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=("vehicle", "speech"), default="vehicle",
+                        help="vehicle: the video filters (this page); speech: the audio filters (apps/bench_speech.py)")
     parser.add_argument("--filters", type=Path, default=SHIPPED,
                         help="filter set (skip/, reuse/, cascade.json; default the shipped one)")
     parser.add_argument("--clips", type=Path, nargs="+", default=None, help="default: every clip under $INFI_ASSETS/traffic")

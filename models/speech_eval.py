@@ -403,6 +403,7 @@ def calibrate(parts: Sequence[Prepared], windows: Windows, targets: Sequence[flo
             kept = unneeded_gates_dropped(parts, point.thresholds, skipped)
             if len(kept) < len(parts):
                 entry["pruned"] = cascade_spec([parts[k].spec for k in kept], [point.thresholds[k] for k in kept])
+                entry["kept"] = kept
         entry["validation"] = {name: s.to_json() for name, s in score_by_subset(skipped, windows, cost).items()}
         chosen[label] = entry
     result = {"targets": chosen, "unmet": unmet, "envelope": envelope(points)}
@@ -435,10 +436,11 @@ def score_at(parts: Sequence[Prepared], windows: Windows, thresholds: Sequence[f
 def oracle(parts: Sequence[Prepared], windows: Windows, target: float = DEFAULT_TARGET,
            most: int = CASCADE_POINTS) -> dict[str, Any]:
     """The best threshold tuple ON `windows` itself (the test split: a ceiling, never a pick),
-    pooled and per subset (each subset its own best), and the pooled curve of skip rate against
-    InFi accuracy (the upper-left envelope of the grid)."""
+    pooled and per subset (each subset its own best), and under "curves" the curve of skip rate
+    against InFi accuracy, pooled and per subset (the upper-left envelope of the grid)."""
     grids = grids_for(parts, most)
     result: dict[str, Any] = {}
+    curves: dict[str, list[list[float]]] = {}
     for name in ["all", *windows.subset_names()]:
         mask = np.ones(len(windows), bool) if name == "all" else windows.subsets == name
         sub, sub_parts = windows.take(mask), [part.take(mask) for part in parts]
@@ -449,8 +451,8 @@ def oracle(parts: Sequence[Prepared], windows: Windows, target: float = DEFAULT_
             continue
         skipped, cost = cascade_outcome(sub_parts, point.thresholds)
         result[name] = {"thresholds": list(point.thresholds), **score(skipped, sub, cost).to_json()}
-        if name == "all":
-            result["curve"] = envelope(points)
+        curves[name] = envelope(points)
+    result["curves"] = curves
     return result
 
 

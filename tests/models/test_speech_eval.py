@@ -182,7 +182,8 @@ def test_oracle_picks_on_the_split_itself_per_subset_and_gives_an_envelope():
     assert found["clean"]["skip_rate"] == pytest.approx(2 / 3, abs=1e-4)
     assert found["music"]["skip_rate"] == pytest.approx(1 / 3, abs=1e-4)
     assert found["all"]["infi_accuracy"] == 1.0
-    curve = found["curve"]
+    curve = found["curves"]["all"]
+    assert set(found["curves"]) == {"all", "clean", "music"}
     assert curve == sorted(curve) and all(0 <= s <= 1 and 0 <= a <= 1 for s, a in curve)
 
 
