@@ -213,6 +213,13 @@ def add_train_arguments(parser: Any) -> None:
                        help="early-exit: the exit rule reported at training (default maxprob)")
     group.add_argument("--exit-threshold", type=float, default=None,
                        help="early-exit: the rule's threshold (default 0.9 for maxprob, 0.3 for entropy)")
+    group.add_argument("--exit-stem", type=int, default=None,
+                       help="early-exit: filters of the full-precision first convolution (default 8)")
+    group.add_argument("--exit-filters", type=int, nargs="+", default=None, metavar="F",
+                       help="early-exit: filters of each binary block, one exit after each (default 16 32 64 128)")
+    group.add_argument("--exit-threads", type=int, default=None,
+                       help="early-exit: TensorFlow threads while training (default 2; the shipped speech "
+                            "network was trained with 1)")
 
 
 def run_train_command(args: Any) -> int:
@@ -221,8 +228,21 @@ def run_train_command(args: Any) -> int:
     threshold = args.exit_threshold
     if threshold is not None:
         check_rule(args.rule, threshold)
+    arch: dict[str, Any] = {}
+    stem, filters = getattr(args, "exit_stem", None), getattr(args, "exit_filters", None)
+    if stem is not None:
+        if stem < 1:
+            raise ConfigError(f"--exit-stem must be at least 1 filter, got {stem}")
+        arch["stem"] = stem
+    if filters is not None:
+        if not filters or min(filters) < 1:
+            raise ConfigError(f"--exit-filters takes one filter count >= 1 per block, got {filters}")
+        arch["filters"] = tuple(filters)
+    threads = getattr(args, "exit_threads", None)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--exit-threads must be at least 1, got {threads}")
     options = ExitOptions(epochs=args.epochs or ExitOptions.epochs, seed=args.seed, rule=args.rule,
-                          threshold=threshold)
+                          threshold=threshold, **({"threads": threads} if threads else {}))
     out = args.out or SHIPPED_ROOT / SHIPPED_TASK_DIRS[args.task] / KIND
     if args.task == "speech":
         from models.mixtures import default_mixture_dir
@@ -230,12 +250,12 @@ def run_train_command(args: Any) -> int:
         if not (Path(mixtures) / "manifest.json").exists():
             raise ConfigError(f"no speech mixtures at {mixtures}: build them with `infistream filter mixtures "
                               f"--label` or name them with --mixtures")
-        training = train_speech(mixtures, out, options, words=args.words)
+        training = train_speech(mixtures, out, options, words=args.words, **arch)
     else:
         from models.dataset import default_clips
         clips = args.clips or default_clips()
         training = train_vehicles(clips, out, options, size=args.size or 32, exclude=args.exclude,
-                                  progress=args.progress)
+                                  progress=args.progress, **arch)
     print(f"early-exit ({args.task}): {training.seconds:.0f} s; written to {out}")
     return 0
 
@@ -398,7 +418,22 @@ def shipped_early_exit(task: str) -> Path:
     return path
 
 
-EARLY_EXIT_OPTIONS: dict[str, Option] = {"rule": choice(*RULES), "threshold": number(0, 1), "task": choice(*TASKS)}
+EARLY_EXIT_OPTIONS: dict[str, Option] = {"rule": choice(*RULES), "threshold": number(0, 1), "task": choice(*TASKS),
+                                         "target": number(0, 1)}
+
+
+def calibrated_threshold(directory: EarlyExitDir, target: float, rule: str, name: str) -> float:
+    """The maxprob threshold calibration.json (``infistream filter calibrate --task speech``) holds
+    for InFi accuracy `target`; calibration is done for the maxprob rule only."""
+    from models.filterdir import _lookup, _read_json, _thresholds
+    path = directory.path / "calibration.json"
+    if rule != "maxprob":
+        raise ConfigError(f"--filter {name}: target= is calibrated for rule=maxprob; give threshold= for rule={rule}")
+    if not path.exists():
+        raise ConfigError(f"--filter {name}: {directory.path} has no calibration.json; calibrate it "
+                          f"(`infistream filter calibrate --task speech {directory.path}`) or give threshold=")
+    table = _thresholds(_read_json(path, "calibration"), path, ("threshold",))
+    return _lookup(table, target, path, "calibrate it for that target or give threshold=")["threshold"]
 
 
 class EarlyExitPolicy(FramePolicy):
@@ -406,7 +441,8 @@ class EarlyExitPolicy(FramePolicy):
     confident exit that says "not needed", else has no opinion.
 
     Options: ``rule=maxprob|entropy`` (default maxprob), ``threshold=P`` (default 0.9 for maxprob,
-    0.3 for entropy); ``task=speech|vehicles`` picks the shipped filter when no directory is named.
+    0.3 for entropy) or ``target=T`` (the maxprob threshold calibration.json holds for InFi accuracy
+    T); ``task=speech|vehicles`` picks the shipped filter when no directory is named.
     `stats` counts the inputs answered at each exit, those confident "needed" and those no exit
     was sure of; `model.invocations` the parts run.
     """
@@ -450,7 +486,12 @@ class EarlyExitPolicy(FramePolicy):
         task = options.pop("task", None)
         if task is not None and task != directory.task:
             raise ConfigError(f"--filter {name}: the filter at {directory.path} is for {directory.task}, not {task}")
-        return cls(directory, options.get("rule", "maxprob"), options.get("threshold"), name)
+        rule, threshold = options.get("rule", "maxprob"), options.get("threshold")
+        if "target" in options:
+            if threshold is not None:
+                raise ConfigError(f"--filter {name}: give target= (a calibrated threshold) or threshold=, not both")
+            threshold = calibrated_threshold(directory, options["target"], rule, name)
+        return cls(directory, rule, threshold, name)
 
     def open(self) -> None:
         self.model.open()

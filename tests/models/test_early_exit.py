@@ -375,3 +375,20 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"
     done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-2:] == ["exit", "[]"]
+
+
+def test_target_reads_the_threshold_calibration_wrote_into_the_directory(rigged, tmp_path):
+    import json
+    import shutil
+    directory = tmp_path / "ee"
+    shutil.copytree(rigged, directory)
+    with pytest.raises(ConfigError, match="no calibration.json"):
+        parse_policy(f"{directory}:target=0.95")
+    (directory / "calibration.json").write_text(json.dumps({"format": 1, "targets": {"0.95": {"threshold": 0.72}}}))
+    assert parse_policy(f"{directory}:target=0.95").threshold == pytest.approx(0.72)
+    with pytest.raises(ConfigError, match="no threshold for target 0.9"):
+        parse_policy(f"{directory}:target=0.9")
+    with pytest.raises(ConfigError, match="not both"):
+        parse_policy(f"{directory}:target=0.95,threshold=0.5")
+    with pytest.raises(ConfigError, match="rule=maxprob"):
+        parse_policy(f"{directory}:target=0.95,rule=entropy")
