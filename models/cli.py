@@ -25,6 +25,12 @@ labels every clip first (cached), then trains InFi-Skip or InFi-Reuse on the tra
 the clips (models/train.py) and writes a filter directory (models/export.py), printing progress
 and the validation metrics.
 
+    infistream filter train skip --task speech [--mixtures DIR] [--words 2] [--epochs N] [--seed S] [--out DIR]
+
+trains InFi-Skip on log-mel spectrograms of a labelled mixture directory's train split, picks the
+epoch and the default threshold on its val split (models/audio_skip_train.py) and writes the
+filter directory (default models/shipped/speech/skip).
+
     infistream filter calibrate DIR [--target T ...] [--clips CLIP ...] [--lag N]
 
 picks each threshold of a trained filter DIR (or, for a filter set holding skip/ and reuse/, of
@@ -203,7 +209,9 @@ def add_train(tools: argparse._SubParsersAction) -> None:
     train = tools.add_parser("train", help="train InFi-Skip or InFi-Reuse on labelled clips",
                              description="Label every clip (cached), train a Skip or Reuse filter on the training "
                              "part of each clip's first half, pick the best epoch on the validation part, and write "
-                             "the filter directory (model.tflite, head.npz for reuse, metadata.json).")
+                             "the filter directory (model.tflite, head.npz for reuse, metadata.json). "
+                             "skip --task speech trains the audio Skip filter on a mixture directory's windows "
+                             "instead (log-mel spectrograms; written to models/shipped/speech/skip by default).")
     train.add_argument("kind", choices=("skip", "reuse", "early-exit"))
     train.add_argument("--clips", type=Path, nargs="+", default=None, metavar="CLIP",
                        help="clips to learn from (default: every video under $INFI_ASSETS/traffic)")
@@ -217,7 +225,9 @@ def add_train(tools: argparse._SubParsersAction) -> None:
     train.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
     from models.early_exit import add_train_arguments
     add_train_arguments(train)          # --task, --mixtures, --words, --rule, --exit-threshold
-    train.set_defaults(handler=run_train)
+    # --task unset: skip and reuse train on video, early-exit on speech (run_train); skip
+    # --task speech trains the audio Skip filter on a mixture directory (models/audio_skip_train.py)
+    train.set_defaults(handler=run_train, task=None)
 
 
 def _clips(given: list[Path] | None) -> list[Path]:
@@ -234,7 +244,12 @@ def _clips(given: list[Path] | None) -> list[Path]:
 def run_train(args: argparse.Namespace) -> int:
     if args.kind == "early-exit":           # the binary early-exit network (models/early_exit.py)
         from models.early_exit import run_train_command
+        args.task = args.task or "speech"
         return run_train_command(args)
+    if args.task == "speech":
+        if args.kind != "skip":
+            raise ConfigError(f"--task speech trains skip or early-exit filters; {args.kind} is for video")
+        return run_train_speech_skip(args)
     clips = _clips(args.clips)
     if args.size is not None and not 16 <= args.size <= 256:
         raise ConfigError(f"--size takes 16..256 pixels, got {args.size}")
@@ -251,6 +266,35 @@ def run_train(args: argparse.Namespace) -> int:
     result = trainer(clips, args.exclude, options, out, progress=args.progress)
     print(f"{args.kind}: validation {', '.join(f'{k} {v:.3f}' for k, v in result.metrics.items() if isinstance(v, float))}"
           f"; {result.seconds:.0f} s; written to {result.out}")
+    return 0
+
+
+def run_train_speech_skip(args: argparse.Namespace) -> int:
+    """``infistream filter train skip --task speech``: InFi-Skip on log-mel spectrograms of a mixture
+    directory's windows (models/audio_skip_train.py), written to models/shipped/speech/skip by default."""
+    given = [flag for flag, value in (("--clips", args.clips), ("--exclude", args.exclude), ("--size", args.size))
+             if value]
+    if given:
+        raise ConfigError(f"{', '.join(given)} are for video; skip --task speech takes --mixtures, --words, "
+                          f"--epochs, --seed, --out")
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.words < 0:
+        raise ConfigError(f"--words must be at least 0, got {args.words}")
+    from models.audio_skip import SHIPPED as SPEECH_SKIP
+    from models.audio_skip_train import AudioSkipOptions, train_speech_skip
+    from models.mixtures import default_mixture_dir
+    mixtures = args.mixtures or default_mixture_dir()
+    if not (Path(mixtures) / "manifest.json").exists():
+        raise ConfigError(f"no speech mixtures at {mixtures}: build them with `infistream filter mixtures --label` "
+                          f"or name them with --mixtures")
+    options = AudioSkipOptions(epochs=args.epochs or AudioSkipOptions.epochs, seed=args.seed, words=args.words)
+    out = args.out or SPEECH_SKIP
+    training = train_speech_skip(mixtures, out, options)
+    at = training.validation["at_infi_0.95"]
+    print(f"skip (speech): validation AUC {training.validation['auc']:.3f}, skips {at['skip_rate']:.1%} at InFi "
+          f"accuracy {at['infi_accuracy']:.3f} (threshold {at['threshold']:.4f}); {training.seconds:.0f} s; "
+          f"written to {out}")
     return 0
 
 

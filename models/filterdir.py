@@ -8,6 +8,10 @@
     <dir>/calibration.json  {"format": 1, "targets": {"0.95": {"threshold": t, ...}, ...}}
                             (written by `infistream filter calibrate`)
 
+Two other kinds have their own files and checks, and `open_filter_dir` hands them over:
+``early-exit`` (models/early_exit.py) and ``audio-skip``, InFi-Skip on log-mel spectrograms of
+speech windows (models/audio_skip.py, shipped in models/shipped/speech/skip).
+
 `open_filter_dir` reads and checks all of it except the network's weights (a few milliseconds:
 the command line runs it before any process starts, so a missing, corrupt or mismatched file is
 refused with its name); the policies load the network in `open()`. The shipped filters live in
@@ -192,8 +196,14 @@ def open_filter_dir(path: Path | str, kind: str | None = None) -> FilterDir:
         if kind not in (None, found):
             raise ConfigError(f"{path} holds an early-exit filter, not a {kind} filter")
         return open_early_exit_dir(path, metadata)
+    if found == "audio-skip":           # log-mel input, its own files and checks (models/audio_skip.py)
+        from models.audio_skip import AudioSkipDir
+        if kind not in (None, found):
+            raise ConfigError(f"{path} holds an audio-skip filter, not a {kind} filter")
+        return AudioSkipDir.open(path, metadata)
     if found not in KINDS:
-        raise ConfigError(f"{metadata_path}: \"kind\" must be one of {', '.join(KINDS)}, got {found!r:.40}")
+        raise ConfigError(f"{metadata_path}: \"kind\" must be one of {', '.join(KINDS + ('early-exit', 'audio-skip'))}, "
+                          f"got {found!r:.40}")
     if kind is not None and found != kind:
         raise ConfigError(f"{path} holds a {found} filter, not a {kind} filter")
     size = metadata.get("input_size")

@@ -63,6 +63,10 @@ POLICIES: dict[str, PolicyEntry] = {
                        "aggressiveness MODE 0-3, default 3)"),
     "energy": PolicyEntry("models.baselines.vad:EnergyGate", "energy[:threshold=DB]",
                           "audio: skip a window whose RMS level is below DB dBFS (default -50)"),
+    "audio-skip": PolicyEntry("models.audio_skip:AudioSkipPolicy", "audio-skip[:target=T|threshold=P]",
+                              "audio: the shipped InFi-Skip on log-mel spectrograms: skip a window whose P(the "
+                              "recognizer gives more than 2 words) is below P (default: the threshold that kept "
+                              "InFi accuracy T, default 0.95)"),
     "motion": PolicyEntry("models.baselines.motion:MotionGate",
                           "motion[:rule=sum|mask|delta|now,threshold=X,size=64,history=500]",
                           "background subtraction (MOG2): while the motion since the last inferred frame "
