@@ -293,3 +293,79 @@ def test_open_policy_refuses_a_cascade_and_a_video_policy():
         open_policy("energy+vad:silero")
     with pytest.raises(ConfigError, match="not an audio filter"):
         open_policy("framediff")
+
+
+def entry(spec, skip, saved, gates=1):
+    return {"spec": spec, "thresholds": [0.5] * gates, "validation": {"all": {"skip_rate": skip, "time_saved": saved}}}
+
+
+def test_shipping_prefers_fewer_gates_within_the_noise_then_more_time_saved():
+    from models.speech_eval import choose_shipped
+    results = {
+        "a": {"targets": {"0.95": entry("a:threshold=0.5", 0.50, 0.20)}},
+        "b": {"targets": {"0.95": entry("b:threshold=0.5", 0.49, 0.25)}},
+        "a+b": {"targets": {"0.95": entry("a:threshold=0.5+b:threshold=0.5", 0.51, 0.30, gates=2),
+                            "0.9": entry("a:threshold=0.5+b:threshold=0.5", 0.80, 0.50, gates=2)}},
+        "c": {"targets": {"0.9": entry("c:threshold=0.5", 0.60, 0.40)}},
+    }
+    shipped = choose_shipped(results, (0.9, 0.95, 0.98), windows=290)
+    # 0.95: a+b best (0.51), a and b within one standard error (2.9 points): fewer gates, then b saves more
+    assert shipped["0.95"]["spec"] == "b:threshold=0.5" and shipped["0.95"]["from"] == "b"
+    # 0.9: c is 20 points behind: the cascade ships
+    assert shipped["0.9"]["spec"] == "a:threshold=0.5+b:threshold=0.5"
+    assert "0.98" not in shipped
+
+
+def test_a_gate_left_at_its_least_filtering_threshold_is_dropped_from_the_shipped_spec():
+    # gate a (grid starts at 0: skips nothing there) adds nothing; b finds everything
+    w = windows(needs=[0, 0, 1, 1], infer_ms=[1] * 4)
+    parts = [prepared(Below("a"), [0.5, 0.5, 0.5, 0.5]), prepared(Below("b"), [0.1, 0.1, 0.9, 0.9])]
+    entry_ = calibrate(parts, w, targets=(1.0,))["targets"]["1"]
+    assert entry_["thresholds"][0] == 0.0
+    assert entry_["pruned"] == f"b:threshold={entry_['thresholds'][1]:g}" and entry_["kept"] == [1]
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+
+def run_command(*args):
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "filter", "calibrate", *args],
+                          capture_output=True, text=True, cwd=root, timeout=120)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--task", "speech", "energy", "--clips", "x.mp4"], "--clips is for video"),
+    (["--task", "speech", "energy+"], "give a policy"),
+    (["--task", "speech", "energy", "--mixtures", "/nonexistent-mixtures"], "not a mixture directory"),
+    (["--task", "speech", "energy", "--words", "-1"], "--words must be at least 0"),
+    (["--task", "speech", "energy", "--target", "1.5"], "--target takes"),
+    (["dir-a", "dir-b"], "takes one filter directory"),
+])
+def test_the_command_refuses_bad_input_saying_what_it_expected(args, says):
+    run = run_command(*args)
+    assert run.returncode == 2, run.stderr
+    assert says in run.stderr
+
+
+def test_the_speech_command_writes_every_result_and_the_spec_to_ship(tmp_path, monkeypatch):
+    import json
+    import models.speech_eval as speech_eval
+    rng = np.random.default_rng(0)
+    levels = np.array([-80, -70, -60, -50, -40, -30, -20, -25])        # dBFS; the last three need recognition
+    samples = np.stack([(10 ** (db / 20)) * np.sqrt(2) * np.sin(np.arange(32000) * 0.05) for db in levels])
+    samples = (samples + rng.normal(0, 1e-6, samples.shape)).astype(np.float32)
+    w = Windows("val", samples, np.array([0, 0, 0, 0, 0, 1, 1, 1], bool), np.full(8, 100.0),
+                np.array(["noise"] * 8), np.array(["c"] * 8), np.arange(8))
+    monkeypatch.setattr(speech_eval, "load_windows", lambda *args, **kwargs: w)
+    out, ship = tmp_path / "all.json", tmp_path / "cascade.json"
+    written = speech_eval.run_speech_calibrate(["energy"], tmp_path, (0.95, 1.0), 2, None, out, ship, say=lambda _: None)
+    assert set(written) == {"all", "ship"}
+    document = json.loads(out.read_text())
+    entry = document["specs"]["energy"]["targets"]["1"]
+    assert -40.5 < entry["threshold"] <= -30 and entry["validation"]["all"]["skip_rate"] == pytest.approx(5 / 8)
+    shipped = json.loads(ship.read_text())
+    assert shipped["task"] == "speech" and shipped["targets"]["1"] == entry["spec"]
+    assert shipped["calibrated_on"]["data"]["split"] == "val"
