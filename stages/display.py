@@ -44,6 +44,11 @@ class Display:
     def open(self) -> None:
         if self.window:
             check_display()
+            # Create and map the window before the first frame, and let the GUI toolkit handle
+            # what mapping brings (its expose and first paint): a window first created by
+            # imshow on a loaded machine could stay black for the whole run.
+            cv2.namedWindow("infistream", cv2.WINDOW_AUTOSIZE)
+            cv2.waitKey(50)
         if not self.window:
             Path(self.target).parent.mkdir(parents=True, exist_ok=True)
 
