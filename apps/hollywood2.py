@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from common import add_run_options, consumer_graph, run_graph
+from models.registry import task_spec
 from stages.sources.hollywood2 import CLIPS_DIR, Hollywood2Source
 
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hop", type=float, default=1.0, help="speech: seconds between windows (default 1)")
     add_run_options(parser, default_out="hollywood2.jsonl")
     args = parser.parse_args(argv)
+    args.filter = task_spec(args.filter, args.task)   # --filter cascade: the shipped cascade of the task
 
     clips = Hollywood2Source(args.root, args.list)
     try:

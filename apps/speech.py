@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from common import add_run_options, check_source, consumer_graph, run_graph
+from models.registry import task_spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=None, help="stop the microphone after this long")
     add_run_options(parser, default_out="speech.jsonl")
     args = parser.parse_args(argv)
+    args.filter = task_spec(args.filter, "speech")   # --filter cascade: the shipped speech cascade
     check_source("speech", args.source, "audio")
 
     source = {"uri": args.source, "media": "audio", "window_s": args.window, "hop_s": args.hop,

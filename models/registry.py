@@ -50,9 +50,10 @@ POLICIES: dict[str, PolicyEntry] = {
                          "replacement=lfu|lru|fifo,reset=0,max_run=25]",
                          "the shipped InFi-Reuse filter: answer a frame with an earlier inferred frame's "
                          "answer when its k nearest cached frames (learned distance) agree"),
-    "cascade": PolicyEntry("models.registry:ShippedCascade", "cascade[:target=T]",
-                           "the shipped skip then reuse, thresholds calibrated together for agreement T "
-                           "(default 0.95)"),
+    "cascade": PolicyEntry("models.registry:ShippedCascade", "cascade[:target=T,task=vehicles|speech]",
+                           "the shipped best cascade for the task: for vehicles skip then reuse, thresholds "
+                           "calibrated together for per-frame count agreement T (default 0.95); for speech "
+                           "the audio gates calibrated for InFi accuracy T (the speech apps pick task=speech)"),
     "framediff": PolicyEntry("models.baselines.framediff:FrameDiff",
                              "framediff[:feature=pixel|edge|area,threshold=X,size=96]",
                              "Reducto's pixel, edge or area difference from the last inferred frame; "
@@ -83,22 +84,76 @@ DIRECTORY_USAGE = ("DIR[:options]", "a trained filter directory (infistream filt
                                     "says skip or reuse, and it takes that policy's options")
 
 
+#: The shipped speech cascade: for each target InFi accuracy, the policy spec calibrated for it
+#: on the validation mixtures (`infistream filter calibrate --task speech`).
+SPEECH_CASCADE = Path(__file__).resolve().parent / "shipped" / "speech" / "cascade.json"
+
+
 class ShippedCascade(Cascade):
-    """``cascade``: the shipped Skip then Reuse filters, at the thresholds calibrated for them
-    together (models/shipped/vehicle/cascade.json), which filter more at the same agreement than
-    each one calibrated alone (``skip+reuse``)."""
+    """``cascade``: the shipped best cascade of a task.
+
+    Vehicles (the default): the shipped Skip then Reuse filters, at the thresholds calibrated for
+    them together (models/shipped/vehicle/cascade.json), which filter more at the same agreement
+    than each one calibrated alone (``skip+reuse``). Speech (``task=speech``, which the speech
+    apps add to a bare ``cascade``): the spec models/shipped/speech/cascade.json names for the
+    target, e.g. an energy gate then the audio Skip, each at its calibrated threshold.
+    """
 
     @classmethod
     def from_spec(cls, argument: str) -> ShippedCascade:
         from models.filterdir import DEFAULT_TARGET, cascade_thresholds, open_filter_dir, shipped_dir
-        from models.options import number, parse_options
+        from models.options import choice, number, parse_options
         from models.reuse import ReusePolicy
         from models.skip import SkipPolicy
-        options = parse_options("cascade", argument, {"target": number(0, 1)})
+        options = parse_options("cascade", argument, {"target": number(0, 1), "task": choice(*CASCADE_TASKS)})
+        if options.get("task", "vehicles") == "speech":
+            return cls(speech_cascade_policies(options.get("target", DEFAULT_TARGET)))
         skip_dir = open_filter_dir(shipped_dir("skip"), "skip")
         reuse_dir = open_filter_dir(shipped_dir("reuse"), "reuse")
         skip_threshold, reuse_threshold = cascade_thresholds(options.get("target", DEFAULT_TARGET))
         return cls([SkipPolicy(skip_dir, skip_threshold, "skip"), ReusePolicy(reuse_dir, reuse_threshold, "reuse")])
+
+
+CASCADE_TASKS = ("vehicles", "speech")
+
+
+def speech_cascade_policies(target: float, path: Path | None = None) -> list[Policy]:
+    """The policies of the shipped speech cascade calibrated for `target` (its cascade.json)."""
+    import json
+    import math
+    path = path or SPEECH_CASCADE
+    if not path.exists():
+        raise ConfigError(f"no shipped speech cascade at {path}: run `make train` to train and calibrate "
+                          f"the shipped audio filters")
+    try:
+        targets = json.loads(path.read_text(encoding="utf-8"))["targets"]
+        table = {float(known): spec for known, spec in targets.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ConfigError(f"{path} is not a speech cascade file ({{\"targets\": {{\"0.95\": SPEC}}}}): "
+                          f"{error}") from None
+    for known, spec in table.items():
+        if math.isclose(known, target, abs_tol=1e-9):
+            if not isinstance(spec, str) or "cascade" in spec:
+                raise ConfigError(f"{path}: target {known:g} names {spec!r}, not a spec of audio policies")
+            policy = parse_policy(spec)
+            return list(getattr(policy, "policies", [policy]))
+    known = ", ".join(f"{t:g}" for t in sorted(table)) or "none"
+    raise ConfigError(f"{path} has no speech cascade for target {target:g} (it has: {known}); calibrate one "
+                      f"(infistream filter calibrate --task speech) or name the policies with thresholds")
+
+
+def task_spec(spec: str, task: str) -> str:
+    """`spec` as a speech app means it: a bare ``cascade`` (or one with options) is the speech
+    cascade there (``cascade:task=speech``) unless a task is named; everything else is unchanged."""
+    if task != "speech" or not isinstance(spec, str):
+        return spec
+    parts = []
+    for part in spec.split("+"):
+        name, colon, argument = part.strip().partition(":")
+        if name == "cascade" and "task=" not in argument:
+            part = f"cascade:{argument},task=speech" if argument else "cascade:task=speech"
+        parts.append(part)
+    return "+".join(parts)
 
 
 def policy_help() -> str:

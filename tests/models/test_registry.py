@@ -134,5 +134,40 @@ print(actions, sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow"
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    # The fixture skip says ~0.56 for this frame (> 0.2: no skip); reuse learns seq 0 from feedback.
-    assert done.stdout.strip().splitlines()[-1] == "['infer', 'infer', 'reuse'] []"
+    # The fixture skip says ~0.56 for this frame (> 0.2: no skip); reuse points seq 1 at seq 0, whose
+    # answer is on its way, and learns seq 0 from the feedback for seq 2.
+    assert done.stdout.strip().splitlines()[-1] == "['infer', 'reuse', 'reuse'] []"
+
+
+def test_a_speech_app_reads_a_bare_cascade_as_the_speech_cascade():
+    from models.registry import task_spec
+    assert task_spec("cascade", "speech") == "cascade:task=speech"
+    assert task_spec("cascade:target=0.9", "speech") == "cascade:target=0.9,task=speech"
+    assert task_spec("cascade:task=vehicles", "speech") == "cascade:task=vehicles"   # named: kept
+    assert task_spec("energy+vad:silero", "speech") == "energy+vad:silero"
+    assert task_spec("cascade", "vehicles") == "cascade"
+
+
+def test_the_speech_cascade_is_the_spec_its_file_names_for_the_target(tmp_path, monkeypatch):
+    import models.registry as registry
+    path = tmp_path / "cascade.json"
+    monkeypatch.setattr(registry, "SPEECH_CASCADE", path)
+    with pytest.raises(ConfigError, match="no shipped speech cascade"):
+        parse_policy("cascade:task=speech")
+    path.write_text(json.dumps({"task": "speech", "targets": {"0.95": "energy:threshold=-60+vad:webrtc:3,threshold=0.2",
+                                                              "0.9": "energy:threshold=-40"}}))
+    cascade = parse_policy("cascade:task=speech")
+    assert isinstance(cascade, ShippedCascade)
+    assert [p.name for p in cascade.policies] == ["energy:threshold=-60", "vad:webrtc:3,threshold=0.2"]
+    assert cascade.policies[0].threshold == -60 and cascade.policies[1].threshold == pytest.approx(0.2)
+    assert [p.threshold for p in parse_policy("cascade:target=0.9,task=speech").policies] == [-40]
+    with pytest.raises(ConfigError, match="no speech cascade for target 0.98 .it has: 0.9, 0.95"):
+        parse_policy("cascade:target=0.98,task=speech")
+    with pytest.raises(ConfigError, match="task"):
+        parse_policy("cascade:task=images")
+    path.write_text(json.dumps({"targets": {"0.95": "cascade:task=speech"}}))   # no loops
+    with pytest.raises(ConfigError, match="not a spec of audio policies"):
+        parse_policy("cascade:task=speech")
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="is not a speech cascade file"):
+        parse_policy("cascade:task=speech")
