@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from models.audio_skip import KIND, SHIPPED, AudioSkipDir, AudioSkipPolicy
-from models.audio_skip_train import (AudioSkipOptions, augment_windows, export_audio_skip, skip_report,
-                                     threshold_for_accuracy, train_audio_skip)
+from models.audio_skip_train import (AudioSkipOptions, augment_windows, export_audio_skip, random_eq, skip_report,
+                                     split_report, threshold_for_accuracy, train_audio_skip)
 from models.registry import parse_policy
 from pipeline.errors import ConfigError
 from pipeline.message import Message
@@ -140,6 +140,28 @@ def test_augmentation_keeps_shapes_and_silence_gets_only_quiet_noise():
     out = augment_windows(x, quiet_beds(), AudioSkipOptions(mix_share=1.0), np.random.default_rng(0))
     assert out.shape == x.shape and out.dtype == np.float32
     assert 0 < np.sqrt(np.mean(out[1] ** 2)) < 10 ** (-20 / 20)      # at most -30 dBFS, +10 dB of gain
+
+
+def test_random_eq_colours_sound_and_leaves_digital_silence_at_the_floor():
+    floor = float(np.log(1e-6))
+    log_mels = np.stack([np.full((5, 40), floor, np.float32), np.full((5, 40), 2.0, np.float32)])
+    out = random_eq(log_mels, floor, 6.0, np.random.default_rng(0))
+    assert np.allclose(out[0], floor)
+    shift_db = (out[1] - 2.0) * 10 / np.log(10)
+    assert np.abs(shift_db).max() <= 6.0 + 1e-3 and np.ptp(shift_db) > 0.5
+    assert np.allclose(shift_db, shift_db[0])          # one curve per window, the same in every frame
+
+
+def test_split_report_judges_each_subset_at_the_given_threshold():
+    needs = np.array([1, 0, 1, 0, 1, 0], bool)
+    p = np.array([0.9, 0.1, 0.8, 0.7, 0.2, 0.3])
+    report = split_report(needs, p, ["clean", "clean", "music", "music", "noise", "noise"], 0.5)
+    assert set(report) == {"all", "clean", "music", "noise"}
+    assert report["clean"]["at_threshold"]["skip_rate"] == 0.5 and report["clean"]["auc"] == 1.0
+    assert report["music"]["at_threshold"]["skip_rate"] == 0.0
+    assert report["noise"]["at_threshold"] == {"threshold": 0.5, "skip_rate": 1.0, "infi_accuracy": 0.5,
+                                               "agreement": 0.5}
+    assert report["all"]["best_at_infi_0.95"]["infi_accuracy"] == 1.0      # 5 % of 6 windows: none may be lost
 
 
 # ------------------------------------------------------------------------ options and errors
