@@ -254,6 +254,33 @@ def test_train_skip_task_speech_dispatches_to_the_audio_trainer(monkeypatch, tmp
         reuse.handler(reuse)
 
 
+@pytest.mark.parametrize("argv, path", [
+    (["skip"], "video"), (["skip", "--task", "vehicles"], "video"), (["reuse"], "video"),
+    (["early-exit"], "early-exit speech"), (["early-exit", "--task", "vehicles"], "early-exit vehicles"),
+])
+def test_train_without_task_speech_keeps_its_old_meaning(monkeypatch, argv, path):
+    import argparse
+
+    from models import cli, early_exit
+
+    class Taken(Exception):
+        pass
+
+    def video(_clips):
+        raise Taken("video")
+
+    def exits(args):
+        raise Taken(f"early-exit {args.task}")
+
+    monkeypatch.setattr(cli, "_clips", video)
+    monkeypatch.setattr(early_exit, "run_train_command", exits)
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["filter", "train", *argv])
+    with pytest.raises(Taken, match=f"^{path}$"):
+        args.handler(args)
+
+
 # ------------------------------------------------------------------------------ the shipped one
 
 def test_the_shipped_filter_hears_speech_and_skips_digital_silence(assets):
