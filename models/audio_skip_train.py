@@ -120,14 +120,18 @@ class AudioSkipTraining:
 # ------------------------------------------------------------------------------------ metrics
 
 def threshold_for_accuracy(needs: np.ndarray, p: np.ndarray, accuracy: float = DEFAULT_ACCURACY) -> float:
-    """The largest threshold t such that skipping every window with p < t keeps InFi accuracy
-    (1 - skipped windows that need recognition / all windows) >= `accuracy`."""
+    """A threshold t such that skipping every window with p < t keeps InFi accuracy (1 - skipped
+    windows that need recognition / all windows) >= `accuracy` and skips as much as any does:
+    halfway between the first needed window that must be kept and the highest score below it, so
+    that the TFLite model's last-digit differences from Keras do not move a window across it."""
     needs, p = np.asarray(needs, bool), np.asarray(p, np.float64)
     allowed = int(math.floor((1 - accuracy) * len(p) + 1e-9))       # needed windows that may be skipped
     ranked = np.sort(p[needs])
     if allowed >= len(ranked):
         return float(np.nextafter(p.max(), np.inf)) if len(p) else 1.0     # skip everything
-    return float(ranked[allowed])          # p < this skips at most `allowed` needed windows
+    keep = ranked[allowed]                 # p < keep skips at most `allowed` needed windows
+    below = p[p < keep]
+    return float((below.max() + keep) / 2) if len(below) else float(keep)
 
 
 def skip_report(needs: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
