@@ -9,7 +9,7 @@ export YOLO_OFFLINE = 1
 export YOLO_AUTOINSTALL = 0
 export HF_HUB_OFFLINE = 1
 
-.PHONY: setup demo test train bench bench-filters clean
+.PHONY: setup demo test train train-vehicle train-speech bench bench-filters clean
 
 setup: $(STAMP)
 
@@ -28,19 +28,37 @@ test: setup
 	@$(PY) -m pytest -q -ra; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$status
 
-# The shipped filters (models/shipped/vehicle), from nothing but the shared clips, in under an hour
-# on 2 cores: YOLO labels every clip (~20 min, cached in .cache/labels by clip and detector), Skip
-# and Reuse train on the first half of each clip (~5 min), and the thresholds are calibrated on the
-# validation frames (~5 min). Training rewrites the filter directories; calibration must follow.
+# The shipped filters, from nothing but the shared assets (and Debian's espeak-ng for speech):
+# `make train` = train-vehicle + train-speech, each rewriting its filter directories, each
+# calibration following its training.
+# Vehicles (models/shipped/vehicle), ~35 min on 2 cores: YOLO labels every clip (~20 min, cached
+# in .cache/labels by clip and detector), Skip and Reuse train on the first half of each clip
+# (~5 min each), thresholds calibrated on the validation frames (~5 min).
+# Speech (models/shipped/speech), ~30 min: the seed-0 mixtures are built and labelled by Whisper
+# tiny.en (~17 min, cached in .cache/speech-labels), the early-exit network (~8 min) and the audio
+# Skip (~4 min) train on the train split, are calibrated on val, and the speech bench picks the
+# cascade per target from the val results (cascade.json; it also scores test and times the
+# filters beside Whisper).
 ASSETS  ?= $(or $(INFI_ASSETS),../shared/assets)
 CLIPS   ?= $(sort $(wildcard $(ASSETS)/traffic/*.mp4 $(ASSETS)/traffic/*.avi $(ASSETS)/traffic/*.webm))
 SHIPPED := models/shipped/vehicle
-train: setup
+SPEECH  := models/shipped/speech
+train: train-vehicle train-speech
+
+train-vehicle: setup
 	@test -n "$(CLIPS)" || { echo "make train: no clips under $(ASSETS)/traffic (set INFI_ASSETS)" >&2; exit 1; }
 	$(VENV)/bin/infistream filter label --jobs 2 --no-progress --source $(CLIPS)
 	$(VENV)/bin/infistream filter train skip --clips $(CLIPS) --out $(SHIPPED)/skip
 	$(VENV)/bin/infistream filter train reuse --clips $(CLIPS) --out $(SHIPPED)/reuse
 	$(VENV)/bin/infistream filter calibrate $(SHIPPED)
+
+train-speech: setup
+	$(VENV)/bin/infistream filter mixtures --seed 0 --label --jobs 2
+	$(VENV)/bin/infistream filter train early-exit --task speech --epochs 30 --exit-stem 16 \
+		--exit-filters 32 64 128 256 --exit-threads 1 --seed 0 --out $(SPEECH)/early-exit --no-progress
+	$(VENV)/bin/infistream filter train skip --task speech --seed 0 --out $(SPEECH)/skip --no-progress
+	$(VENV)/bin/infistream filter calibrate --task speech early-exit audio-skip
+	$(PY) apps/bench_filters.py --task speech --ship $(SPEECH)/cascade.json
 
 # The filters against the baselines on every clip's test half (curves, tables: bench/results/filters*).
 bench-filters: setup

@@ -73,15 +73,17 @@ POLICIES: dict[str, PolicyEntry] = {
                           "background subtraction (MOG2): while the motion since the last inferred frame "
                           "is below the threshold, reuse its answer"),
     "early-exit": PolicyEntry("models.early_exit:EarlyExitPolicy",
-                              "early-exit[:task=speech|vehicles,rule=maxprob|entropy,threshold=P]",
+                              "early-exit[:task=speech|vehicles,rule=maxprob|entropy,target=T|threshold=P]",
                               "the binary early-exit network (larq): runs its blocks in order and, at the first "
                               "exit confident that the model is not needed (top probability >= P, default 0.9; "
-                              "or normalised entropy <= P, default 0.3), answers exit(k) with the empty result"),
+                              "or normalised entropy <= P, default 0.3; target=T: the threshold calibrated for InFi accuracy T), "
+                              "answers exit(k) with the empty result"),
 }
 
 #: The form of a trained filter directory on the command line (not a name of the table).
 DIRECTORY_USAGE = ("DIR[:options]", "a trained filter directory (infistream filter train): its metadata "
-                                    "says skip or reuse, and it takes that policy's options")
+                                    "says which filter it is (skip, reuse, early-exit, audio-skip), and it "
+                                    "takes that policy's options")
 
 
 #: The shipped speech cascade: for each target InFi accuracy, the policy spec calibrated for it
