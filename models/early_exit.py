@@ -436,6 +436,19 @@ def calibrated_threshold(directory: EarlyExitDir, target: float, rule: str, name
     return _lookup(table, target, path, "calibrate it for that target or give threshold=")["threshold"]
 
 
+@dataclass
+class ExitStats:
+    """What the live policy decided: inputs answered at each exit ("not needed"), inputs an exit
+    was confident needed the model, and inputs no exit was sure of (the filter stage logs it)."""
+
+    exited: list[int]
+    needed: list[int]
+    none_confident: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class EarlyExitPolicy(FramePolicy):
     """Runs the exits of one input in order; answers ``exit(k, empty result)`` at the first
     confident exit that says "not needed", else has no opinion.
@@ -464,7 +477,7 @@ class EarlyExitPolicy(FramePolicy):
         self.size = int(inputs["size"]) if self.input_kind == "video" else 0
         self._exits = [Decision("exit", exit=k, result=dict(EMPTY_RESULTS[self.task]), policy=name)
                        for k in range(directory.exits)]
-        self.stats = {"exited": [0] * directory.exits, "needed": [0] * directory.exits, "none_confident": 0}
+        self.stats = ExitStats([0] * directory.exits, [0] * directory.exits)
 
     @classmethod
     def from_spec(cls, argument: str) -> EarlyExitPolicy:
@@ -524,12 +537,12 @@ class EarlyExitPolicy(FramePolicy):
 
     def _decision(self, k: int, probs: np.ndarray, fired: bool) -> Decision | None:
         if not fired:
-            self.stats["none_confident"] += 1
+            self.stats.none_confident += 1
             return None
         if int(np.argmax(probs)) == 0:
-            self.stats["exited"][k] += 1
+            self.stats.exited[k] += 1
             return self._exits[k]
-        self.stats["needed"][k] += 1
+        self.stats.needed[k] += 1
         return None
 
     def threshold_grid(self) -> np.ndarray:

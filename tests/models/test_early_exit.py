@@ -228,7 +228,7 @@ def test_the_runtime_stops_at_the_first_confident_exit_and_never_computes_later_
         decisions = [policy.decide(Message("audio", "mic", seq, arrays=(w,))) for seq, w in enumerate(samples)]
     assert [(d.action, d.exit, d.result) for d in decisions] == [("exit", 1, {"needs_recognition": False})] * 4
     assert calls == [4, 4, 0] and policy.model.invocations == [4, 4, 0]      # block 2 never ran
-    assert policy.stats["exited"] == [0, 4, 0]
+    assert policy.stats.exited == [0, 4, 0]
 
 
 def test_no_confident_exit_runs_every_block_and_has_no_opinion(rigged):
@@ -239,7 +239,7 @@ def test_no_confident_exit_runs_every_block_and_has_no_opinion(rigged):
         decisions = [policy.decide(Message("audio", "mic", seq, arrays=(w,))) for seq, w in enumerate(samples)]
         assert decisions == [None] * 3 and calls == [3, 3, 3]
         probs = policy.prepare(samples[0]).reshape(3, 2)          # evaluation's path: every exit
-    assert policy.stats["none_confident"] == 3
+    assert policy.stats.none_confident == 3
     assert first_exit(probs, "maxprob", 1.0) == (2, False)            # reported as the last exit, 2
 
 
@@ -258,7 +258,7 @@ def test_a_confident_needed_is_no_opinion_and_entropy_rule_works_alike(rigged):
     probs = np.array([[0.5, 0.5], [0.5, 0.5], [0.001, 0.999]])
     assert policy.decide_prepared("mic", 0, probs.ravel()) is None
     policy.rule, policy.threshold = "maxprob", 0.99
-    assert policy.decide_prepared("mic", 1, probs.ravel()) is None and policy.stats["needed"][2] == 1
+    assert policy.decide_prepared("mic", 1, probs.ravel()) is None and policy.stats.needed[2] == 1
 
 
 def test_bad_options_are_refused(rigged):
