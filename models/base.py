@@ -187,8 +187,9 @@ class Policy:
 #: only x3.1 the unfiltered frame rate: 226 ms of wall time per inference against YOLO's 137);
 #: at 8 the pipeline no longer waits (x3.7 at 76 % filtered, 136 ms per inference) but Reuse
 #: decides on a staler cache: 0.35 of the ceiling, ahead of framediff on 7 clips, and the
-#: joint calibration turns Skip off. 2 keeps the accuracy; letting Reuse point at a frame whose
-#: answer is still on its way would remove the wait without the staleness.
+#: joint calibration turns Skip off. 2 keeps the accuracy. Letting Reuse point at frames whose
+#: answer is still on its way (models/reuse.py ``pending``) did not remove the staleness: at 8,
+#: recalibrated, 0.365 of the ceiling with Skip kept; at 2 it was 0.378 (noise around 0.389).
 FEEDBACK_LAG = 2
 
 #: How far back (in sequence numbers of one stream) a reuse decision may point. The aggregator

@@ -17,6 +17,17 @@ answer: when the aggregator's result says the model answered it (decision ``infe
 ``count``), the pair enters the cache. Only fresh model answers enter: a reused or skipped
 answer would only repeat what the cache or Skip already said.
 
+With ``pending=N`` a reuse may also point at one of the N latest frames still waiting for their
+answer: when one of them is nearer than every cached entry and within the threshold, and the
+close cached entries (if any) agree, the frame reuses it. The aggregator resolves inputs in
+order, so the answer is there when the reuse is resolved; if that frame ends up unanswered, the
+reuse is counted unresolved there, never guessed. It is meant for a filter stage run with a
+longer feedback lag (its ``max_lag``), where the newest frames are otherwise missing from the
+cache. Off by default: measured on the 22 test halves (2026-12-01, recalibrated each time), at
+the shipped lag of 2 it changed the cascade's mean best fraction of the ceiling from 0.389 to
+0.378 (noise either way: some clips up, some down); at lag 8 it lifted it from 0.35 to 0.365 and
+kept Skip in the joint calibration, still below lag 2 (models/base.py `FEEDBACK_LAG`).
+
 Bounds, so a stream that runs for days stays the same size: `capacity` entries per stream
 (when full, the entry to replace is chosen by LFU: fewest reuses, oldest first; or LRU, or
 FIFO); every entry whose seq is `REUSE_HORIZON` or more behind the current frame is dropped and
@@ -46,7 +57,7 @@ REPLACEMENTS = ("lfu", "lru", "fifo")
 REUSE_OPTIONS: dict[str, Option] = {
     "target": number(0, 1), "threshold": number(0, 1), "k": whole(1, 64), "k_min": whole(1, 64),
     "homogeneity": number(0, 1), "capacity": whole(1, 65536), "replacement": choice(*REPLACEMENTS),
-    "reset": whole(0), "max_run": whole(0),
+    "reset": whole(0), "max_run": whole(0), "pending": whole(0, 64),
 }
 
 
@@ -59,6 +70,7 @@ class CacheStats:
     miss_empty: int = 0          # fewer entries than k_min
     miss_far: int = 0            # fewer than k_min of the k nearest within the threshold
     miss_mixed: int = 0          # the close ones disagree (homogeneity below the bar)
+    reused_pending: int = 0      # of `reused`, pointing at a frame whose answer was on its way
     inserted: int = 0
     evicted_full: int = 0        # replaced to make room (LFU / LRU / FIFO)
     evicted_horizon: int = 0     # REUSE_HORIZON or more seqs behind the current frame
@@ -119,18 +131,21 @@ class ReuseCache:
 
     def __init__(self, head: DistanceHead, capacity: int = 256, k: int = 5, k_min: int = 1,
                  homogeneity: float = 1.0, replacement: str = "lfu", reset: int = 0,
-                 max_streams: int = 64, max_pending: int = 512, horizon: int = REUSE_HORIZON):
+                 max_streams: int = 64, max_pending: int = 512, horizon: int = REUSE_HORIZON,
+                 pending: int = 0):
         if replacement not in REPLACEMENTS:
             raise ConfigError(f"replacement must be one of {', '.join(REPLACEMENTS)}, got {replacement!r}")
         if not 1 <= k_min <= k:
             raise ConfigError(f"reuse needs 1 <= k_min <= k, got k={k}, k_min={k_min}")
-        if capacity < 1 or max_streams < 1 or max_pending < 1 or horizon < 1 or reset < 0:
-            raise ConfigError("reuse cache bounds must be positive (capacity, streams, pending, horizon; reset >= 0)")
+        if capacity < 1 or max_streams < 1 or max_pending < 1 or horizon < 1 or reset < 0 or pending < 0:
+            raise ConfigError("reuse cache bounds must be positive (capacity, streams, pending, horizon; "
+                              "reset and pending >= 0)")
         self.head = head
         self.embedding = head.embedding
         self.capacity, self.k, self.k_min, self.homogeneity = capacity, k, k_min, homogeneity
         self.replacement, self.reset = replacement, reset
         self.max_streams, self.max_pending, self.horizon = max_streams, max_pending, horizon
+        self.pending_candidates = pending
         self.stats = CacheStats()
         self._streams: OrderedDict[str, _StreamCache] = OrderedDict()
 
@@ -187,23 +202,27 @@ class ReuseCache:
             if stale.any():
                 stats.evicted_horizon += state.keep(~stale)
                 n = state.size
-        if n < self.k_min:
+        limit = _logit(threshold)
+        waiting, waiting_distance = self._nearest_pending(state, seq, embedding)
+        if waiting is not None and waiting_distance >= limit:
+            waiting = None
+        if n + (waiting is not None) < self.k_min:
             stats.miss_empty += 1
             return None
-        # The head's logits order the entries as p_differ does; the threshold is compared as a logit.
-        differences = state.embeddings[:n] - embedding
-        np.abs(differences, out=differences)
-        distance = self.head.logits(differences)
-        if n > self.k:
-            nearest = np.argpartition(distance, self.k - 1)[:self.k]
+        if n:
+            # The head's logits order the entries as p_differ does; the threshold is compared as a logit.
+            differences = state.embeddings[:n] - embedding
+            np.abs(differences, out=differences)
+            distance = self.head.logits(differences)
+            nearest = np.argpartition(distance, self.k - 1)[:self.k] if n > self.k else np.arange(n)
+            close = nearest[distance[nearest] < limit]
         else:
-            nearest = np.arange(n)
-        close = nearest[distance[nearest] < _logit(threshold)]
-        if len(close) < self.k_min:
+            distance = close = np.zeros(0, np.int64)
+        if len(close) + (waiting is not None) < self.k_min:
             stats.miss_far += 1
             return None
         answers = state.answers[close]
-        if (answers == answers[0]).all():          # the usual case, without np.unique's cost
+        if len(close) == 0 or (answers == answers[0]).all():   # the usual case, without np.unique's cost
             agreeing = close
         else:
             values, votes = np.unique(answers, return_counts=True)
@@ -213,6 +232,12 @@ class ReuseCache:
                 return None
             winners = values[votes == best]
             agreeing = close[(answers[:, None] == winners[None, :]).any(axis=1)]
+        # A frame whose answer is on its way, nearer than every close entry, is the best reference
+        # (the close entries, if any, agree among themselves: nothing says it differs from them).
+        if waiting is not None and (len(agreeing) == 0 or waiting_distance < distance[agreeing].min()):
+            stats.reused += 1
+            stats.reused_pending += 1
+            return waiting
         # The nearest entry holding a most-voted answer (on a tie of votes, the answer of the
         # nearer one); among equally near ones the latest, the furthest from the horizon.
         near = distance[agreeing]
@@ -222,6 +247,25 @@ class ReuseCache:
         state.used[row] = state.clock
         stats.reused += 1
         return int(state.seqs[row])
+
+    def _nearest_pending(self, state: _StreamCache, seq: int, embedding: np.ndarray) -> tuple[int | None, float]:
+        """The nearest of the `pending_candidates` latest frames still waiting for an answer (before
+        `seq`, within the horizon), and its distance as a logit; (None, inf) when there is none."""
+        if not self.pending_candidates or not state.pending:
+            return None, math.inf
+        candidates: list[int] = []
+        for waiting in reversed(state.pending):          # the latest first; the table is seq-ordered
+            if waiting < seq and waiting > seq - self.horizon:
+                candidates.append(waiting)
+                if len(candidates) == self.pending_candidates:
+                    break
+        if not candidates:
+            return None, math.inf
+        differences = np.stack([state.pending[waiting] for waiting in candidates]) - embedding
+        np.abs(differences, out=differences)
+        distance = self.head.logits(differences)
+        best = int(np.argmin(distance))
+        return candidates[best], float(distance[best])
 
     def hold(self, stream: str, seq: int, embedding: np.ndarray) -> None:
         """Keep the embedding of frame `seq` (sent to the model) until its answer comes back."""
@@ -273,7 +317,9 @@ class ReusePolicy(LearnedFramePolicy):
     needed, 1), ``homogeneity`` (share of the close ones that must agree, 1.0), ``capacity``
     (entries per stream, 256), ``replacement`` (lfu, lru, fifo), ``reset`` (empty the cache every
     N inputs of a stream; 0, the default: never, the horizon already bounds an entry's age),
-    ``max_run`` (at most this many inputs of a stream in a row answered by reuse, 25; 0: no cap).
+    ``max_run`` (at most this many inputs of a stream in a row answered by reuse, 25; 0: no cap),
+    ``pending`` (how many of the latest frames still waiting for their answer a reuse may point
+    at; 0, the default: only answered ones).
 
     Why `max_run`: the cache learns only from frames the model answered, so once every frame
     finds a close entry nothing reaches the model again and the answers go stale for good (the
@@ -287,7 +333,7 @@ class ReusePolicy(LearnedFramePolicy):
     kind = "reuse"
     uses_feedback = True   # the cache holds only answers heard back from the aggregator
     defaults = {"k": 5, "k_min": 1, "homogeneity": 1.0, "capacity": 256, "replacement": "lfu", "reset": 0,
-                "max_run": 25}
+                "max_run": 25, "pending": 0}
     #: Streams whose current run of reuses is counted (the least recently seen are forgotten).
     MAX_RUN_STREAMS = 1024
 

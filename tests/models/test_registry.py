@@ -134,9 +134,8 @@ print(actions, sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow"
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    # The fixture skip says ~0.56 for this frame (> 0.2: no skip); reuse points seq 1 at seq 0, whose
-    # answer is on its way, and learns seq 0 from the feedback for seq 2.
-    assert done.stdout.strip().splitlines()[-1] == "['infer', 'reuse', 'reuse'] []"
+    # The fixture skip says ~0.56 for this frame (> 0.2: no skip); reuse learns seq 0 from feedback.
+    assert done.stdout.strip().splitlines()[-1] == "['infer', 'infer', 'reuse'] []"
 
 
 def test_a_speech_app_reads_a_bare_cascade_as_the_speech_cascade():

@@ -32,7 +32,7 @@ def answered(cache: ReuseCache, stream: str, seq: int, embedding: np.ndarray, co
 
 
 def test_no_reuse_without_feedback_then_the_nearest_agreeing_entry():
-    cache = ReuseCache(HEAD, k=3)
+    cache = ReuseCache(HEAD, k=3)                             # by default only answered frames are pointed at
     assert cache.lookup("cam", 0, e(0), 0.5) is None
     cache.hold("cam", 0, e(0))
     assert cache.lookup("cam", 1, e(0), 0.5) is None          # the answer has not come back yet
@@ -45,6 +45,39 @@ def test_no_reuse_without_feedback_then_the_nearest_agreeing_entry():
     stats = cache.stats
     assert (stats.lookups, stats.reused, stats.miss_far, stats.inserted) == (5, 2, 1, 2)
     assert cache.entries("cam")["hits"].tolist() == [1, 1]
+
+
+def test_a_reuse_may_point_at_a_frame_whose_answer_is_on_its_way():
+    cache = ReuseCache(HEAD, k=3, pending=2)
+    cache.hold("cam", 0, e(0))
+    assert cache.lookup("cam", 1, e(0.01), 0.5) == 0           # no answer yet: frame 0 is pending
+    assert cache.lookup("cam", 2, e(0.9), 0.5) is None         # too far from it
+    cache.hold("cam", 2, e(0.9))
+    assert cache.lookup("cam", 3, e(0.89), 0.5) == 2           # the nearest of the waiting ones
+    cache.feedback("cam", 0, {"decision": INFER, "count": 1})  # 0 answered: an entry now
+    assert cache.lookup("cam", 4, e(0.0), 0.5) == 0 and cache.pending("cam") == [2]
+    stats = cache.stats
+    assert (stats.reused, stats.reused_pending) == (3, 2)
+
+
+def test_a_waiting_frame_is_pointed_at_only_when_nearer_than_agreeing_close_entries():
+    cache = ReuseCache(HEAD, k=3, pending=8)
+    answered(cache, "cam", 0, e(0.00), 1)
+    answered(cache, "cam", 1, e(0.02), 2)
+    cache.hold("cam", 2, e(0.01))
+    # The close answered entries disagree: nothing vouches for the waiting frame either.
+    assert cache.lookup("cam", 3, e(0.012), 0.5) is None and cache.stats.miss_mixed == 1
+    agreeing = ReuseCache(HEAD, k=3, pending=8)
+    answered(agreeing, "cam", 0, e(0.00), 1)
+    agreeing.hold("cam", 1, e(0.10))
+    assert agreeing.lookup("cam", 2, e(0.01), 0.5) == 0        # the answered entry is nearer
+    assert agreeing.lookup("cam", 3, e(0.09), 0.5) == 1        # the waiting one is nearer
+    # Only the `pending` latest waiting frames are looked at; later frames are never pointed at.
+    few = ReuseCache(HEAD, k=3, pending=1)
+    few.hold("cam", 0, e(0.0))
+    few.hold("cam", 1, e(0.9))
+    assert few.lookup("cam", 2, e(0.0), 0.5) is None
+    assert few.lookup("cam", 0, e(0.0), 0.5) is None
 
 
 @pytest.mark.parametrize("result", [
@@ -165,6 +198,11 @@ def video(seq, frame):
 
 def test_the_policy_fills_its_cache_from_feedback_and_reuses_a_repeated_frame(tmp_path, frames):
     directory = make_filter_dir(tmp_path, "reuse", size=32, embedding=8, threshold=0.5)
+    waiting = ReusePolicy.from_directory(directory, "k=3,pending=8")
+    with waiting:
+        assert waiting.decide(video(0, frames[0])) is None
+        # No answer has come back yet, but the same picture may point at the frame on its way.
+        assert waiting.decide(video(1, frames[0])).ref_seq == 0 and waiting.stats.reused_pending == 1
     policy = ReusePolicy.from_directory(directory, "k=3")
     with policy:
         a, b = frames[0], frames[59]
@@ -186,11 +224,12 @@ def test_the_policy_fills_its_cache_from_feedback_and_reuses_a_repeated_frame(tm
 def test_reuse_options_are_checked(tmp_path):
     directory = make_filter_dir(tmp_path, "reuse")
     policy = ReusePolicy.from_directory(directory, "k=7,k_min=2,homogeneity=0.8,capacity=32,replacement=lru,reset=100,"
-                                                   "max_run=3")
+                                                   "max_run=3,pending=4")
     assert policy.settings == {"k": 7, "k_min": 2, "homogeneity": 0.8, "capacity": 32, "replacement": "lru", "reset": 100,
-                               "max_run": 3}
+                               "max_run": 3, "pending": 4}
     with policy:
-        assert (policy.cache.k, policy.cache.capacity, policy.cache.replacement) == (7, 32, "lru")
+        assert (policy.cache.k, policy.cache.capacity, policy.cache.replacement, policy.cache.pending_candidates) \
+            == (7, 32, "lru", 4)
     for argument, message in [("k=2,k_min=3", "k_min must be between 1 and k"), ("replacement=random", "lfu|lru|fifo"),
                               ("capacity=0", "capacity must be"), ("size=3", "unknown option 'size'; it takes target=")]:
         with pytest.raises(ConfigError, match=message):
