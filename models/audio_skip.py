@@ -34,6 +34,7 @@ import numpy as np
 
 from models.audio_features import LogMel, LogMelSettings
 from models.base import Decision, FramePolicy
+from models.lite import load_interpreter
 from models.options import Option, number, parse_options
 from pipeline.errors import ConfigError
 
@@ -127,20 +128,11 @@ class AudioSkipDir:
 
 # ----------------------------------------------------------------------------- the network (LiteRT)
 
-def _interpreter(path: Path):
-    from ai_edge_litert.interpreter import Interpreter
-    try:
-        return Interpreter(model_path=str(path), num_threads=1)
-    except (ValueError, RuntimeError) as error:
-        raise ConfigError(f"{path}: not a model the LiteRT interpreter can load ({error}); "
-                          f"train and export the filter again") from None
-
-
 def check_model_file(path: Path, input_shape: tuple[int, ...]) -> None:
     """The model at `path` takes [1, *input_shape] float32 and gives [1, 1] float32, else a ConfigError."""
     if not path.is_file():
         raise ConfigError(f"filter model {path} not found")
-    interpreter = _interpreter(path)
+    interpreter = load_interpreter(path)
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1:
         raise ConfigError(f"{path}: an audio skip model has one input and one output, this one has "
@@ -167,7 +159,7 @@ class LogMelModel:
     def open(self) -> None:
         if self._interpreter is None:
             check_model_file(self.path, self.input_shape)       # the file may have changed since parsing
-            interpreter = _interpreter(self.path)
+            interpreter = load_interpreter(self.path)
             interpreter.allocate_tensors()
             self._input = interpreter.get_input_details()[0]["index"]
             self._output = interpreter.get_output_details()[0]["index"]

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -304,25 +303,13 @@ def to_tflite(model: Any, shape: tuple[int, ...]) -> bytes:
     return converter.convert()
 
 
-def git_commit(repo: Path | None = None) -> str:
-    """The checkout's commit ("-dirty" when the audio Skip training code differs from it), or "unknown"."""
-    repo = repo or Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *TRAINING_CODE], cwd=repo).returncode != 0
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return sha + ("-dirty" if dirty else "")
-
-
 def export_audio_skip(training: AudioSkipTraining, out: Path, sample: np.ndarray, provenance: dict[str, Any],
                       options: AudioSkipOptions, atol: float = 1e-4) -> Path:
     """Write model.tflite and metadata.json into `out` (a stale calibration.json is removed: it
     belonged to the previous model). The TFLite model is checked against Keras on `sample`
     windows ([n, samples]) through the runtime's own path (models/audio_skip.py)."""
     from models.audio_skip import AudioSkipDir, AudioSkipPolicy
-    from models.export import _replace
+    from models.export import _replace, git_commit
 
     log_mel = LogMel(training.settings)
     shape = (*training.settings.shape, 1)
@@ -337,7 +324,7 @@ def export_audio_skip(training: AudioSkipTraining, out: Path, sample: np.ndarray
             "threshold": {"target": DEFAULT_ACCURACY, "value": at["threshold"],
                           "measure": "InFi accuracy (1 - skipped windows that need recognition / all windows) "
                                      "on the val split; calibration.json, when present, takes precedence"},
-            "params": int(training.model.count_params()), "commit": git_commit(), "size_choice": SIZE_CHOICE,
+            "params": int(training.model.count_params()), "commit": git_commit(code=TRAINING_CODE), "size_choice": SIZE_CHOICE,
             "training": {**provenance, "options": options.to_json(), "best_epoch": training.best_epoch,
                          "validation": training.validation, "history": training.history,
                          "seconds": round(training.seconds, 1)}}

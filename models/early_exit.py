@@ -52,6 +52,7 @@ import numpy as np
 
 from models.audio_features import LogMel, LogMelSettings
 from models.base import Decision, FramePolicy
+from models.lite import load_interpreter
 from models.options import Option, choice, number, parse_options
 from pipeline.errors import ConfigError
 from pipeline.message import Message
@@ -263,12 +264,9 @@ def run_train_command(args: Any) -> int:
 # ------------------------------------------------------------------------- runtime (LiteRT)
 
 def _interpreter(tflite: bytes | Path):
-    from ai_edge_litert.interpreter import Interpreter
+    """`load_interpreter` with its tensors allocated (an exit part is run as soon as it is loaded)."""
+    runner = load_interpreter(tflite)
     try:
-        if isinstance(tflite, (bytes, bytearray)):
-            runner = Interpreter(model_content=bytes(tflite), num_threads=1)
-        else:
-            runner = Interpreter(model_path=str(tflite), num_threads=1)
         runner.allocate_tensors()
     except (ValueError, RuntimeError) as error:
         raise ConfigError(f"{tflite if isinstance(tflite, Path) else 'model'}: not a model the LiteRT interpreter "

@@ -117,13 +117,13 @@ TRAINING_CODE = ("models/dataset.py", "models/features.py", "models/train.py", "
                  "models/frames.py", "models/labels.py")
 
 
-def git_commit(repo: Path | None = None) -> str:
-    """The checkout's commit ("-dirty" when the training code differs from it), or "unknown"."""
+def git_commit(repo: Path | None = None, code: tuple[str, ...] = TRAINING_CODE) -> str:
+    """The checkout's commit ("-dirty" when the training `code` differs from it), or "unknown"."""
     repo = repo or Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *TRAINING_CODE], cwd=repo).returncode != 0
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *code], cwd=repo).returncode != 0
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha + ("-dirty" if dirty else "")

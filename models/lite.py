@@ -35,13 +35,18 @@ class ModelShape:
         return self.output_shape[-1]
 
 
-def _interpreter(path: Path):
+def load_interpreter(model: Path | str | bytes):
+    """A one-thread LiteRT interpreter for a .tflite file (or its bytes), tensors not yet
+    allocated; a `ConfigError` saying what to do when LiteRT cannot load it."""
     from ai_edge_litert.interpreter import Interpreter
+    in_memory = isinstance(model, (bytes, bytearray))
     try:
-        return Interpreter(model_path=str(path), num_threads=1)
+        if in_memory:
+            return Interpreter(model_content=bytes(model), num_threads=1)
+        return Interpreter(model_path=str(model), num_threads=1)
     except (ValueError, RuntimeError) as error:
-        raise ConfigError(f"{path}: not a model the LiteRT interpreter can load ({error}); "
-                          f"export the filter again") from None
+        raise ConfigError(f"{'model' if in_memory else model}: not a model the LiteRT interpreter can load "
+                          f"({error}); train and export the filter again") from None
 
 
 def _shape(details: dict) -> tuple[int, ...]:
@@ -54,7 +59,7 @@ def check_model_file(path: Path | str, size: int, outputs: int | None = None) ->
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"filter model {path} not found")
-    interpreter = _interpreter(path)
+    interpreter = load_interpreter(path)
     inputs, results = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) != 1 or len(results) != 1:
         raise ConfigError(f"{path}: a filter model has one input and one output, this one has "
@@ -90,7 +95,7 @@ class LiteModel:
         if self._interpreter is not None:
             return
         check_model_file(self.path, self.size, self.outputs)       # the file may have changed since parsing
-        interpreter = _interpreter(self.path)
+        interpreter = load_interpreter(self.path)
         interpreter.allocate_tensors()
         self._input = interpreter.tensor(interpreter.get_input_details()[0]["index"])
         self._output = interpreter.get_output_details()[0]["index"]
