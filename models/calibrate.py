@@ -1,6 +1,7 @@
 """Thresholds for a target accuracy: the operating point of a trained filter, picked on validation frames.
 
-A frame policy has one knob, ``threshold`` (larger filters more). For a target per-frame count
+A frame policy has one knob, ``threshold`` (larger filters more; for the early-exit network's
+maxprob rule, smaller does: `grid_directions`). For a target per-frame count
 agreement (0.95 by default), calibration replays the filter (models/simulate.py) over the
 VALIDATION part of every clip it was trained on (the shared split: the last 20 % of each clip's
 first half) and picks, among the thresholds that meet the target, the one that keeps the most
@@ -98,21 +99,35 @@ def score_grid(policies: Sequence[FramePolicy], clips: Sequence[PreparedClip], g
     return points
 
 
-def choose(points: Sequence[GridPoint], target: float) -> GridPoint | None:
+def grid_directions(policies: Sequence[FramePolicy]) -> tuple[int, ...]:
+    """Per policy, +1 when a larger threshold filters more (its `threshold_grid` increases, as
+    most do), -1 when a smaller one does (the early exit's maxprob grid decreases)."""
+    directions = []
+    for policy in policies:
+        grid = np.asarray(policy.threshold_grid(), np.float64).reshape(-1)
+        directions.append(-1 if len(grid) > 1 and grid[0] > grid[-1] else 1)
+    return tuple(directions)
+
+
+def choose(points: Sequence[GridPoint], target: float, directions: Sequence[int] | None = None) -> GridPoint | None:
     """The point that keeps the most frames from the model among those that meet `target`
-    (pooled and per-clip mean, `GridPoint.meets`; ties: the higher agreement, then the smaller
-    thresholds); None if none does."""
+    (pooled and per-clip mean, `GridPoint.meets`; ties: the higher agreement, then the
+    thresholds that filter least, `directions` saying per threshold which way filters more
+    (`grid_directions`; default: larger values do): of thresholds that do the same on the
+    validation frames, the most cautious); None if none does."""
     meeting = [p for p in points if p.meets(target)]
     if not meeting:
         return None
-    return max(meeting, key=lambda p: (p.filtered, p.agreement, tuple(-t for t in p.thresholds)))
+    signs = tuple(directions) if directions is not None else (1,) * len(meeting[0].thresholds)
+    return max(meeting, key=lambda p: (p.filtered, p.agreement, tuple(-t * d for t, d in zip(p.thresholds, signs))))
 
 
-def pick_targets(points: Sequence[GridPoint], targets: Sequence[float], keys: Sequence[str]) -> dict[str, Any]:
+def pick_targets(points: Sequence[GridPoint], targets: Sequence[float], keys: Sequence[str],
+                 directions: Sequence[int] | None = None) -> dict[str, Any]:
     """``{"targets": {...}, "unmet": {...}}``: per target, the chosen thresholds under `keys`."""
     chosen, unmet = {}, {}
     for target in targets:
-        point = choose(points, target)
+        point = choose(points, target, directions)
         label = f"{target:g}"
         if point is None:
             best = max(points, key=lambda p: (min(p.agreement, p.clip_mean), p.agreement))
@@ -151,8 +166,9 @@ def search(policies: Sequence[FramePolicy], clips: Sequence[PreparedClip], coars
             seen.add(extra)
     points = score_grid(policies, clips, grid, lag, progress)
     finer: list[tuple[float, ...]] = []
+    directions = grid_directions(policies)
     for target in targets:
-        point = choose(points, target)
+        point = choose(points, target, directions)
         if point is None:
             continue
         axes = []
@@ -172,7 +188,7 @@ def calibrate_policy(policy: FramePolicy, clips: Sequence[PreparedClip], targets
                      thresholds: int = SINGLE_GRID, lag: int = DEFAULT_LAG, progress: Any = None) -> dict[str, Any]:
     """The content of a filter's calibration.json, for `clips` prepared for `policy`."""
     points = search([policy], clips, [thresholds], targets, lag, progress)
-    picked = pick_targets(points, targets, ["threshold"])
+    picked = pick_targets(points, targets, ["threshold"], grid_directions([policy]))
     points = sorted(points, key=lambda p: p.thresholds)
     return {"format": CALIBRATION_FORMAT, "metric": "count-agreement", **picked,
             "curve": [{"threshold": round(p.thresholds[0], 6), "agreement": round(p.agreement, 4),
@@ -194,7 +210,7 @@ def calibrate_cascade(skip: FramePolicy, reuse: FramePolicy, clips: Sequence[Pre
     if alone:
         also += [(t, reuse_off) for t in alone.get("skip", ())] + [(skip_off, t) for t in alone.get("reuse", ())]
     points = search([skip, reuse], clips, grid_sizes, targets, lag, progress, also)
-    picked = pick_targets(points, targets, ["skip", "reuse"])
+    picked = pick_targets(points, targets, ["skip", "reuse"], grid_directions([skip, reuse]))
     return {"format": CALIBRATION_FORMAT, "metric": "count-agreement", "order": ["skip", "reuse"], **picked,
             # [skip, reuse, pooled agreement, filtered, per-clip mean agreement]
             "tried": [[round(p.thresholds[0], 6), round(p.thresholds[1], 6), round(p.agreement, 4), round(p.filtered, 4),
@@ -234,7 +250,11 @@ def open_filter(directory: Path, self_check: bool = False) -> FramePolicy:
     each time a quiet camera gets busy. The check stays a safety net, on when the filter runs
     (and in evaluation, which measures what runs)."""
     from models.registry import parse_policy
-    if not self_check and read_metadata(Path(directory)).get("kind") == "skip":
+    metadata = read_metadata(Path(directory))
+    if metadata.get("kind") == "early-exit" and metadata.get("task") != "vehicles":
+        raise ConfigError(f"{directory} is an early-exit filter for {metadata.get('task')}, not for video frames; "
+                          f"calibrate it with `infistream filter calibrate --task speech {directory}`")
+    if not self_check and metadata.get("kind") == "skip":
         policy = parse_policy(f"{directory}:threshold=0,max_run=0")
     else:
         policy = parse_policy(f"{directory}:threshold=0")
@@ -255,7 +275,13 @@ def training_clips(directories: Sequence[Path], given: Sequence[Path] | None = N
     available = {clip.stem: clip for clip in default_clips()} | {clip.name: clip for clip in default_clips()}
     names: list[str] = []
     for directory in directories:
-        for name in read_metadata(directory).get("trained_on") or []:
+        metadata = read_metadata(directory)
+        # an early-exit directory written before its metadata had them at the top level keeps
+        # its clips under "training"
+        trained_on = metadata.get("trained_on") or (metadata.get("training") or {}).get("trained_on") or []
+        if isinstance(trained_on, str):
+            trained_on = []             # a speech filter's mixture directory: not clips
+        for name in trained_on:
             if name not in names:
                 names.append(name)
     if not names:

@@ -174,3 +174,36 @@ def test_calibration_judges_the_skip_network_without_its_self_check(tmp_path):
     assert open_filter(skip_dir).max_run == 0
     assert open_filter(skip_dir, self_check=True).max_run == 50            # as it runs
     assert open_filter(make_filter_dir(tmp_path, "reuse", threshold=None)).threshold == 0
+
+
+def test_of_thresholds_doing_the_same_on_validation_the_most_cautious_is_picked_whichever_way_the_grid_runs():
+    """Skip filters more as its threshold grows; the early exit's maxprob, as it shrinks (its grid
+    decreases). Where several thresholds do the same on validation, the one filtering least
+    elsewhere is picked: the smallest for Skip, the LARGEST maxprob for the early exit."""
+    from models.calibrate import grid_directions
+
+    class ExitLike(FramePolicy):
+        """Answers "no vehicle" when its made-up confidence reaches the threshold (maxprob)."""
+
+        name = "exit"
+
+        def prepare(self, frame):
+            return frame
+
+        def decide_prepared(self, stream, seq, features):
+            return Decision("exit", exit=0, result={"count": 0}) if features[0] >= self.threshold else None
+
+        def threshold_grid(self):
+            return np.linspace(1.0, 0.5, 51)
+
+    clips = toy_clips(clips=1)
+    clips[0].truth[:] = 0                                    # nothing to see: every exit is right
+    clips[0].features["exit"] = [np.array([0.9])] * len(clips[0])
+    policy = ExitLike()
+    assert grid_directions([policy, ScoreSkipper()]) == (-1, 1)
+    points = score_grid([policy], clips, [(t,) for t in policy.threshold_grid()])
+    assert choose(points, 0.95, grid_directions([policy])).thresholds == pytest.approx((0.9,))
+    assert choose(points, 0.95).thresholds == (0.5,)        # read as Skip's grid: the boldest
+    document = calibrate_policy(policy, clips, targets=[0.95])
+    assert document["targets"]["0.95"]["threshold"] == pytest.approx(0.9)
+    assert document["targets"]["0.95"]["validation"]["filtered"] == 1.0
