@@ -197,9 +197,11 @@ def predict_exits(network: ExitNetwork, inputs: np.ndarray, batch: int = 256) ->
 
 def train_network(arch: ExitArchitecture, inputs: np.ndarray, labels: np.ndarray,
                   val_inputs: np.ndarray, val_labels: np.ndarray, options: ExitOptions = ExitOptions(),
-                  say: Callable[[str], None] | None = print) -> ExitTraining:
+                  say: Callable[[str], None] | None = print, sample_weights: np.ndarray | None = None,
+                  augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None) -> ExitTraining:
     """Train every exit jointly (weighted sum of their cross-entropies; the two classes weigh the
-    same); keep the epoch whose exits' mean validation accuracy is best."""
+    same, or each input weighs its `sample_weights`); keep the epoch whose exits' mean validation
+    accuracy is best. `augment` (batch, rng) -> batch jitters each training batch (not validation)."""
     import tensorflow as tf
     from models.train import seed_everything
 
@@ -215,6 +217,9 @@ def train_network(arch: ExitArchitecture, inputs: np.ndarray, labels: np.ndarray
     labels = np.asarray(labels).astype(np.int32)
     counts = np.bincount(labels, minlength=arch.classes).astype(np.float64)
     class_weight = np.where(counts > 0, len(labels) / (arch.classes * np.maximum(counts, 1)), 0.0)
+    weight_of = class_weight[labels] if sample_weights is None else np.asarray(sample_weights, np.float64)
+    if len(weight_of) != len(labels):
+        raise ValueError(f"sample_weights needs one weight per input ({len(labels)}), got {len(weight_of)}")
     rng = np.random.default_rng(options.seed)
     rule = options.rule
     threshold = DEFAULT_THRESHOLDS[rule] if options.threshold is None else options.threshold
@@ -226,8 +231,9 @@ def train_network(arch: ExitArchitecture, inputs: np.ndarray, labels: np.ndarray
         for step in range(steps):
             pick = order[step * options.batch:(step + 1) * options.batch]
             y = labels[pick]
-            result = network.model.train_on_batch(np.asarray(inputs[pick], np.float32), [y] * k,
-                                                  sample_weight=[class_weight[y].astype(np.float32)] * k)
+            x = augment(inputs[pick], rng) if augment is not None else inputs[pick]
+            result = network.model.train_on_batch(np.asarray(x, np.float32), [y] * k,
+                                                  sample_weight=[weight_of[pick].astype(np.float32)] * k)
             losses.append(float(np.atleast_1d(result)[0]))
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
         if len(val_labels):
@@ -407,27 +413,52 @@ def train_speech(mixtures: Path, out: Path | None = None, options: ExitOptions =
                    val_y.astype(int), extra, say)
 
 
+def clip_balanced_weights(owner: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Skip's weighting (models/train.py train_skip): every clip weighs the same in total, and
+    within a clip both classes weigh the same; scaled to a mean weight of 1."""
+    owner, labels = np.asarray(owner), np.asarray(labels)
+    weights = np.zeros(len(labels), np.float64)
+    for index in np.unique(owner):
+        mine = owner == index
+        for label in np.unique(labels[mine]):
+            cell = mine & (labels == label)
+            weights[cell] = 1.0 / cell.sum()
+    return weights * (len(weights) / weights.sum()) if len(weights) else weights
+
+
 def train_vehicles(clips: Sequence[Path | str], out: Path | None = None, options: ExitOptions = ExitOptions(),
                    size: int = 32, exclude: Sequence[str] = (), progress: bool = True,
-                   say: Callable[[str], None] | None = print, **arch: Any) -> ExitTraining:
+                   say: Callable[[str], None] | None = print, augment: bool = True, clip_weights: bool = False,
+                   **arch: Any) -> ExitTraining:
     """The video Skip variant: frames shrunk to `size` (models/dataset.py, the clips' training and
-    validation parts as Skip uses them), label 1 when YOLO found a vehicle."""
+    validation parts as Skip uses them), label 1 when YOLO found a vehicle, with Skip's
+    photometric and geometric augmentation (`augment`, models/train.py). The two classes weigh
+    the same; with `clip_weights`, as for Skip, every clip weighs the same too, and within it both
+    classes (off by default: on 2026-12-01 it kept the binary network from learning, the joint
+    loss at 2.4-2.6 over 11 epochs and the last exit's val accuracy jumping between 0.67 and 0.91;
+    a clip with a few frames of one class gives those frames weights of ~60)."""
     from models.dataset import load_clips
-    from models.train import _frames_at
+    from models.train import SPLIT_NOTE, _frames_at
+    from models.train import augment as skip_augment
     data = load_clips(clips, size, exclude, progress)
-    frames, counts, _ = _frames_at(data, "train")
+    frames, counts, owner = _frames_at(data, "train")
     val_frames, val_counts, _ = _frames_at(data, "val")
     shape = ExitArchitecture(input_shape=(size, size, 3), input_mean=127.5, input_std=127.5,
                              **{"stem_stride": 1, **arch})
     labels, val_labels = (counts > 0).astype(int), (val_counts > 0).astype(int)
     if say is not None:
-        say(f"early-exit vehicles: {len(labels)} training frames ({labels.mean():.1%} with a vehicle), "
-            f"{len(val_labels)} validation frames, size {size}")
-    training = train_network(shape, frames.astype(np.float32), labels, val_frames.astype(np.float32), val_labels,
-                             options, say)
-    extra = {"trained_on": [clip.name for clip in data], "train_frames": int(len(labels))}
-    return _finish(training, options, out, video_metadata(size), val_frames.astype(np.float32), val_labels,
-                   extra, say)
+        say(f"early-exit vehicles: {len(labels)} training frames from {len(data)} clips ({labels.mean():.1%} with a "
+            f"vehicle), {len(val_labels)} validation frames, size {size}, augmentation {'on' if augment else 'off'}")
+    training = train_network(shape, frames, labels, val_frames.astype(np.float32), val_labels, options, say,
+                             sample_weights=clip_balanced_weights(owner, labels) if clip_weights else None,
+                             augment=skip_augment if augment else None)
+    names = [clip.name for clip in data]
+    extra = {"trained_on": names, "train_frames": int(len(labels)), "val_frames": int(len(val_labels)),
+             "augment": augment, "weights": "per clip, then per class (as Skip)" if clip_weights else "per class"}
+    # trained_on and the split at the top level too, as Skip's metadata has them: video
+    # calibration (models/calibrate.py training_clips) reads the clips from there
+    return _finish(training, options, out, {**video_metadata(size), "trained_on": names, "split": SPLIT_NOTE},
+                   val_frames.astype(np.float32), val_labels, extra, say)
 
 
 def evaluate_directory(path: Path | str, raw: np.ndarray, labels: np.ndarray, rule: str | None = None,

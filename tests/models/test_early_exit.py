@@ -392,3 +392,103 @@ def test_target_reads_the_threshold_calibration_wrote_into_the_directory(rigged,
         parse_policy(f"{directory}:target=0.95,threshold=0.5")
     with pytest.raises(ConfigError, match="rule=maxprob"):
         parse_policy(f"{directory}:target=0.95,rule=entropy")
+
+
+# ------------------------------------------------------- on frames, as a video Skip filter
+
+def test_vehicle_training_weighs_clips_and_classes_as_skip_does():
+    from models.early_exit_train import clip_balanced_weights
+    owner = np.array([0, 0, 0, 0, 1, 1])             # a long clip (3 empty, 1 busy) and a short one
+    labels = np.array([0, 0, 0, 1, 0, 1])
+    weights = clip_balanced_weights(owner, labels)
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[owner == 0].sum() == pytest.approx(weights[owner == 1].sum())      # every clip alike
+    assert weights[:3].sum() == pytest.approx(weights[3])                              # both classes alike
+
+
+def test_training_jitters_training_batches_only_and_uses_the_given_weights(tf_ready):
+    from models.early_exit_train import ExitArchitecture, ExitOptions, train_network
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (8, 8, 8, 3)).astype(np.uint8)
+    labels = np.arange(8) % 2
+    seen = []
+
+    def jitter(batch, generator):
+        seen.append(len(batch))
+        assert isinstance(generator, np.random.Generator)
+        return batch.astype(np.float32)[:, ::-1]
+    arch = ExitArchitecture(input_shape=(8, 8, 3), input_mean=127.5, input_std=127.5, stem=2, stem_stride=1,
+                            filters=(2, 2))
+    options = ExitOptions(epochs=2, batch=4, threads=1)
+    train_network(arch, frames, labels, frames[:4].astype(np.float32), labels[:4], options, say=None, augment=jitter)
+    assert seen == [4, 4, 4, 4]                       # 2 epochs x 2 batches; validation never jittered
+    with pytest.raises(ValueError, match="one weight per input"):
+        train_network(arch, frames, labels, frames[:4], labels[:4], options, say=None, sample_weights=np.ones(3))
+
+
+@pytest.fixture(scope="module")
+def frame_exit_dir(tf_ready, tmp_path_factory):
+    """A tiny 2-exit network on 16 px frames, its heads fixed: exit 0 sure (p ~ 0.975) that no
+    model is needed, exit 1 sure it is; exported as a vehicles filter trained on clip "tiny"."""
+    from models.early_exit_train import ExitArchitecture, ExitOptions, export_early_exit, train_network, video_metadata
+    rng = np.random.default_rng(6)
+    frames = rng.integers(0, 256, (8, 16, 16, 3)).astype(np.float32)
+    labels = np.arange(8) % 2
+    arch = ExitArchitecture(input_shape=(16, 16, 3), input_mean=127.5, input_std=127.5, stem=4, stem_stride=1,
+                            filters=(4, 8))
+    training = train_network(arch, frames, labels, frames[:4], labels[:4], ExitOptions(epochs=1, batch=8, threads=1),
+                             say=None)
+    set_heads(training, [[1.83, -1.83], [-4.0, 4.0]])          # softmax: 0.975 / 0.025
+    out = tmp_path_factory.mktemp("frame-exit")
+    export_early_exit(training.network, out, {**video_metadata(16), "trained_on": ["tiny"]}, frames[:2])
+    return out
+
+
+def test_video_calibration_picks_the_most_cautious_maxprob_that_filters_as_much(frame_exit_dir, tmp_path,
+                                                                                 monkeypatch):
+    """`infistream filter calibrate DIR` on an early-exit directory: the replay of its exits over
+    the validation frames, as for Skip. Its maxprob grid runs the other way (a smaller threshold
+    exits more), so among thresholds doing the same on validation the largest is picked, not 0.5."""
+    import shutil
+
+    from models.calibrate import calibrate_directory
+    from tests.models.test_evaluate import tiny_clip
+    directory = tmp_path / "ee"
+    shutil.copytree(frame_exit_dir, directory)
+    clip, label_dir = tiny_clip(tmp_path)
+    monkeypatch.setenv("INFI_CACHE", str(tmp_path / "cache"))
+    written = calibrate_directory(directory, targets=[0.5, 0.95], clips=[clip], label_dir=label_dir)
+    assert set(written) == {str(directory)}
+    document = json.loads((directory / "calibration.json").read_text())
+    assert document["metric"] == "count-agreement" and document["data"][0]["clip"] == "tiny:val"
+    policy = parse_policy(f"{directory}:threshold=0.5")
+    with policy:
+        top = float(policy.prepare(np.zeros((32, 32, 3), np.uint8)).reshape(2, 2)[0].max())
+    assert top == pytest.approx(0.975, abs=0.002)
+    grid = policy.threshold_grid()
+    # 0.5: every validation frame exits at block 0 (half of them hold a vehicle): 0.5 agreement
+    entry = document["targets"]["0.5"]
+    assert entry["validation"]["filtered"] == 1.0 and entry["validation"]["agreement"] == 0.5
+    assert entry["threshold"] == pytest.approx(max(t for t in grid if t <= top))
+    # 0.95: only a threshold above the exit's probability keeps every frame for the model
+    entry = document["targets"]["0.95"]
+    assert entry["validation"]["filtered"] == 0.0 and entry["threshold"] > top
+    assert parse_policy(f"{directory}:target=0.95").threshold == pytest.approx(entry["threshold"])
+
+
+def test_video_calibration_finds_the_clips_and_refuses_a_speech_network(rigged, tmp_path):
+    """An early-exit directory written before its metadata had "trained_on" at the top level keeps
+    its clips under "training"; a speech network is pointed to --task speech."""
+    from models.calibrate import open_filter, training_clips
+    from models.dataset import default_clips
+    try:
+        clip = default_clips()[0]
+    except ConfigError as error:
+        pytest.skip(f"no shared traffic clips: {error}")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "metadata.json").write_text(json.dumps({"format": 1, "kind": "early-exit", "task": "vehicles",
+                                                   "training": {"trained_on": [clip.stem]}}))
+    assert training_clips([old]) == [clip]
+    with pytest.raises(ConfigError, match="calibrate --task speech"):
+        open_filter(rigged)
