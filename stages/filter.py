@@ -127,7 +127,8 @@ class ThresholdHold:
     and moved down to the nearest point of its `threshold_grid()` (so that calibrated and held
     thresholds are points of the same grid; the grid's bottom when no point is that low; one
     point down from a threshold <= 0); then it waits for `every` new audits of inputs decided
-    after the change. A threshold already at the bottom of its grid stays.
+    after the change. A threshold already at the bottom of its grid stays. A policy whose grid
+    decreases (a smaller threshold filters more) is moved the other way (`lowered`).
     """
 
     def __init__(self, policies: list[FramePolicy], target: float, every: int = 30, step: float = 0.8):
@@ -186,8 +187,20 @@ class ThresholdHold:
         return estimate
 
     def lowered(self, policy: FramePolicy) -> float:
+        """The threshold one hold step toward filtering less. Most grids increase (a larger
+        threshold filters more): the threshold moves down. A decreasing grid (the early exit's
+        maxprob: a smaller threshold exits more) is mirrored: the threshold moves up, its
+        distance from the grid's top multiplied by `step`."""
         threshold = float(policy.threshold)
-        grid = np.sort(np.asarray(policy.threshold_grid(), dtype=float).reshape(-1))
+        raw = np.asarray(policy.threshold_grid(), dtype=float).reshape(-1)
+        grid = np.sort(raw)
+        if len(raw) > 1 and raw[0] > raw[-1]:
+            above = grid[grid > threshold]
+            if not len(above):
+                return threshold
+            aim = grid[-1] - (grid[-1] - threshold) * self.step
+            high_enough = above[above >= aim]
+            return float(high_enough[0]) if len(high_enough) else float(above[-1])
         below = grid[grid < threshold]
         if not len(below):
             return threshold

@@ -335,6 +335,11 @@ def test_hold_steps_each_policy_of_a_cascade_and_the_summary_reports_the_thresho
     (0.22, np.array([0.2, 0.5]), 0.2),           # no point as low as x 0.8: the bottom
     (0.2, np.array([0.2, 0.5]), 0.2),            # at the bottom already: stays
     (0.0, np.array([-1.0, -0.5, 0.0]), -0.5),    # at or below 0: one point down
+    # A decreasing grid (the early exit's maxprob: smaller exits more) is stepped up instead:
+    (0.5, np.linspace(1.0, 0.5, 51), 0.6),       # 0.5 below the top, x 0.8 = 0.4 below: 0.6
+    (0.95, np.linspace(1.0, 0.5, 51), 0.96),     # 0.05 below, x 0.8 = 0.04 below: 0.96
+    (0.99, np.array([1.0, 0.9, 0.5]), 1.0),      # no point between: the next one up
+    (1.0, np.linspace(1.0, 0.5, 51), 1.0),       # at the top (never exit early) already: stays
 ])
 def test_hold_steps_down_to_a_point_of_the_policys_grid(threshold, grid, lowered):
     from stages.filter import ThresholdHold
