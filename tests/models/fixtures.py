@@ -106,8 +106,11 @@ def _tensorflow_version() -> str:
 def _convert(kind: str, size: int, embedding: int, seed: int) -> bytes:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    tf.config.threading.set_intra_op_parallelism_threads(2)
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(2)
+    except RuntimeError:
+        pass    # TensorFlow already ran in this process (another test trained a tiny network): keep it
     tf.keras.utils.set_random_seed(seed)
     layers = tf.keras.layers
     inputs = tf.keras.Input((size, size, 3), batch_size=1, dtype=tf.float32)
