@@ -311,11 +311,9 @@ def test_exits_flow_through_the_filter_stage_and_the_aggregator_resolves_them(ri
     assert summary["exited"] == 3 and summary["inferred"] == 0
 
 
-def test_the_video_variant_exits_on_frames_with_an_empty_count(tf_ready, tmp_path):
-    """Same builder on shrunk frames: a frame the network is sure holds no vehicle exits with
-    {"count": 0}, which the vehicle task resolves to no detections."""
-    from models.early_exit_train import ExitArchitecture, ExitOptions, export_early_exit, train_network, video_metadata
-    from stages.tasks import VehicleTask
+def tiny_frame_training():
+    """A 2-exit binary network on eight random 16 px frames, trained one epoch: (training, frames)."""
+    from models.early_exit_train import ExitArchitecture, ExitOptions, train_network
     rng = np.random.default_rng(6)
     frames = rng.integers(0, 256, (8, 16, 16, 3)).astype(np.float32)
     labels = np.arange(8) % 2
@@ -323,12 +321,21 @@ def test_the_video_variant_exits_on_frames_with_an_empty_count(tf_ready, tmp_pat
                             filters=(4, 8))
     training = train_network(arch, frames, labels, frames[:4], labels[:4], ExitOptions(epochs=1, batch=8, threads=1),
                              say=None)
+    return training, frames
+
+
+def test_the_video_variant_exits_on_frames_with_an_empty_count(tf_ready, tmp_path):
+    """Same builder on shrunk frames: a frame the network is sure holds no vehicle exits with
+    {"count": 0}, which the vehicle task resolves to no detections."""
+    from models.early_exit_train import export_early_exit, video_metadata
+    from stages.tasks import VehicleTask
+    training, frames = tiny_frame_training()
     assert training.network.costs["blocks"][0] == {"macs": 0, "binary_ops": 16 * 16 * 9 * 4 * 4}
     set_heads(training, [[4.0, -4.0], None])
     export_early_exit(training.network, tmp_path, video_metadata(16), frames[:2])
     policy = parse_policy(str(tmp_path))
     assert policy.input_kind == "video"
-    camera = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    camera = np.random.default_rng(7).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     with policy:
         decision = policy.decide(Message("video", "cam", 0, arrays=(camera,)))
         assert policy.decide(Message("audio", "mic", 0, arrays=(np.zeros(100, np.float32),))) is None
@@ -430,14 +437,8 @@ def test_training_jitters_training_batches_only_and_uses_the_given_weights(tf_re
 def frame_exit_dir(tf_ready, tmp_path_factory):
     """A tiny 2-exit network on 16 px frames, its heads fixed: exit 0 sure (p ~ 0.975) that no
     model is needed, exit 1 sure it is; exported as a vehicles filter trained on clip "tiny"."""
-    from models.early_exit_train import ExitArchitecture, ExitOptions, export_early_exit, train_network, video_metadata
-    rng = np.random.default_rng(6)
-    frames = rng.integers(0, 256, (8, 16, 16, 3)).astype(np.float32)
-    labels = np.arange(8) % 2
-    arch = ExitArchitecture(input_shape=(16, 16, 3), input_mean=127.5, input_std=127.5, stem=4, stem_stride=1,
-                            filters=(4, 8))
-    training = train_network(arch, frames, labels, frames[:4], labels[:4], ExitOptions(epochs=1, batch=8, threads=1),
-                             say=None)
+    from models.early_exit_train import export_early_exit, video_metadata
+    training, frames = tiny_frame_training()
     set_heads(training, [[1.83, -1.83], [-4.0, 4.0]])          # softmax: 0.975 / 0.025
     out = tmp_path_factory.mktemp("frame-exit")
     export_early_exit(training.network, out, {**video_metadata(16), "trained_on": ["tiny"]}, frames[:2])
