@@ -83,8 +83,8 @@ def evaluate(clips: list[Path], skip_dir: Path, exit_dir: Path, target: float, l
 def exits_at_targets(exit_dir: Path, probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """The exit report (models/early_exit.py) on the test frames at each calibrated threshold."""
     from models.early_exit import open_early_exit_dir
-    from models.filterdir import _read_json
-    directory = open_early_exit_dir(exit_dir, _read_json(exit_dir / "metadata.json", "filter metadata"))
+    from models.filterdir import read_json_file
+    directory = open_early_exit_dir(exit_dir, read_json_file(exit_dir / "metadata.json", "filter metadata"))
     calibration = json.loads((exit_dir / "calibration.json").read_text())
     reports = {}
     for label, entry in calibration.get("targets", {}).items():

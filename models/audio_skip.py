@@ -82,8 +82,8 @@ class AudioSkipDir:
         """The threshold for InFi accuracy `target`: calibration.json's, else metadata.json's when
         it was picked for that target."""
         if self.thresholds is not None:
-            from models.filterdir import _lookup
-            return _lookup(self.thresholds, target, self.calibration_path,
+            from models.filterdir import lookup_target
+            return lookup_target(self.thresholds, target, self.calibration_path,
                            "calibrate it for that target (`infistream filter calibrate`) or give threshold=")
         if math.isclose(target, self.default_target, abs_tol=1e-9):
             return self.default_threshold
@@ -93,13 +93,13 @@ class AudioSkipDir:
     @classmethod
     def open(cls, path: Path | str, metadata: dict[str, Any] | None = None) -> AudioSkipDir:
         """Read and check the directory (metadata, calibration, the model's shapes), weights aside."""
-        from models.filterdir import _read_json, _thresholds
+        from models.filterdir import read_json_file, threshold_table
         path = Path(path)
         where = path / "metadata.json"
         if metadata is None:
             if not path.is_dir():
                 raise ConfigError(f"filter directory {path} not found")
-            metadata = _read_json(where, "filter metadata")
+            metadata = read_json_file(where, "filter metadata")
         if metadata.get("kind") != KIND:
             raise ConfigError(f"{path} holds a {metadata.get('kind')!r:.40} filter, not an {KIND} filter")
         if metadata.get("task") != "speech":
@@ -119,7 +119,7 @@ class AudioSkipDir:
         thresholds = None
         if (path / "calibration.json").exists():
             calibration = path / "calibration.json"
-            table = _thresholds(_read_json(calibration, "calibration"), calibration, ("threshold",))
+            table = threshold_table(read_json_file(calibration, "calibration"), calibration, ("threshold",))
             thresholds = {target: entry["threshold"] for target, entry in table.items()}
         directory = cls(path, metadata, settings, float(values[0]), float(values[1]), thresholds)
         check_model_file(directory.model_path, directory.input_shape)

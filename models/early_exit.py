@@ -424,7 +424,7 @@ def calibrated_threshold(directory: EarlyExitDir, target: float, rule: str, name
     """The maxprob threshold calibration.json holds for `target`: InFi accuracy for speech
     (``infistream filter calibrate --task speech DIR``), per-frame count agreement for vehicles
     (``infistream filter calibrate DIR``, as Skip); calibration is done for the maxprob rule only."""
-    from models.filterdir import _lookup, _read_json, _thresholds
+    from models.filterdir import lookup_target, read_json_file, threshold_table
     path = directory.path / "calibration.json"
     if rule != "maxprob":
         raise ConfigError(f"--filter {name}: target= is calibrated for rule=maxprob; give threshold= for rule={rule}")
@@ -432,8 +432,8 @@ def calibrated_threshold(directory: EarlyExitDir, target: float, rule: str, name
         how = "--task speech " if directory.task == "speech" else ""
         raise ConfigError(f"--filter {name}: {directory.path} has no calibration.json; calibrate it "
                           f"(`infistream filter calibrate {how}{directory.path}`) or give threshold=")
-    table = _thresholds(_read_json(path, "calibration"), path, ("threshold",))
-    return _lookup(table, target, path, "calibrate it for that target or give threshold=")["threshold"]
+    table = threshold_table(read_json_file(path, "calibration"), path, ("threshold",))
+    return lookup_target(table, target, path, "calibrate it for that target or give threshold=")["threshold"]
 
 
 @dataclass

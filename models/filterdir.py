@@ -97,7 +97,7 @@ class DistanceHead:
         return cls(w1, b1, w2, b2)
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
+def read_json_file(path: Path, what: str) -> dict[str, Any]:
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:
@@ -115,7 +115,7 @@ def _whole(value: Any) -> bool:
     return type(value) is int
 
 
-def _thresholds(document: dict[str, Any], path: Path, keys: tuple[str, ...]) -> dict[float, dict[str, float]]:
+def threshold_table(document: dict[str, Any], path: Path, keys: tuple[str, ...]) -> dict[float, dict[str, float]]:
     """{target: {key: threshold}} from a calibration document's "targets"."""
     targets = document.get("targets")
     if not isinstance(targets, dict):
@@ -135,7 +135,9 @@ def _thresholds(document: dict[str, Any], path: Path, keys: tuple[str, ...]) -> 
     return table
 
 
-def _lookup(table: dict[float, Any], target: float, path: Path, hint: str) -> Any:
+def lookup_target(table: dict[float, Any], target: float, path: Path, hint: str) -> Any:
+    """The entry of `table` (target -> thresholds or spec, read from `path`) for `target`; a
+    `ConfigError` naming the targets it has, then `hint` (what to do), when it has none."""
     for known, value in table.items():
         if math.isclose(known, target, abs_tol=1e-9):
             return value
@@ -176,7 +178,7 @@ class FilterDir:
         hint = "calibrate it for that target (`infistream filter calibrate`) or give threshold="
         if self.thresholds is None:
             raise ConfigError(f"filter {self.path} is not calibrated (no calibration.json); {hint}")
-        return _lookup(self.thresholds, target, self.calibration_path, hint)
+        return lookup_target(self.thresholds, target, self.calibration_path, hint)
 
     def load_head(self) -> DistanceHead:
         return DistanceHead.load(self.head_path, int(self.embedding))
@@ -189,7 +191,7 @@ def open_filter_dir(path: Path | str, kind: str | None = None) -> FilterDir:
         raise ConfigError(f"filter directory {path} not found" if not path.exists()
                           else f"{path} is not a filter directory (expected a directory holding metadata.json)")
     metadata_path = path / "metadata.json"
-    metadata = _read_json(metadata_path, "filter metadata")
+    metadata = read_json_file(metadata_path, "filter metadata")
     found = metadata.get("kind")
     if found == "early-exit":           # its own files and checks (models/early_exit.py)
         from models.early_exit import open_early_exit_dir
@@ -219,7 +221,7 @@ def open_filter_dir(path: Path | str, kind: str | None = None) -> FilterDir:
     thresholds = None
     calibration = path / "calibration.json"
     if calibration.exists():
-        table = _thresholds(_read_json(calibration, "calibration"), calibration, ("threshold",))
+        table = threshold_table(read_json_file(calibration, "calibration"), calibration, ("threshold",))
         thresholds = {target: entry["threshold"] for target, entry in table.items()}
     directory = FilterDir(path, found, size, embedding, metadata, thresholds)
     check_model_file(directory.model_path, size, directory.outputs)
@@ -242,8 +244,8 @@ def cascade_thresholds(target: float = DEFAULT_TARGET, path: Path | None = None)
     if not path.exists():
         raise ConfigError(f"no shipped cascade thresholds at {path}: run `make train` to train and "
                           f"calibrate the shipped filters")
-    table = _thresholds(_read_json(path, "cascade thresholds"), path, ("skip", "reuse"))
-    entry = _lookup(table, target, path, "calibrate the cascade for that target, or name skip+reuse "
+    table = threshold_table(read_json_file(path, "cascade thresholds"), path, ("skip", "reuse"))
+    entry = lookup_target(table, target, path, "calibrate the cascade for that target, or name skip+reuse "
                                          "with thresholds (skip:threshold=P+reuse:threshold=P)")
     return entry["skip"], entry["reuse"]
 

@@ -122,7 +122,7 @@ CASCADE_TASKS = ("vehicles", "speech")
 def speech_cascade_policies(target: float, path: Path | None = None) -> list[Policy]:
     """The policies of the shipped speech cascade calibrated for `target` (its cascade.json)."""
     import json
-    import math
+    from models.filterdir import lookup_target
     path = path or SPEECH_CASCADE
     if not path.exists():
         raise ConfigError(f"no shipped speech cascade at {path}: run `make train` to train and calibrate "
@@ -133,15 +133,12 @@ def speech_cascade_policies(target: float, path: Path | None = None) -> list[Pol
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ConfigError(f"{path} is not a speech cascade file ({{\"targets\": {{\"0.95\": SPEC}}}}): "
                           f"{error}") from None
-    for known, spec in table.items():
-        if math.isclose(known, target, abs_tol=1e-9):
-            if not isinstance(spec, str) or "cascade" in spec:
-                raise ConfigError(f"{path}: target {known:g} names {spec!r}, not a spec of audio policies")
-            policy = parse_policy(spec)
-            return list(getattr(policy, "policies", [policy]))
-    known = ", ".join(f"{t:g}" for t in sorted(table)) or "none"
-    raise ConfigError(f"{path} has no speech cascade for target {target:g} (it has: {known}); calibrate one "
-                      f"(infistream filter calibrate --task speech) or name the policies with thresholds")
+    spec = lookup_target(table, target, path, "calibrate one (infistream filter calibrate --task speech) or name "
+                                               "the policies with thresholds")
+    if not isinstance(spec, str) or "cascade" in spec:
+        raise ConfigError(f"{path}: target {target:g} names {spec!r:.80}, not a spec of audio policies")
+    policy = parse_policy(spec)
+    return list(getattr(policy, "policies", [policy]))
 
 
 def task_spec(spec: str, task: str) -> str:

@@ -160,7 +160,7 @@ def test_the_speech_cascade_is_the_spec_its_file_names_for_the_target(tmp_path, 
     assert [p.name for p in cascade.policies] == ["energy:threshold=-60", "vad:webrtc:3,threshold=0.2"]
     assert cascade.policies[0].threshold == -60 and cascade.policies[1].threshold == pytest.approx(0.2)
     assert [p.threshold for p in parse_policy("cascade:target=0.9,task=speech").policies] == [-40]
-    with pytest.raises(ConfigError, match="no speech cascade for target 0.98 .it has: 0.9, 0.95"):
+    with pytest.raises(ConfigError, match="has no threshold for target 0.98 .it has: 0.9, 0.95"):
         parse_policy("cascade:target=0.98,task=speech")
     with pytest.raises(ConfigError, match="task"):
         parse_policy("cascade:task=images")
