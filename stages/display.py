@@ -44,9 +44,13 @@ class Display:
     def open(self) -> None:
         if self.window:
             check_display()
+            # Qt draws through X shared memory unless told not to. On Xvfb under heavy load a
+            # window sometimes stays black for a whole run, the classic symptom of that path
+            # failing in containers; plain X requests cost nothing that matters at a video's
+            # frame rate. (Not proven to be the cause: it still happened once in 5 runs with it.)
+            os.environ.setdefault("QT_X11_NO_MITSHM", "1")
             # Create and map the window before the first frame, and let the GUI toolkit handle
-            # what mapping brings (its expose and first paint): a window first created by
-            # imshow on a loaded machine could stay black for the whole run.
+            # what mapping brings (its expose and first paint).
             cv2.namedWindow("infistream", cv2.WINDOW_AUTOSIZE)
             cv2.waitKey(50)
         if not self.window:

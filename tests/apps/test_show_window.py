@@ -134,14 +134,12 @@ def check_frame(frame: np.ndarray) -> str:
     return ""
 
 
-def test_show_opens_a_window_with_the_annotated_frames(assets, tmp_path, xvfb):
-    display, framebuffer = xvfb
-    video = asset_or_skip(assets, VIDEO)
-    out = tmp_path / "out.jsonl"
+def run_and_look(display: str, framebuffer: Path, video: Path, out: Path, log: Path):
+    """Run the app with --show and sample its window until a good frame shows or the app ends:
+    (exit code, window geometry, the last window pixels, the problem of the last sample)."""
     env = {k: v for k, v in os.environ.items() if k != "WAYLAND_DISPLAY"}
     env.update(DISPLAY=display, YOLO_OFFLINE="1", YOLO_AUTOINSTALL="0", HF_HUB_OFFLINE="1",
                YOLO_CONFIG_DIR=str(ROOT / ".cache" / "ultralytics"))
-    log = tmp_path / "app.log"
     with log.open("w") as log_file:
         app = subprocess.Popen([sys.executable, str(ROOT / "apps" / "vehicle_count.py"), "--filter", "none",
                                 "--source", str(video),
@@ -169,6 +167,24 @@ def test_show_opens_a_window_with_the_annotated_frames(assets, tmp_path, xvfb):
             if app.poll() is None:
                 app.kill()
                 app.wait(timeout=30)
+    return code, geometry, window, problem
+
+
+def test_show_opens_a_window_with_the_annotated_frames(assets, tmp_path, xvfb):
+    display, framebuffer = xvfb
+    video = asset_or_skip(assets, VIDEO)
+    out = tmp_path / "out.jsonl"
+    log = tmp_path / "app.log"
+    code, geometry, window, problem = run_and_look(display, framebuffer, video, out, log)
+    if code == 0 and window is not None and (window.max(axis=2) > 0).mean() < 0.01:
+        # A window Qt never painted at all (black but for the pointer, not even its tool bar):
+        # seen on this Xvfb, with no window manager, about once in ten runs when the machine is
+        # heavily loaded; cause not found (the app had shown all 120 frames). One more run, into
+        # new files, tells it from a display that never works.
+        retry = tmp_path / "retry"
+        retry.mkdir()
+        out, log = retry / "out.jsonl", retry / "app.log"
+        code, geometry, window, problem = run_and_look(display, framebuffer, video, out, log)
     output = log.read_text()
     assert code == 0, output[-3000:]
     if problem and window is not None:
