@@ -1,7 +1,7 @@
 """Run vehicle counting or speech recognition over recorded clips in the Hollywood2 layout.
 
     python apps/hollywood2.py --root DIR [--list list_test.txt] --task speech|vehicles
-        [--filter none|stride:N|vad:silero|vad:webrtc:MODE|energy|A+B] [--workers N] [--out hollywood2.jsonl]
+        [--filter cascade|audio-skip|early-exit|vad:silero|vad:webrtc:MODE|energy|stride:N|none|A+B] [--workers N] [--out hollywood2.jsonl]
 
 DIR holds ``AVIClips/<clip>.avi`` (and optionally ``ClipSets/``); --list names the clips to
 read (a dataset ``ClipSets/<Class>_test.txt`` file or a plain list of clip ids), else every

@@ -1,6 +1,6 @@
 """Transcribe a microphone or an audio/video file window by window, and log what the filter saved.
 
-    python apps/speech.py --source mic|mic:NAME|FILE [--window 2 --hop 1] [--filter none|stride:N|vad:silero|vad:webrtc:MODE|energy|A+B]
+    python apps/speech.py --source mic|mic:NAME|FILE [--window 2 --hop 1] [--filter cascade|audio-skip|early-exit|vad:silero|vad:webrtc:MODE|energy|stride:N|none|A+B]
         [--words 2] [--workers N] [--out speech.jsonl]
 
 The sound is cut into windows (--window seconds every --hop seconds, 16 kHz mono); windows the
