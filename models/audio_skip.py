@@ -34,7 +34,7 @@ import numpy as np
 
 from models.audio_features import LogMel, LogMelSettings
 from models.base import Decision, FramePolicy
-from models.lite import load_interpreter
+from models.lite import LiteModel, check_model_file
 from models.options import Option, number, parse_options
 from pipeline.errors import ConfigError
 
@@ -122,58 +122,8 @@ class AudioSkipDir:
             table = threshold_table(read_json_file(calibration, "calibration"), calibration, ("threshold",))
             thresholds = {target: entry["threshold"] for target, entry in table.items()}
         directory = cls(path, metadata, settings, float(values[0]), float(values[1]), thresholds)
-        check_model_file(directory.model_path, directory.input_shape)
+        check_model_file(directory.model_path, directory.input_shape, outputs=1)
         return directory
-
-
-# ----------------------------------------------------------------------------- the network (LiteRT)
-
-def check_model_file(path: Path, input_shape: tuple[int, ...]) -> None:
-    """The model at `path` takes [1, *input_shape] float32 and gives [1, 1] float32, else a ConfigError."""
-    if not path.is_file():
-        raise ConfigError(f"filter model {path} not found")
-    interpreter = load_interpreter(path)
-    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise ConfigError(f"{path}: an audio skip model has one input and one output, this one has "
-                          f"{len(inputs)} and {len(outputs)}")
-    got_in = [int(d) for d in inputs[0]["shape"]]
-    got_out = [int(d) for d in outputs[0]["shape"]]
-    if got_in != [1, *input_shape] or np.dtype(inputs[0]["dtype"]) != np.float32:
-        raise ConfigError(f"{path} takes {got_in} {np.dtype(inputs[0]['dtype']).name}; metadata.json's log-mel "
-                          f"settings say [1, {', '.join(map(str, input_shape))}] float32")
-    if got_out != [1, 1] or np.dtype(outputs[0]["dtype"]) != np.float32:
-        raise ConfigError(f"{path}: an audio skip model gives [1, 1] float32, this one {got_out} "
-                          f"{np.dtype(outputs[0]['dtype']).name}")
-
-
-class LogMelModel:
-    """The network: `run(features)` -> [P] for one [1, frames, mels, 1] log-mel. Built cheaply;
-    `open()` loads the interpreter (one thread), `close()` drops it."""
-
-    def __init__(self, path: Path, input_shape: tuple[int, ...]):
-        self.path = path
-        self.input_shape = input_shape
-        self._interpreter = None
-
-    def open(self) -> None:
-        if self._interpreter is None:
-            check_model_file(self.path, self.input_shape)       # the file may have changed since parsing
-            interpreter = load_interpreter(self.path)
-            interpreter.allocate_tensors()
-            self._input = interpreter.get_input_details()[0]["index"]
-            self._output = interpreter.get_output_details()[0]["index"]
-            self._interpreter = interpreter
-
-    def close(self) -> None:
-        self._interpreter = None
-
-    def run(self, features: np.ndarray) -> np.ndarray:
-        if self._interpreter is None:
-            raise RuntimeError(f"{self.path}: open() the policy before deciding")
-        self._interpreter.set_tensor(self._input, features)
-        self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output)[0].copy()
 
 
 # --------------------------------------------------------------------------------- the policy
@@ -193,7 +143,7 @@ class AudioSkipPolicy(FramePolicy):
         self.threshold = float(directory.threshold_for(directory.default_target) if threshold is None else threshold)
         self.name = name
         self.log_mel = LogMel(directory.settings)
-        self.model = LogMelModel(directory.model_path, directory.input_shape)
+        self.model = LiteModel(directory.model_path, directory.input_shape, outputs=1)
         self._skip = Decision("skip", policy=name)          # immutable: one for every skipped window
 
     @classmethod
@@ -226,7 +176,7 @@ class AudioSkipPolicy(FramePolicy):
         if samples.ndim != 1 or samples.dtype != np.float32:
             raise ValueError(f"{self.name}: an audio window is 1-D float32 samples, got {samples.dtype} "
                              f"of shape {samples.shape}")
-        return self.model.run(self.log_mel(samples)[None, ..., None])
+        return self.model.run(self.log_mel(samples)[..., None])
 
     def decide_prepared(self, stream: str, seq: int, features: np.ndarray) -> Decision | None:
         """`features`: [P(needs recognition)] (`prepare`)."""

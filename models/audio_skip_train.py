@@ -350,7 +350,7 @@ def export_audio_skip(training: AudioSkipTraining, out: Path, sample: np.ndarray
 def policy_timing(policy: Any, windows: np.ndarray, repeats: int = 300) -> dict[str, Any]:
     """Median and 90th percentile ms per window of `policy.prepare` (log-mel in numpy + one LiteRT
     invoke on one thread), and of the invoke alone, over `repeats` runs on real windows."""
-    features = [policy.log_mel(window)[None, ..., None] for window in windows[:8]]
+    features = [policy.log_mel(window)[..., None] for window in windows[:8]]
     for window in windows[:8]:
         policy.prepare(window)
     total, invoke = [], []

@@ -3,8 +3,10 @@
 The filter stage never imports TensorFlow: training exports each network to TFLite
 (models/export.py) and the policies run it here, one small frame at a time, on one thread (the
 filter must cost well under a millisecond beside a 30-40 ms detector, and must not take cores
-from it). The model takes [1, S, S, 3] float32 raw BGR pixels 0..255 (its normalisation is
-inside) and gives one row: P(model needed) for Skip, the embedding for Reuse.
+from it). A model takes one float32 sample with a batch of 1 and gives one float32 row: the
+video networks take [1, S, S, 3] raw BGR pixels 0..255 (their normalisation is inside) and give
+P(model needed) for Skip or the embedding for Reuse; the audio Skip takes [1, frames, mels, 1]
+log-mel features and gives P(recognition needed).
 
 `check_model_file` reads only the file's input and output shapes (well under a millisecond), so the
 command line can refuse a wrong or corrupt file before any process starts; `open` builds the
@@ -23,7 +25,7 @@ from pipeline.errors import ConfigError
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What a model file takes and gives: input [1, S, S, 3] float32, output [1, N] float32."""
+    """What a model file takes and gives: input [1, *sample] float32, output [1, N] float32."""
 
     input_shape: tuple[int, ...]
     input_dtype: str
@@ -53,9 +55,23 @@ def _shape(details: dict) -> tuple[int, ...]:
     return tuple(int(n) for n in details["shape"])
 
 
-def check_model_file(path: Path | str, size: int, outputs: int | None = None) -> ModelShape:
-    """Check that the file at `path` takes a `size` x `size` BGR frame and gives one row (of
-    `outputs` values when given); a `ConfigError` saying what was expected and what came, else."""
+def sample_shape(size_or_shape: int | tuple[int, ...]) -> tuple[int, ...]:
+    """One sample's shape: an int S stands for an S x S BGR frame, (S, S, 3)."""
+    if isinstance(size_or_shape, int):
+        return (size_or_shape, size_or_shape, 3)
+    return tuple(int(n) for n in size_or_shape)
+
+
+def _describe(sample: tuple[int, ...]) -> str:
+    if len(sample) == 3 and sample[0] == sample[1] and sample[2] == 3:
+        return f"{sample[0]}x{sample[1]}"
+    return "x".join(map(str, sample))
+
+
+def check_model_file(path: Path | str, sample: int | tuple[int, ...], outputs: int | None = None) -> ModelShape:
+    """Check that the file at `path` takes one `sample` (an int S: an S x S BGR frame; else the
+    shape, batch dimension left out) and gives one row (of `outputs` values when given); a
+    `ConfigError` saying what was expected and what came, else."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"filter model {path} not found")
@@ -66,28 +82,31 @@ def check_model_file(path: Path | str, size: int, outputs: int | None = None) ->
                           f"{len(inputs)} and {len(results)}")
     shape = ModelShape(_shape(inputs[0]), np.dtype(inputs[0]["dtype"]).name,
                        _shape(results[0]), np.dtype(results[0]["dtype"]).name)
-    expected = (1, size, size, 3)
+    expected = (1, *sample_shape(sample))
     if shape.input_shape != expected or shape.input_dtype != "float32":
-        raise ConfigError(f"filter trained for {size}x{size} input (metadata.json), the model file {path} "
+        raise ConfigError(f"filter trained for {_describe(expected[1:])} input (metadata.json), the model file {path} "
                           f"says {list(shape.input_shape)} {shape.input_dtype}; expected {list(expected)} float32")
     if len(shape.output_shape) != 2 or shape.output_shape[0] != 1 or shape.output_dtype != "float32":
         raise ConfigError(f"{path}: a filter model gives one float32 row [1, N], this one gives "
                           f"{list(shape.output_shape)} {shape.output_dtype}")
     if outputs is not None and shape.outputs != outputs:
-        raise ConfigError(f"{path}: expected {outputs} outputs per frame (metadata.json), the model file "
+        per = "frame" if isinstance(sample, int) else "input"
+        raise ConfigError(f"{path}: expected {outputs} outputs per {per} (metadata.json), the model file "
                           f"gives {shape.outputs}")
     return shape
 
 
 class LiteModel:
-    """One filter network: `run(image)` -> its output row for one `size` x `size` x 3 uint8 image.
+    """One filter network: `run(sample)` -> its output row for one sample (`size`: an int S for
+    an S x S x 3 uint8 frame, else the sample's shape, batch dimension left out).
 
     Built cheaply (nothing loaded); `open()` loads the interpreter, `close()` drops it.
     """
 
-    def __init__(self, path: Path | str, size: int, outputs: int | None = None):
+    def __init__(self, path: Path | str, size: int | tuple[int, ...], outputs: int | None = None):
         self.path = Path(path)
         self.size = size
+        self.sample = sample_shape(size)
         self.outputs = outputs
         self._interpreter = None
 
@@ -112,25 +131,25 @@ class LiteModel:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def run(self, image: np.ndarray) -> np.ndarray:
-        """The output row (float32, a fresh array) for one `size` x `size` x 3 uint8 image."""
+    def run(self, sample: np.ndarray) -> np.ndarray:
+        """The output row (float32, a fresh array) for one sample (a uint8 frame, float32 features)."""
         if self._interpreter is None:
             raise RuntimeError(f"{self.path}: open() the model before running it")
-        if image.shape != (self.size, self.size, 3):
-            raise ValueError(f"filter model {self.path} takes {self.size}x{self.size}x3 images, "
-                             f"got {image.shape}")
-        # Convert the pixels straight into the interpreter's input buffer (one pass, no
+        if sample.shape != self.sample:
+            raise ValueError(f"filter model {self.path} takes {'x'.join(map(str, self.sample))} "
+                             f"{'images' if isinstance(self.size, int) else 'samples'}, got {sample.shape}")
+        # Convert the values straight into the interpreter's input buffer (one pass, no
         # temporary); the view must be gone before invoke(), which refuses to run while
         # numpy holds its buffers.
         view = self._input()
-        np.copyto(view[0], image, casting="unsafe")
+        np.copyto(view[0], sample, casting="unsafe")
         del view
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output)[0]
 
     def run_batch(self, images: np.ndarray) -> np.ndarray:
-        """Outputs for N images ([N, S, S, 3] uint8) as [N, outputs] (one at a time: the
-        model's batch is 1; for evaluation, not for the live path)."""
+        """Outputs for N samples (e.g. [N, S, S, 3] uint8 frames) as [N, outputs] (one at a time:
+        the model's batch is 1; for evaluation, not for the live path)."""
         if not len(images):
             return np.zeros((0, self.outputs or 1), np.float32)
         return np.stack([self.run(image) for image in images])

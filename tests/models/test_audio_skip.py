@@ -215,7 +215,7 @@ def test_a_mismatched_or_incomplete_directory_is_refused(trained, tmp_path):
     meta = json.loads((copy / "metadata.json").read_text())
     meta["input"]["features"]["mels"] = 32
     (copy / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(ConfigError, match="takes \\[1, 24, 40, 1\\]"):
+    with pytest.raises(ConfigError, match="says \\[1, 24, 40, 1\\]"):
         parse_policy(str(copy))
     (copy / "model.tflite").unlink()
     with pytest.raises(ConfigError, match="not found"):
