@@ -12,7 +12,8 @@ from models.base import Decision, FramePolicy
 from models.calibrate import choose as video_choose
 from models.calibrate import search
 from models.simulate import PreparedClip
-from models.speech_eval import (Prepared, Windows, calibrate, cascade_outcome, choose, envelope, oracle, score,
+from models.speech_eval import (Prepared, Windows, calibrate, cascade_outcome, choose, cross_fit, cross_fit_folds,
+                                envelope, oracle, score,
                                 score_at, score_by_subset, score_grid, stride_skips, with_threshold)
 from pipeline.errors import ConfigError
 
@@ -185,6 +186,39 @@ def test_oracle_picks_on_the_split_itself_per_subset_and_gives_an_envelope():
     curve = found["curves"]["all"]
     assert set(found["curves"]) == {"all", "clean", "music"}
     assert curve == sorted(curve) and all(0 <= s <= 1 and 0 <= a <= 1 for s, a in curve)
+
+
+def test_cross_fit_deals_each_subsets_clips_to_the_folds_keeping_a_clip_together():
+    w = windows(needs=[0] * 7, infer_ms=[1] * 7, subsets=["clean"] * 2 + ["real"] * 5,
+                clips=["c1", "c2", "r2", "r1", "r1", "r3", "r2"])
+    assert cross_fit_folds(w, 2).tolist() == [0, 1, 1, 0, 0, 0, 1]
+
+
+def test_cross_fit_scores_each_fold_at_thresholds_picked_without_it():
+    val = windows(needs=[0, 0, 0, 0, 1, 1], infer_ms=[1] * 6)
+    val_part = prepared(Below(), [0.1, 0.2, 0.4, 0.45, 0.75, 0.85])
+    # r1's windows at 0.3 need recognition, r2's do not: a pick that saw r1 stays below 0.3,
+    # one that saw only r2 goes up to 0.7 (val's first needed window)
+    test = windows(needs=[1, 1, 0, 0, 0, 1], infer_ms=[1] * 6, subsets=["real"] * 6,
+                   clips=["r1"] * 3 + ["r2"] * 3)
+    test_part = prepared(Below(), [0.3, 0.3, 0.6, 0.3, 0.6, 0.9])
+    result = cross_fit([val_part], val, [test_part], test, target=1.0)
+    assert [f["thresholds"][0] for f in result["folds"]] == [pytest.approx(0.7), pytest.approx(0.3)]
+    assert [f["scored_clips"] for f in result["folds"]] == [["r1"], ["r2"]]
+    real = result["by_subset"]["real"]
+    # r1 at 0.7: all 3 skipped, 2 of them needed; r2 at 0.3: none skipped
+    assert (real["skipped"], real["errors"]) == (3, 2)
+    assert real["infi_accuracy"] == pytest.approx(1 - 2 / 6, abs=1e-4)
+
+
+def test_cross_fit_says_which_fold_has_no_threshold_meeting_the_target():
+    val = windows(needs=[1, 1], infer_ms=[1, 1])
+    w = windows(needs=[1, 1], infer_ms=[1, 1], subsets=["real"] * 2, clips=["a", "b"])
+    # every window needs recognition and the grid's lowest threshold (0) skips none: always met
+    assert "by_subset" in cross_fit([prepared(Below(), [0.5, 0.5])], val, [prepared(Below(), [0.5, 0.5])], w, 1.0)
+    grid = np.asarray([0.6, 0.8])           # every threshold skips the needed windows
+    assert cross_fit([prepared(Below(grid=grid), [0.5, 0.5])], val, [prepared(Below(grid=grid), [0.5, 0.5])], w,
+                     1.0) == {"unmet": 0, "folds": []}
 
 
 def test_envelope_keeps_only_points_no_other_beats():
