@@ -82,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     stage.add_argument("--inputs-closed-file", type=Path, metavar="FILE",
                        help="once FILE exists (the launcher creates it when every stage this one reads from "
                             "has ended), handle what is queued and end")
+    stage.add_argument("--ready-file", type=Path, metavar="FILE",
+                       help="create FILE once the stage is set up and its sockets are open (the launcher "
+                            "starts the sources when every other stage has)")
+    stage.add_argument("--start-after", dest="start_after", action="append", default=[], type=Path,
+                       metavar="FILE", help="a source: once set up, wait until FILE exists before producing "
+                                            "(repeatable: the ready files of the graph's other stages)")
+    stage.add_argument("--start-wait", type=float, default=RunOptions.start_wait_s, metavar="SECONDS",
+                       help="the longest a source waits for --start-after files before producing anyway")
     stage.add_argument("--metrics-json", type=Path, help="write the stage's metrics here at the end")
     stage.add_argument("--metrics-interval", type=float, default=10.0, help="seconds between progress logs")
     _add_plugin_commands(commands)
@@ -146,6 +154,9 @@ def run_one_stage(args: argparse.Namespace) -> int:
         metrics_interval_s=args.metrics_interval,
         metrics_path=args.metrics_json,
         inputs_closed=args.inputs_closed_file,
+        ready_file=args.ready_file,
+        start_after=args.start_after,
+        start_wait_s=args.start_wait,
         side_inputs=endpoints(args.side_inputs, bind_default=False),
     )
     stop = StopRequest()   # SIGINT: finish the streams; SIGTERM: stop now

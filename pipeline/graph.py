@@ -38,6 +38,13 @@ running and reconnect), ends the graph when every stage has ended, and on Ctrl-C
 stops the sources first so that end-of-stream flows through and every stage finishes its
 accounting.
 
+The sources start producing once every other stage is set up (its model loaded, its sockets
+open): each stage creates a file in the run directory when it is ready (``--ready-file``), and
+each source waits for all of them (``--start-after``). Otherwise a recorded file would flow
+through the filter while a worker still loads its model: the inputs the filter answers would
+be timed from a start that the model's inputs wait out, and a camera would drop its first
+seconds.
+
 When every stage that a stage reads from has ended cleanly, nothing more can come to it: the
 launcher tells it so (a file in the run directory, ``--inputs-closed-file``), and the stage
 ends once it has handled what is queued (`pipeline.stage.Stage.end_of_inputs`). So a pool
@@ -324,6 +331,9 @@ class GraphRun:
     def inputs_closed_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.inputs-closed"
 
+    def ready_path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.ready"
+
     def metrics_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.metrics.json"
 
@@ -347,9 +357,16 @@ class GraphRun:
                 command += [option, str(spec.curve[key])]
         if spec.name in self._upstream:
             command += ["--inputs-closed-file", str(self.inputs_closed_path(spec.name))]
+        command += ["--ready-file", str(self.ready_path(spec.name))]
+        if spec.is_source:
+            for other in self.graph.stages:
+                if not other.is_source:
+                    command += ["--start-after", str(self.ready_path(other.name))]
         return command
 
     def start(self) -> None:
+        for leftover in self._run_files():   # a reused run directory: nothing of an earlier run may count
+            leftover.unlink(missing_ok=True)
         for spec in self.graph.stages:
             command = self.command(spec)
             log.debug("starting %s: %s", spec.name, " ".join(command))
@@ -540,8 +557,12 @@ class GraphRun:
             if self._own_run_dir:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             else:
-                for leftover in [*self.run_dir.glob("*.sock"), *self.run_dir.glob("*.inputs-closed")]:
+                for leftover in self._run_files():
                     leftover.unlink(missing_ok=True)
+
+    def _run_files(self) -> list[Path]:
+        """What a run leaves in its directory besides the metrics: sockets and signal files."""
+        return [*self.run_dir.glob("*.sock"), *self.run_dir.glob("*.inputs-closed"), *self.run_dir.glob("*.ready")]
 
 
 def _interrupt(_signum: int, _frame: Any) -> None:

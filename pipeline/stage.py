@@ -6,7 +6,10 @@ A stage is a small class. Its lifecycle, which the runtime guarantees:
    It never opens devices, loads models or touches the network.
 2. ``setup()`` runs once, in the thread or process that will run the stage, before any
    message. It may block (open a camera, load a model). If it raises, the stage ends with a
-   `StageError` and ``teardown`` is not called.
+   `StageError` and ``teardown`` is not called. In a graph run by the launcher, the sources
+   produce nothing until every other stage's ``setup`` has returned (`RunOptions.start_after`):
+   a recorded file does not pile up in front of a model still loading, a camera's frames are
+   not dropped meanwhile, and the run's timings start when the pipeline can run.
 3. ``process(message)`` runs for every data message, in arrival order, one at a time. It may
    block; while it runs the stage receives nothing and upstream queues fill to their
    high-water mark, then the upstream blocks (or, for live sources, drops the oldest input).
@@ -203,6 +206,11 @@ class RunOptions:
     inputs_closed: a file that the launcher creates once every stage this one reads from has
         ended: the stage then handles what is queued, runs `Stage.end_of_inputs` and ends.
     side_inputs: SUB endpoints read without blocking between messages, for `Stage.side_input`.
+    ready_file: a file the runtime creates once `Stage.setup` has returned and the stage's
+        sockets are open: the stage is ready for input.
+    start_after: for a source: once set up, wait until all these files exist before producing
+        (the launcher names the ready files of the graph's other stages); a stop request ends
+        the wait, and after `start_wait_s` the source starts anyway, saying which are missing.
     """
 
     name: str
@@ -220,6 +228,40 @@ class RunOptions:
     metrics_path: Path | None = None
     inputs_closed: Path | None = None
     side_inputs: list[Endpoint] = field(default_factory=list)
+    ready_file: Path | None = None
+    start_after: list[Path] = field(default_factory=list)
+    start_wait_s: float = 120.0
+
+
+#: How often a source waiting for the other stages looks at their ready files (seconds).
+START_POLL_S = 0.02
+
+
+def _announce_ready(options: RunOptions) -> None:
+    if options.ready_file is None:
+        return
+    try:
+        options.ready_file.touch()
+    except OSError as error:   # sources waiting for it start after their start_wait_s
+        log.warning("[%s] could not create its ready file %s: %s", options.name, options.ready_file, error)
+
+
+def _wait_for_start(options: RunOptions, stop: threading.Event) -> None:
+    """A source holds its first input until the stages named by `options.start_after` are ready."""
+    missing = [path for path in options.start_after if not path.exists()]
+    if not missing:
+        return
+    log.info("[%s] set up; waiting for %d other stage(s) to be ready before producing", options.name, len(missing))
+    started = time.monotonic()
+    while missing and not stop.is_set():
+        if time.monotonic() - started > options.start_wait_s:
+            log.warning("[%s] %s still not there %.0f s after this source was set up; producing anyway",
+                        options.name, ", ".join(str(path) for path in missing), options.start_wait_s)
+            return
+        time.sleep(START_POLL_S)
+        missing = [path for path in missing if not path.exists()]
+    log.info("[%s] %s after %.1f s", options.name, "stopped while waiting" if stop.is_set() else "starting",
+             time.monotonic() - started)
 
 
 class _Outputs:
@@ -323,6 +365,8 @@ def run_stage(stage: Stage, options: RunOptions, *, stop: threading.Event | None
         outputs = _Outputs(options, metrics, stop, context)
         outputs.fallback = stage.unsendable
         if isinstance(stage, SourceStage):
+            _announce_ready(options)
+            _wait_for_start(options, stop)
             _run_source(stage, options, outputs, metrics, stop)
         else:
             if not options.inputs:
@@ -332,6 +376,7 @@ def run_stage(stage: Stage, options: RunOptions, *, stop: threading.Event | None
             if options.side_inputs:
                 side = Receiver(options.side_inputs, pattern="sub", options=options.socket, context=context,
                                 rejected=metrics.rejected)
+            _announce_ready(options)
             _run_worker(stage, options, receiver, outputs, metrics, stop, side)
     except StageError:
         raise

@@ -406,3 +406,50 @@ def test_a_side_input_must_name_a_publishing_stage(side, message):
     ]}
     with pytest.raises(ConfigError, match=message):
         parse_graph(document)
+
+
+class SlowSetupSink(StatsPrinter):
+    """A sink whose setup takes `setup_s` (a model loading), then leaves `marker` behind."""
+
+    def __init__(self, marker: str, setup_s: float = 2.0):
+        super().__init__()
+        self.marker, self.setup_s = Path(marker), setup_s
+
+    def setup(self) -> None:
+        time.sleep(self.setup_s)
+        self.marker.touch()
+
+
+class ReadyCheckingSource(CountingSource):
+    """A CountingSource that writes to `report` whether `marker` existed when it produced its first input."""
+
+    def __init__(self, marker: str, report: str, count: int = 50):
+        super().__init__(count=count)
+        self.marker, self.report = Path(marker), Path(report)
+
+    def produce(self):
+        self.report.write_text(json.dumps({"marker_at_first_input": self.marker.exists()}))
+        yield from super().produce()
+
+
+@pytest.mark.timeout(120)
+def test_the_sources_start_once_every_other_stage_is_set_up(tmp_path):
+    """A worker loading its model must not let a recorded file flow past it meanwhile: the launcher
+    holds the sources until every other stage's setup has returned. The run directory is reused
+    with a stale ready file of the sink left in it, which must not count for this run."""
+    marker, report = tmp_path / "sink-set-up", tmp_path / "report.json"
+    document = {"name": "gate", "stages": [
+        {"name": "source", "stage": "tests.pipeline.test_graph:ReadyCheckingSource",
+         "params": {"marker": str(marker), "report": str(report)}},
+        {"name": "sink", "stage": "tests.pipeline.test_graph:SlowSetupSink", "inputs": ["source"],
+         "params": {"marker": str(marker)}},
+    ]}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "sink.ready").touch()
+    run = GraphRun(parse_graph(document), run_dir, log_level="WARNING")
+    assert run.run() == 0 and run.terminated == []
+    assert json.loads(report.read_text()) == {"marker_at_first_input": True}
+    rows = {row["stage"]: row for row in run.stage_metrics()}
+    assert rows["sink"]["inputs"] == 50
+    assert not list(run_dir.glob("*.ready"))   # a kept run directory keeps the metrics only

@@ -235,3 +235,45 @@ def test_an_output_that_cannot_be_encoded_is_replaced_by_the_stages_stand_in_or_
         assert stand_ins == [1, 3, 5, 7, 9] and threads[1].metrics["dropped"] == {}
     else:
         assert stand_ins == [] and threads[1].metrics["dropped"] == {"unencodable-header": 5}
+
+
+def test_a_source_produces_nothing_until_the_stages_it_starts_after_are_ready(make_url, tmp_path: Path):
+    """The launcher's start gate, in one process: the reader announces itself ready (its ready
+    file) once set up with its socket open; the source, set up, holds its first input until
+    every file it starts after exists (here one more, created by hand), then sends it all."""
+    url = make_url("ipc")
+    reader_ready, other_ready = tmp_path / "sink.ready", tmp_path / "other.ready"
+    sink = StatsPrinter()
+    reader = StageThread(sink, RunOptions(name="sink", inputs=[Endpoint(url, bind=False)], ready_file=reader_ready,
+                                          metrics_interval_s=0))
+    source = StageThread(CountingSource(count=20), RunOptions(name="source", outputs=[Endpoint(url, bind=True)],
+                                                              start_after=[reader_ready, other_ready],
+                                                              metrics_interval_s=0))
+    reader.start()
+    source.start()
+    deadline = time.monotonic() + 20
+    while not reader_ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert reader_ready.exists(), "the reader never said it was ready"
+    time.sleep(0.5)   # room for the source to (wrongly) start
+    assert sink.summary()["totals"]["received"] == 0 and source.is_alive()
+    other_ready.touch()
+    join_all([source, reader])
+    assert sink.summary()["totals"]["received"] == 20 and sink.summary()["totals"]["lost"] == 0
+
+
+def test_a_stop_ends_a_sources_wait_for_the_other_stages(make_url, tmp_path: Path):
+    """A graph stopped while a stage still loads: the source stops waiting and ends its stream."""
+    url = make_url("ipc")
+    sink = StatsPrinter()
+    reader = StageThread(sink, RunOptions(name="sink", inputs=[Endpoint(url, bind=False)], metrics_interval_s=0))
+    source = StageThread(CountingSource(count=10**6), RunOptions(name="source", outputs=[Endpoint(url, bind=True)],
+                                                                 start_after=[tmp_path / "never.ready"],
+                                                                 metrics_interval_s=0))
+    reader.start()
+    source.start()
+    time.sleep(0.3)
+    source.stop()
+    join_all([source, reader])
+    summary = sink.summary()
+    assert summary["unfinished_streams"] == [] and summary["totals"]["produced"] <= 1
