@@ -34,6 +34,7 @@ import numpy as np
 from pipeline.errors import ConfigError
 from models.base import FramePolicy
 from models.export import git_commit
+from models.labels import COUNT_CONF
 from models.simulate import DEFAULT_LAG, WARMUP, LabelledClip, PreparedClip, labelled_clip, prepare_part, replay, thin_grid
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,9 @@ def pick_targets(points: Sequence[GridPoint], targets: Sequence[float], keys: Se
 
 
 def _provenance(clips: Sequence[PreparedClip], lag: int) -> dict[str, Any]:
+    # count_conf: the detector conf of the counts the agreement is measured on (models/labels.py)
     return {"data": [{"clip": clip.name, "frames": len(clip), "warmup": clip.warmup} for clip in clips], "lag": lag,
+            "count_conf": COUNT_CONF,
             "commit": git_commit(), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 

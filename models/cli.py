@@ -58,7 +58,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline.errors import ConfigError
-from models.labels import DetectorSettings, count_labels, default_label_dir, label_clip
+from models.labels import COUNT_CONF, DetectorSettings, cached_labels, count_labels, default_label_dir, label_clip
 from models.speech_labels import DEFAULT_WORDS, HOP_S, WINDOW_S
 
 
@@ -75,7 +75,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                        "for --task speech its sibling speech-labels)")
     label.add_argument("--max-frames", type=int, default=None, help="label only the first N frames of each clip")
     label.add_argument("--weights", default="", help="YOLO weights (default: the shared offline YOLOv8n INT8)")
-    label.add_argument("--conf", type=float, default=DetectorSettings.conf)
+    label.add_argument("--conf", type=float, default=DetectorSettings.conf,
+                       help=f"the labels' floor: every detection scoring above it is kept, so counts at any conf "
+                       f"from it up come from this one YOLO pass (default {DetectorSettings.conf:g}; the counts "
+                       f"printed and scored are at {COUNT_CONF:g} or the floor, whichever is higher)")
     label.add_argument("--refresh", action="store_true", help="label again even when cached")
     label.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
     label.add_argument("--jobs", type=int, default=1,
@@ -107,11 +110,12 @@ def run_label(args: argparse.Namespace) -> int:
     # Each clip is its own graph of processes, so threads only wait here; results print in order.
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for clip, path in zip(args.source, pool.map(label, args.source)):
-            labels = count_labels(path)
+            labels = count_labels(path, conf=max(COUNT_CONF, settings.conf), floor=settings.conf)
             frames = len(labels.count)
             if frames:
-                print(f"{clip.name}: {frames} frames, empty {labels.empty.mean():.1%}, same count as the previous "
-                      f"frame {labels.same_count.mean():.1%}, mean count {labels.count.mean():.2f} -> {path}")
+                print(f"{clip.name}: {frames} frames, at conf {labels.conf:g}: empty {labels.empty.mean():.1%}, same "
+                      f"count as the previous frame {labels.same_count.mean():.1%}, mean count "
+                      f"{labels.count.mean():.2f} -> {path}")
             else:
                 print(f"{clip.name}: no frame decoded -> {path}")
     return 0
@@ -222,6 +226,10 @@ def add_train(tools: argparse._SubParsersAction) -> None:
     train.add_argument("--out", type=Path, default=None,
                        help="filter directory to write (default models/shipped/vehicle/KIND)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--needed-conf", type=float, default=COUNT_CONF,
+                       help=f"skip: the model is needed when YOLO finds a vehicle scoring above this (default "
+                       f"{COUNT_CONF:g}; down to the labels' floor, {DetectorSettings.conf:g}): the lowest worker "
+                       f"--conf its skips hold for, recorded in metadata.json")
     train.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
     from models.early_exit import add_train_arguments
     add_train_arguments(train)          # --task, --mixtures, --words, --rule, --exit-threshold
@@ -255,11 +263,17 @@ def run_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--size takes 16..256 pixels, got {args.size}")
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
-    for clip in clips:                      # YOLO labels first (cached: a second run reads them)
-        if clip.stem not in args.exclude and clip.name not in args.exclude:
+    if args.kind != "skip" and args.needed_conf != COUNT_CONF:
+        raise ConfigError(f"--needed-conf is Skip's label; {args.kind} learns from counts at {COUNT_CONF:g}")
+    # YOLO labels first, at the floor, unless cached labels hold the conf the filter learns at
+    # (a second run reads them; so do labels made at the counting conf, before the floor).
+    learns_at = args.needed_conf if args.kind == "skip" else COUNT_CONF
+    for clip in clips:
+        if clip.stem not in args.exclude and clip.name not in args.exclude and cached_labels(clip, conf=learns_at) is None:
             label_clip(clip, progress=args.progress)
     from models.train import default_options, train_reuse, train_skip
-    options = default_options(args.kind, size=args.size, epochs=args.epochs, seed=args.seed)
+    options = default_options(args.kind, size=args.size, epochs=args.epochs, seed=args.seed,
+                              needed_conf=args.needed_conf)
     from models.filterdir import SHIPPED
     out = args.out or SHIPPED / args.kind     # where --filter skip|reuse reads, wherever this runs
     trainer = train_skip if args.kind == "skip" else train_reuse

@@ -26,7 +26,7 @@ import av
 import numpy as np
 
 from models.frames import reduce_frame
-from models.labels import DetectorSettings, count_labels, file_sha256, label_clip
+from models.labels import COUNT_CONF, DetectorSettings, cached_labels, count_labels, file_sha256, label_clip
 from pipeline.assets import assets_dir, cache_dir
 from pipeline.errors import ConfigError
 
@@ -66,9 +66,26 @@ class ClipData:
     path: Path
     seq: np.ndarray        # int64 [N]
     frames: np.ndarray     # uint8 [N, S, S, 3], BGR, reduce_frame(frame, S)
-    count: np.ndarray      # int32 [N] vehicles (classes 2, 3, 5, 7)
+    count: np.ndarray      # int32 [N] vehicles (classes 2, 3, 5, 7) at COUNT_CONF: what answers agree on
     pts: np.ndarray        # float64 [N] seconds
     split: Split
+    # The highest vehicle score per frame (0: none above the label file's floor, `floor_conf`):
+    # Skip's "the model is needed" at a detector conf c is top_score > c (`needed`). None: only
+    # `count` is known.
+    top_score: np.ndarray | None = None      # float32 [N]
+    floor_conf: float | None = None          # None: the labels do not say
+
+    def needed(self, conf: float = COUNT_CONF) -> np.ndarray:
+        """bool [N]: YOLO at detector confidence `conf` finds a vehicle (Skip's label). Refused
+        below the labels' floor, where they cannot tell."""
+        if self.floor_conf is not None and conf < self.floor_conf - 1e-9:
+            raise ConfigError(f"{self.name}: its labels hold detections above {self.floor_conf:g} only, so they "
+                              f"cannot say which frames hold a vehicle at conf {conf:g}; label at --conf {conf:g}")
+        if self.top_score is None:
+            if abs(conf - COUNT_CONF) > 1e-9:
+                raise ConfigError(f"{self.name}: only counts at {COUNT_CONF:g} are known, not scores")
+            return self.count > 0
+        return self.top_score > conf
 
     @property
     def size(self) -> int:
@@ -170,8 +187,10 @@ def label_end(label_file: Path) -> dict:
     return end
 
 
-def align(name: str, frames: np.ndarray, label_file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """seq, count, pts of every decoded frame, checked against the label file.
+def align(name: str, frames: np.ndarray, label_file: Path, conf: float | None = COUNT_CONF,
+          floor: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """seq, count (at `conf`; `floor`: the conf the file was looked up by, `count_labels`), pts of
+    every decoded frame, checked against the label file.
 
     The source numbers decoded frames 0, 1, 2, ...; a frame read that never decodes without an
     error (H.264 frames before the first keyframe) is counted at the END of the stream
@@ -180,7 +199,7 @@ def align(name: str, frames: np.ndarray, label_file: Path) -> tuple[np.ndarray, 
     gap in the seqs instead: decode order could no longer stand for seq, and the clip is refused.
     """
     end = label_end(label_file)
-    labels = count_labels(label_file)
+    labels = count_labels(label_file, conf=conf, floor=floor)
     decoded = len(frames)
     if len(labels.seq) != decoded or decoded > end["frames"]:
         raise AlignmentError(f"{name}: decoding gives {decoded} frames but the label file {label_file} labels "
@@ -194,13 +213,19 @@ def align(name: str, frames: np.ndarray, label_file: Path) -> tuple[np.ndarray, 
 
 def load_clip(clip: Path | str, size: int, label_file: Path | None = None, progress: bool = False,
               settings: DetectorSettings = DetectorSettings(), cache: Path | None = None) -> ClipData:
-    """One clip's shrunk frames, counts and split; labels it with YOLO first unless cached."""
+    """One clip's shrunk frames, counts and split; labels it with YOLO first unless cached
+    (`cached_labels`). The counts are at `COUNT_CONF`; the top scores reach down to the label
+    file's floor (`ClipData.floor_conf`)."""
     clip = Path(clip)
-    if label_file is None:
-        label_file = label_clip(clip, settings, progress=progress)
+    floor = None
+    if label_file is None:      # labels at the floor, or made at the counting conf; else YOLO now, at the floor
+        label_file, floor = cached_labels(clip, settings) or (label_clip(clip, settings, progress=progress),
+                                                              settings.conf)
     frames = cached_frames(clip, size, progress, cache)
-    seq, count, pts = align(clip.name, frames, label_file)
-    return ClipData(clip.stem, clip, seq, frames, count, pts, split_indices(len(seq)))
+    seq, count, pts = align(clip.name, frames, label_file, floor=floor)
+    floor_labels = count_labels(label_file, conf=None, floor=floor)
+    return ClipData(clip.stem, clip, seq, frames, count, pts, split_indices(len(seq)),
+                    floor_labels.top_score, floor_labels.floor)
 
 
 def load_clips(clips: Sequence[Path | str], size: int, exclude: Sequence[str] = (), progress: bool = False,

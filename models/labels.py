@@ -4,8 +4,17 @@
 started by name: source -> YoloWorker -> JsonlSink) and keeps its per-frame detections as JSON
 Lines, cached by the clip's content hash and the detector's settings: labelling the same clip
 with the same detector again reads the file. Each line is one frame, ``{"seq", "pts", "boxes",
-"classes", "scores"}``; the last is ``{"end": true, "frames": N, "source": {...}}`` with the
-source's counters (frames it could not decode are gaps in ``seq``, never made up).
+"classes", "scores"}``; the last is ``{"end": true, "frames": N, "detector": {...}, "source":
+{...}}`` with the detector's settings and the source's counters (frames it could not decode are
+gaps in ``seq``, never made up).
+
+A label file keeps every detection down to a FLOOR score, the detector's ``conf`` when it ran
+(`LABEL_FLOOR_CONF`, 0.1, by default; the end line's ``detector.conf``): what the detector answers
+at any conf at or above the floor is the file's boxes whose score is above that conf (YOLO drops
+candidates at or below conf before non-maximum suppression, and a lower-scored box never
+suppresses a higher-scored one), so one YOLO pass labels every worker conf from the floor up. The
+counts a filter's agreement is measured on are made at `COUNT_CONF` (0.25, the YOLO worker's
+default) unless asked otherwise (`count_labels(conf=...)`); a conf below a file's floor is refused.
 
 The redundancy rules (`count_labels`) turn detections into what a filter learns: a frame is
 ``empty`` when it holds no vehicle, and ``same-count`` when its count equals the reference
@@ -20,7 +29,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -33,8 +42,16 @@ from pipeline.graph import GraphRun, parse_graph
 log = logging.getLogger(__name__)
 
 #: Bumped when the label file's format or the way it is made changes: old caches are not reused.
+#: (Not bumped when the end line began to record the detector: a file without that record holds
+#: the detections of the settings it is cached under, and readers take its floor from those.)
 LABEL_FORMAT = 1
 VEHICLE_CLASSES = (2, 3, 5, 7)
+#: The detector's conf when labelling: every detection scoring above it is kept, so counts at
+#: any worker conf from here up come from one YOLO pass (highway_topdown is counted at 0.1).
+LABEL_FLOOR_CONF = 0.1
+#: The conf counts are made at for the agreement a filter is calibrated and scored on: the YOLO
+#: worker's default (stages/detect.py DetectorOptions.conf).
+COUNT_CONF = 0.25
 
 
 @dataclass(frozen=True)
@@ -42,7 +59,7 @@ class DetectorSettings:
     """What decides the detector's answers, hence the cache key (the YoloWorker's parameters)."""
 
     weights: str = ""            # "" = the shared offline YOLOv8n INT8 (see stages/detect.py)
-    conf: float = 0.25
+    conf: float = LABEL_FLOOR_CONF   # the floor: detections scoring above it are kept
     iou: float = 0.7
     imgsz: int = 640
     classes: str = "2,3,5,7"
@@ -72,6 +89,20 @@ def default_label_dir() -> Path:
     return cache_dir() / "labels"
 
 
+def cached_labels(clip: Path, settings: DetectorSettings = DetectorSettings(), conf: float = COUNT_CONF,
+                  out_dir: Path | None = None) -> tuple[Path, float] | None:
+    """A cached label file of `clip` that holds the detections at detector conf `conf`, and its
+    floor: the file made at `settings` (the floor), else one made at `conf` itself (caches made
+    before labels kept a floor below the counting conf); None when neither is there."""
+    folder = Path(out_dir or default_label_dir())
+    made_at = [settings] + ([replace(settings, conf=conf)] if conf > settings.conf + 1e-9 else [])
+    for detector in made_at:
+        path = label_path(Path(clip), detector, folder)
+        if path.exists():
+            return path, detector.conf
+    return None
+
+
 def label_clip(clip: Path | str, settings: DetectorSettings = DetectorSettings(), out_dir: Path | None = None,
                max_frames: int | None = None, progress: bool = False, refresh: bool = False) -> Path:
     """The per-frame detections of `clip` (a JSON Lines file, made now or read from the cache)."""
@@ -88,7 +119,7 @@ def label_clip(clip: Path | str, settings: DetectorSettings = DetectorSettings()
     detector = {"weights": settings.weights, "conf": settings.conf, "iou": settings.iou, "imgsz": settings.imgsz,
                 "classes": settings.classes}
     frames = run_labelling("label", clip, source, ("detect", "stages.detect:YoloWorker", detector), target,
-                           _write_labels)
+                           lambda raw, out: _write_labels(raw, out, detector))
     log.info("labels of %s: %d frames in %s", clip.name, frames, target)
     return target
 
@@ -140,7 +171,7 @@ def write_label_file(out: Path, rows: Sequence[dict[str, Any]], end: dict[str, A
         stream.write(json.dumps({"end": True, **end}) + "\n")
 
 
-def _write_labels(raw: Path, out: Path) -> int:
+def _write_labels(raw: Path, out: Path, detector: dict[str, Any]) -> int:
     results, end = read_sink_output(raw, "detector")
     frames = []
     for header in results:
@@ -150,7 +181,7 @@ def _write_labels(raw: Path, out: Path) -> int:
     if len(frames) + int(end.get("dropped", 0)) != end["seq"]:
         raise RuntimeError(f"{len(frames)} labelled frames + {end.get('dropped', 0)} dropped at the source "
                            f"!= {end['seq']} frames read: refusing incomplete labels")
-    write_label_file(out, frames, {"frames": end["seq"], "labelled": len(frames),
+    write_label_file(out, frames, {"frames": end["seq"], "labelled": len(frames), "detector": detector,
                                    "source": (end.get("meta") or {}).get("source", {})})
     return len(frames)
 
@@ -161,35 +192,75 @@ class FrameLabels:
 
     seq: np.ndarray          # int64
     pts: np.ndarray          # float64 seconds
-    count: np.ndarray        # int32 vehicles (in the region, when one is given)
+    count: np.ndarray        # int32 vehicles scoring above `conf` (in the region, when one is given)
     empty: np.ndarray        # bool: no vehicle
     same_count: np.ndarray   # bool: count equals the previous labelled frame's (False for the first)
+    top_score: np.ndarray | None = None   # float32: the highest score of a vehicle (in the region), 0 if none
+    conf: float | None = None    # the conf the counts are made at; None: every detection in the file
+    floor: float | None = None   # the file's floor (its detector's conf); None: the file does not say
+
+
+def read_label_lines(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A label file's frame records and its end record ({} when it has none)."""
+    frames, end = [], {}
+    for line in Path(path).read_text().splitlines():
+        record = json.loads(line)
+        if record.get("end"):
+            end = record
+        else:
+            frames.append(record)
+    return frames, end
 
 
 def read_detections(path: Path) -> Iterator[dict[str, Any]]:
-    for line in Path(path).read_text().splitlines():
-        record = json.loads(line)
-        if not record.get("end"):
-            yield record
+    yield from read_label_lines(path)[0]
 
 
-def count_labels(path: Path, region: Sequence[float] | None = None,
-                 classes: Sequence[int] = VEHICLE_CLASSES) -> FrameLabels:
-    """The redundancy labels of a label file; `region` = x1, y1, x2, y2 counts only boxes whose
-    centre lies inside it."""
-    seqs, pts, counts = [], [], []
+def end_floor(end: dict[str, Any]) -> float | None:
+    """The floor an end record states (its detector's conf), or None."""
+    conf = (end.get("detector") or {}).get("conf")
+    return float(conf) if isinstance(conf, (int, float)) and not isinstance(conf, bool) else None
+
+
+def label_floor(path: Path) -> float | None:
+    """The lowest score a label file keeps: the conf its detector ran at, as its end line says;
+    None for a file that does not say (made before the end line recorded it, or by hand: it
+    holds the detections of the settings it is cached under)."""
+    return end_floor(read_label_lines(path)[1])
+
+
+def count_labels(path: Path, region: Sequence[float] | None = None, classes: Sequence[int] = VEHICLE_CLASSES,
+                 conf: float | None = COUNT_CONF, floor: float | None = None) -> FrameLabels:
+    """The redundancy labels of a label file at detector confidence `conf`: a box counts when its
+    score is above `conf` (as YOLO keeps a box; None: every box in the file, i.e. at its floor).
+    `region` = x1, y1, x2, y2 counts only boxes whose centre lies inside it. A `conf` below the
+    file's floor (its end line's, else `floor`, what the caller looked it up by) is refused: the
+    file cannot know what the detector would have found there."""
+    frames, end = read_label_lines(path)
+    floor = end_floor(end) if end_floor(end) is not None else floor
+    if conf is not None and floor is not None and conf < floor - 1e-9:
+        raise ConfigError(f"{path} keeps detections scoring above {floor:g} only: counts at conf {conf:g} need "
+                          f"labels made at a conf of {conf:g} or less (infistream filter label --conf)")
+    seqs, pts, counts, tops = [], [], [], []
     wanted = set(classes)
-    for frame in read_detections(path):
+    for frame in frames:
         boxes = np.asarray(frame["boxes"], np.float64).reshape(-1, 4)
         keep = np.array([int(c) in wanted for c in frame["classes"]], bool)
+        scores = np.asarray(frame.get("scores", []), np.float64)
+        if len(scores) != len(keep):
+            raise ValueError(f"{path}: frame {frame['seq']} has {len(keep)} boxes but {len(scores)} scores")
         if region is not None and len(boxes):
             x1, y1, x2, y2 = region
             cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
             keep &= (cx >= x1) & (cx <= x2) & (cy >= y1) & (cy <= y2)
+        tops.append(float(scores[keep].max()) if keep.any() else 0.0)
+        if conf is not None and len(keep):
+            keep &= scores > conf
         seqs.append(frame["seq"])
         pts.append(frame["pts"])
         counts.append(int(keep.sum()) if len(keep) else 0)
     count = np.asarray(counts, np.int32)
     same = np.zeros(len(count), bool)
     same[1:] = count[1:] == count[:-1]
-    return FrameLabels(np.asarray(seqs, np.int64), np.asarray(pts, np.float64), count, count == 0, same)
+    return FrameLabels(np.asarray(seqs, np.int64), np.asarray(pts, np.float64), count, count == 0, same,
+                       np.asarray(tops, np.float32), conf, floor)

@@ -35,7 +35,7 @@ from pipeline.errors import ConfigError
 from pipeline.message import Message
 from models import metrics
 from models.dataset import Split, cached_frames, label_end, split_indices
-from models.labels import DetectorSettings, count_labels, default_label_dir, label_path
+from models.labels import COUNT_CONF, DetectorSettings, cached_labels, count_labels, default_label_dir
 from models.base import FEEDBACK_LAG, REUSE_HORIZON, Answers, FramePolicy, Policy
 
 #: Frames between a decision and the moment its answer reaches the policy's `feedback`: the
@@ -153,17 +153,20 @@ class LabelledClip:
 
 
 def labelled_clip(path: Path | str, label_dir: Path | None = None,
-                  settings: DetectorSettings = DetectorSettings()) -> LabelledClip:
-    """`path` with its cached labels; never runs YOLO (that is `infistream filter label`)."""
+                  settings: DetectorSettings = DetectorSettings(), conf: float = COUNT_CONF) -> LabelledClip:
+    """`path` with its cached labels, counted at detector conf `conf` (the conf answers are
+    compared at); never runs YOLO (that is `infistream filter label`). Labels made at `settings`
+    (the floor) serve, and so do labels made at `conf` itself (as caches were before the floor)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no such clip: {path}")
-    label_file = label_path(path, settings, Path(label_dir or default_label_dir()))
-    if not label_file.exists():
-        raise ConfigError(f"{path.name} has no labels in {label_file.parent}; label it first: "
+    found = cached_labels(path, settings, conf, label_dir)
+    if found is None:
+        raise ConfigError(f"{path.name} has no labels in {label_dir or default_label_dir()}; label it first: "
                           f"infistream filter label --source {path}")
+    label_file, floor = found
     end = label_end(label_file)
-    labels = count_labels(label_file)
+    labels = count_labels(label_file, conf=conf, floor=floor)
     # Frames read but never decoded at the END (H.264 frames before a keyframe the stream never
     # reaches, which the source counts last) leave decode order = seq; a gap anywhere else does not.
     if len(labels.seq) > end["frames"] or not np.array_equal(labels.seq, np.arange(len(labels.seq))):
