@@ -9,6 +9,13 @@ decides, and alone the frame goes to the model. A larger threshold skips more.
 The threshold comes from the filter's calibration for a per-frame agreement target
 (``skip:target=0.9``; default 0.95) or is given (``skip:threshold=0.2``).
 
+"The model is needed" means YOLO finds a vehicle scoring above the filter's conf floor (its
+metadata's ``detector_conf_floor``: the conf its training labels were read at, 0.25 for the
+shipped Skip): a frame it skips is empty for a worker run at any conf from the floor up, since
+YOLO at a higher conf keeps a subset of those boxes. A worker run below the floor could find
+vehicles in frames Skip skips, and skipped frames never reach the tracker: `conf_floor_problem`
+says so before a run.
+
 Skip checks itself. A network calibrated on some cameras can be wrong on a new one, or on its
 own camera in new weather: in fog it calls every frame empty, and since a skipped frame never
 reaches the model, nothing would ever say so. So, per stream:
@@ -37,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from models.base import Decision, FramePolicy
+from models.base import Decision, FramePolicy, Policy
 from models.filterdir import FilterDir, open_filter_dir, resolve_threshold, shipped_dir
 from models.frames import reduce_frame
 from models.lite import LiteModel
@@ -130,6 +137,22 @@ class LearnedFramePolicy(FramePolicy):
         return threshold_grid()
 
 
+def conf_floor_problem(policy: Policy, conf: float) -> str | None:
+    """Why a detector run at confidence `conf` should not sit behind `policy` (a Skip, or a
+    cascade holding one), or None: a Skip answers "no vehicle" for frames in which YOLO found
+    nothing above its conf floor; below the floor YOLO may find vehicles in them, and they are
+    lost. A Skip whose metadata does not state its floor is not judged, nor one at threshold 0
+    (it never skips)."""
+    for each in getattr(policy, "policies", [policy]):
+        floor = getattr(each, "conf_floor", None)
+        if isinstance(each, SkipPolicy) and each.threshold > 0 and floor is not None and conf < floor - 1e-9:
+            return (f"the detector runs at conf {conf:g} but Skip ({each.name}) learned \"YOLO needed\" "
+                    f"as a vehicle scoring above {floor:g}: it skips frames in which YOLO at conf {conf:g} may find "
+                    f"vehicles, and those are lost (train a Skip with `infistream filter train skip --needed-conf "
+                    f"{conf:g}`, or use a filter without Skip, such as reuse)")
+    return None
+
+
 @dataclass
 class SkipStats:
     """What Skip's self-check did, over all streams (counters only grow)."""
@@ -187,6 +210,9 @@ class SkipPolicy(LearnedFramePolicy):
         self._streams: OrderedDict[str, _StreamWatch] = OrderedDict()
         self._skip = Decision("skip", policy=name)     # immutable: one for every skipped frame
         self._probe = Decision("infer", policy=name)
+        floor = directory.metadata.get("detector_conf_floor")
+        #: The lowest detector conf for which a skip is right (None: the metadata does not say).
+        self.conf_floor = float(floor) if isinstance(floor, (int, float)) and not isinstance(floor, bool) else None
 
     def _watch(self, stream: str) -> _StreamWatch:
         watch = self._streams.pop(stream, None)

@@ -6,7 +6,12 @@ metadata.json; test halves are never read here. ``exclude=`` leaves clips out (l
 out folds).
 
 - Skip learns P(frame not empty) with binary cross-entropy; the two classes weigh the same, and
-  so does every clip, however long (a long empty lane must not teach that roads are empty).
+  so does every clip, however long (a long empty lane must not teach that roads are empty). A
+  frame is not empty when YOLO finds a vehicle scoring above `needed_conf` (`ClipData.needed`):
+  by default the counting conf 0.25; down to the labels' floor (0.1), a frame Skip skips is
+  empty for a worker run at any conf from `needed_conf` up (highway_topdown is counted at 0.1,
+  where a car seen at scores 0.17-0.29 only must reach the tracker). metadata.json records it
+  as ``detector_conf_floor``, which the runtime checks against the worker's conf.
 - Reuse learns on frame pairs of one clip (the runtime only compares frames of one stream). A
   step draws a few clips, a window of `max_offset_s` seconds in each and frames in it (each with
   its next frame), and trains on every pair of frames of one clip: offsets from 1 frame to the
@@ -33,7 +38,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from models.dataset import ClipData, load_clips
-from models.labels import VEHICLE_CLASSES
+from models.labels import COUNT_CONF, VEHICLE_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,9 @@ class TrainOptions:
     seed: int = 0
     threads: int = 2
     augment: bool = True
+    # skip only: "the model is needed" = a vehicle scoring above this detector conf (at least the
+    # labels' floor). 0.25 (the counting conf) is the shipped Skip's; 0.1 was measured (docs/filters.md)
+    needed_conf: float = COUNT_CONF
     epoch_frames: int | None = None    # training frames per epoch (drawn afresh each epoch); None = all
     # reuse only
     val_pairs_per_clip: int = 300      # fixed validation pairs per clip
@@ -111,9 +119,10 @@ SIZE_CHOICE = {
 }
 
 
-def default_options(kind: str, size: int | None = None, epochs: int | None = None, seed: int = 0) -> TrainOptions:
+def default_options(kind: str, size: int | None = None, epochs: int | None = None, seed: int = 0,
+                    needed_conf: float = COUNT_CONF) -> TrainOptions:
     return TrainOptions(size=size or DEFAULT_SIZE, epochs=epochs or DEFAULT_EPOCHS[kind], seed=seed,
-                        epoch_frames=DEFAULT_EPOCH_FRAMES, pool=DEFAULT_POOL[kind])
+                        epoch_frames=DEFAULT_EPOCH_FRAMES, pool=DEFAULT_POOL[kind], needed_conf=needed_conf)
 
 
 @dataclass
@@ -221,6 +230,19 @@ def pair_metrics(differ: np.ndarray, p: np.ndarray) -> dict[str, float]:
             "auc": auc(differ, p)}
 
 
+def _needed_at(clips: list[ClipData], which: str, conf: float) -> np.ndarray:
+    """Skip's label (a vehicle above detector conf `conf`) of every frame in split part `which`,
+    clips in `_frames_at`'s order."""
+    return np.concatenate([clip.needed(conf)[clip.part(which)] for clip in clips])
+
+
+def conf_floor(clips: Sequence[ClipData], conf: float) -> float | None:
+    """The detector conf from which up a Skip trained on "a vehicle above `conf`" skips only
+    empty frames: `conf`, when every clip's labels say they reach down to it; else None."""
+    floors = [clip.floor_conf for clip in clips]
+    return None if not floors or None in floors or max(floors) > conf + 1e-9 else float(conf)
+
+
 def _frames_at(clips: list[ClipData], which: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Frames, counts and clip index of every frame in split part `which`, all clips together."""
     frames, counts, owner = [], [], []
@@ -279,9 +301,11 @@ def train_skip(clips: Sequence[Path | str], exclude: Sequence[str] = (), options
     started = time.monotonic()
     seed_everything(options.seed, options.threads)
     data = data if data is not None else load_clips(clips, options.size, exclude, progress)
-    frames, counts, owner = _frames_at(data, "train")
-    val_frames, val_counts, _ = _frames_at(data, "val")
-    needed = (counts > 0).astype(np.float32)
+    frames, _, owner = _frames_at(data, "train")
+    val_frames, _, _ = _frames_at(data, "val")
+    needed = _needed_at(data, "train", options.needed_conf).astype(np.float32)
+    val_needed = _needed_at(data, "val", options.needed_conf)
+    floor = conf_floor(data, options.needed_conf)
     # every clip weighs the same in total, and within that both classes weigh the same
     weights = np.zeros(len(needed), np.float32)
     for index in np.unique(owner):
@@ -291,8 +315,8 @@ def train_skip(clips: Sequence[Path | str], exclude: Sequence[str] = (), options
             if cell.any():
                 weights[cell] = 1.0 / cell.sum()
     weights *= len(weights) / weights.sum()
-    _report(say, f"skip: {len(needed)} training frames from {len(data)} clips ({needed.mean():.1%} with a vehicle), "
-                 f"{len(val_counts)} validation frames, size {options.size}")
+    _report(say, f"skip: {len(needed)} training frames from {len(data)} clips ({needed.mean():.1%} with a vehicle "
+                 f"above conf {options.needed_conf:g}), {len(val_needed)} validation frames, size {options.size}")
 
     arch = architecture(options)
     model = skip_model(arch)
@@ -314,7 +338,7 @@ def train_skip(clips: Sequence[Path | str], exclude: Sequence[str] = (), options
                 bar.update()
         if bar is not None:
             bar.close()
-        metrics = skip_metrics(val_counts > 0, _predict(model, val_frames)[:, 0])
+        metrics = skip_metrics(val_needed, _predict(model, val_frames)[:, 0])
         score = metrics["auc"] if np.isfinite(metrics["auc"]) else metrics["accuracy"]
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **metrics})
         _report(say, f"{time.strftime('%H:%M:%S')} skip epoch {epoch + 1}/{options.epochs}: loss {np.mean(losses):.4f}, val accuracy "
@@ -324,7 +348,7 @@ def train_skip(clips: Sequence[Path | str], exclude: Sequence[str] = (), options
             best, best_weights = score, model.get_weights()
     model.set_weights(best_weights)
     best_epoch = int(np.argmax([h["auc"] if np.isfinite(h["auc"]) else h["accuracy"] for h in history])) + 1
-    final = skip_metrics(val_counts > 0, _predict(model, val_frames)[:, 0])
+    final = skip_metrics(val_needed, _predict(model, val_frames)[:, 0])
     seconds = time.monotonic() - started
     training = {"options": options.to_json(), "best_epoch": best_epoch, "validation": final,
                 "train_frames": int(len(needed)), "history": history, "seconds": round(seconds, 1)}
@@ -332,7 +356,8 @@ def train_skip(clips: Sequence[Path | str], exclude: Sequence[str] = (), options
                  f"filtered at 95% recall {final.get('filtered_at_recall_0.95', float('nan')):.3f} "
                  f"({seconds:.0f} s)")
     if out is not None:
-        out = _export_skip(model, arch, options, data, val_frames, training, extra_metadata or {}, out)
+        extra = {"detector_conf_floor": floor, **(extra_metadata or {})}
+        out = _export_skip(model, arch, options, data, val_frames, training, extra, out)
         _report(say, f"skip filter written to {out}")
     return TrainResult(out, final, seconds, model, history)
 

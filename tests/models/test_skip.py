@@ -7,7 +7,7 @@ import pytest
 
 from models.frames import reduce_frame
 from models.lite import LiteModel
-from models.skip import SkipPolicy
+from models.skip import SkipPolicy, conf_floor_problem
 from pipeline.errors import ConfigError
 from pipeline.message import Message
 from stages.filter import Filter
@@ -71,6 +71,59 @@ def test_the_filter_stage_runs_a_skip_directory_and_drops_skipped_pixels(tmp_pat
         assert out.decision["action"] == "skip" and out.arrays == ()
     finally:
         stage.teardown()
+
+
+# --------------------------------------------------------------------------------------------
+# The conf floor: "the model is needed" = a vehicle above the labels' floor, not the counting conf
+
+def test_skip_learns_needed_at_its_conf_and_its_metadata_records_the_floor(tmp_path):
+    """needed_conf=0.1: frames with a vehicle scoring 0.1-0.25 (none at the counting conf 0.25)
+    are 'needed' for Skip, and the filter directory says from which detector conf its skips hold."""
+    pytest.importorskip("tensorflow")
+    import dataclasses
+    import json
+    from models.train import TrainOptions, conf_floor, train_skip
+    from tests.models.test_train import TINY, synthetic_clip
+
+    clips = []
+    for seed, name in enumerate("ab"):
+        clip = synthetic_clip(name, seed=seed)
+        faint = (clip.count == 0) & (np.arange(len(clip.count)) % 2 == 0)   # a car YOLO scores 0.17
+        top = np.where(clip.count > 0, 0.8, np.where(faint, 0.17, 0.0)).astype(np.float32)
+        clips.append(dataclasses.replace(clip, top_score=top, floor_conf=0.1))
+    assert clips[0].needed(0.25).tolist() == (clips[0].count > 0).tolist()
+    assert clips[0].needed(0.1).sum() > clips[0].needed(0.25).sum()
+    with pytest.raises(ConfigError, match="above 0.1 only"):
+        clips[0].needed(0.05)                                                   # below the labels' floor
+    assert conf_floor(clips, 0.1) == 0.1 and conf_floor(clips, 0.25) == 0.25
+    assert conf_floor([synthetic_clip("c")], 0.25) is None                      # floor unknown: not claimed
+    train_skip([], options=TrainOptions(**TINY, needed_conf=0.1), out=tmp_path / "skip", progress=False, say=None,
+               data=clips)
+    meta = json.loads((tmp_path / "skip" / "metadata.json").read_text())
+    assert meta["detector_conf_floor"] == 0.1 and meta["training"]["options"]["needed_conf"] == 0.1
+    val = np.concatenate([clip.needed(0.1)[clip.part("val")] for clip in clips])
+    assert meta["training"]["validation"]["nonempty"] == pytest.approx(val.mean())    # scored on those labels
+    assert val.mean() > np.concatenate([clip.count[clip.part("val")] > 0 for clip in clips]).mean()
+    assert SkipPolicy.from_directory(tmp_path / "skip", "threshold=0.5").conf_floor == 0.1
+
+
+def test_a_detector_conf_below_the_skip_floor_is_named_before_a_run(tmp_path):
+    import json
+    from models.registry import parse_policy
+    directory = make_filter_dir(tmp_path, "skip", threshold=0.5)
+    assert SkipPolicy.from_directory(directory).conf_floor is None                  # not stated: not judged
+    assert conf_floor_problem(SkipPolicy.from_directory(directory), 0.01) is None
+    metadata = json.loads((directory / "metadata.json").read_text())
+    (directory / "metadata.json").write_text(json.dumps({**metadata, "detector_conf_floor": 0.1}))
+    skip = SkipPolicy.from_directory(directory)
+    assert conf_floor_problem(skip, 0.1) is None and conf_floor_problem(skip, 0.25) is None
+    problem = conf_floor_problem(skip, 0.05)
+    assert "conf 0.05" in problem and "scoring above 0.1" in problem
+    reuse = make_filter_dir(tmp_path, "reuse", threshold=0.5)
+    cascade = parse_policy(f"{reuse}+{directory}")                                   # found inside a cascade
+    assert conf_floor_problem(cascade, 0.05) == problem
+    assert conf_floor_problem(parse_policy("stride:2"), 0.01) is None
+    assert conf_floor_problem(SkipPolicy.from_directory(directory, "threshold=0"), 0.05) is None   # never skips
 
 
 # --------------------------------------------------------------------------------------------
