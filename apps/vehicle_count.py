@@ -24,6 +24,20 @@ from pathlib import Path
 from common import add_run_options, check_source, consumer_graph, run_graph
 
 
+def warn_below_conf_floor(spec: str, conf: float) -> None:
+    """A warning (not a refusal: the user may accept the loss) when the filter holds a Skip that
+    learned "YOLO needed" at a higher conf than the detector runs at (models/skip.py)."""
+    from models.registry import parse_policy
+    from models.skip import conf_floor_problem
+    from pipeline.errors import ConfigError
+    try:
+        problem = conf_floor_problem(parse_policy(spec), conf)    # builds the policy, loads no weights
+    except ConfigError:
+        return              # a bad --filter is refused later, with its own message
+    if problem:
+        print(f"vehicle_count: warning: {problem}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", required=True, help="cam0, /dev/videoN, a video file or a stream URL")
@@ -39,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     # shared YOLOv8n INT8 (docs/filters.md); --filter none runs YOLO on every frame.
     add_run_options(parser, default_out="vehicle_count.jsonl", default_filter="cascade")
     args = parser.parse_args(argv)
+    warn_below_conf_floor(args.filter, args.conf)
     check_source("vehicle_count", args.source, "video")
     if args.show == "window":
         from pipeline.errors import ConfigError

@@ -339,6 +339,18 @@ def test_a_source_that_cannot_work_is_refused_before_anything_starts(app, source
     assert "per-stage statistics" not in done.stderr          # no process was started
 
 
+@pytest.mark.parametrize("spec, warned", [("cascade", True), ("skip", True), ("reuse", False), ("skip:threshold=0", False)])
+def test_a_detector_conf_below_the_skips_floor_is_warned_about(spec, warned, tmp_path):
+    """The shipped Skip learned "YOLO needed" at conf 0.25: at --conf 0.1 it would skip frames in
+    which YOLO finds vehicles (highway_topdown's lost car, tests/models/test_shipped.py)."""
+    done = run_app("vehicle_count.py", "--filter", spec, "--conf", "0.1", "--source", str(tmp_path / "none.mp4"),
+                   "--out", str(tmp_path / "out.jsonl"), timeout=60)
+    assert done.returncode == 1 and "none.mp4" in done.stderr, done.stderr        # then the source is refused
+    assert ("warning: the detector runs at conf 0.1 but Skip" in done.stderr) == warned, done.stderr
+    if warned:
+        assert "--needed-conf 0.1" in done.stderr
+
+
 def test_a_file_without_pictures_is_refused_for_vehicle_counting(assets, tmp_path):
     clip = asset_or_skip(assets, "audio/speech_long/jfk.flac")
     done = run_app("vehicle_count.py", "--filter", "none",
