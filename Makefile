@@ -32,7 +32,7 @@ test: setup
 # `make train` = train-vehicle + train-speech, each rewriting its filter directories, each
 # calibration following its training.
 # Vehicles (models/shipped/vehicle), ~35 min on 2 cores: YOLO labels every clip (~20 min, cached
-# in .cache/labels by clip and detector), Skip and Reuse train on the first half of each clip
+# in .cache/labels by clip and detector; boxes kept down to conf 0.1, counted at 0.25), Skip and Reuse train on the first half of each clip
 # (~5 min each), thresholds calibrated on the validation frames (~5 min).
 # Speech (models/shipped/speech), ~30 min: the seed-0 mixtures are built and labelled by Whisper
 # tiny.en (~17 min, cached in .cache/speech-labels), the early-exit network (~8 min) and the audio

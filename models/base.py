@@ -181,13 +181,14 @@ class Policy:
 #: heard back: the filter stage holds its input beyond that (stages/filter.py), and calibration
 #: and evaluation replay feedback this many frames late (models/simulate.py), so the thresholds
 #: are picked for the staleness the live filter allows. A trade-off, measured on 2026-12-01
-#: (bench_filters, test halves of the 22 clips, thresholds recalibrated for each lag):
-#: at 2 the cascade reaches 0.39 of the ceiling (mean) and is ahead of framediff on 12 clips,
-#: but vehicle_count.py on intel_car_detection waits on every YOLO answer (82 % filtered, yet
-#: only x3.1 the unfiltered frame rate: 226 ms of wall time per inference against YOLO's 137);
-#: at 8 the pipeline no longer waits (x3.7 at 76 % filtered, 136 ms per inference) but Reuse
-#: decides on a staler cache: 0.35 of the ceiling, ahead of framediff on 7 clips, and the
-#: joint calibration turns Skip off. 2 keeps the accuracy. Letting Reuse point at frames whose
+#: (bench_filters, test halves of the 22 clips, thresholds recalibrated for each lag): at 2 the
+#: cascade reaches 0.39 of the ceiling (mean) and is ahead of framediff on 12 clips; at 8 Reuse
+#: decides on a staler cache: 0.35 of the ceiling, ahead of framediff on 7 clips, and the joint
+#: calibration turns Skip off. 2 keeps the accuracy, and costs little time: traced end to end on
+#: intel_car_detection, the feedback round trip (worker -> aggregator -> filter) takes ~1.8 ms per
+#: inference against YOLO's ~200, and the cascade runs x5.07 the unfiltered frame rate (an
+#: earlier x3.1 at 2 against x3.7 at 8 counted the YOLO worker's model load in the cascade's
+#: frames/s; sources now start once every stage is set up). Letting Reuse point at frames whose
 #: answer is still on its way (models/reuse.py ``pending``) did not remove the staleness: at 8,
 #: recalibrated, 0.365 of the ceiling with Skip kept; at 2 it was 0.378 (noise around 0.389).
 FEEDBACK_LAG = 2
