@@ -319,6 +319,9 @@ class GraphRun:
         self._environment = {**os.environ, "INFISTREAM_RUN_ID": self.run_id}
         # Stages the launcher had to end (SIGTERM or SIGKILL) rather than ending by themselves.
         self.terminated: list[str] = []
+        # ... of which those ended because every sink had everything (a worker pool waits for
+        # more until told to stop): an expected end, shown as such in the stage table.
+        self.stopped_when_done: list[str] = []
         # Stage -> the stages it reads from, for stages that read only from the graph: once
         # those have all ended cleanly, the stage is told its inputs are closed.
         self._upstream = {spec.name: {split_reference(ref)[0] for ref in spec.inputs}
@@ -427,6 +430,7 @@ class GraphRun:
         if sinks and all(s.exit_code == 0 for s in sinks) or all(s.spec.sources == 0 for s in pending):
             self._sinks_done_at = self._sinks_done_at or time.monotonic()
             if time.monotonic() - self._sinks_done_at > self.SINKS_DONE_GRACE_S:
+                self.stopped_when_done += [s.spec.name for s in pending]
                 self._terminate(pending)
                 return False
         if self._stop_requested_at is not None and time.monotonic() - self._stop_requested_at > self._stop_grace_s:
@@ -540,6 +544,8 @@ class GraphRun:
             snapshot = self._read_metrics(name)
             snapshot["restarts"] = stage.restarts
             snapshot["exit"] = _describe(stage.exit_code) if stage.exit_code is not None else "running"
+            if name in self.stopped_when_done and stage.exit_code not in (0, None):
+                snapshot["exit"] = f"stopped when done ({snapshot['exit']})"
             rows.append(snapshot)
         return rows
 

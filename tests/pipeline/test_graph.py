@@ -177,6 +177,29 @@ def test_graph_files_are_checked_before_anything_starts(document, message):
         parse_graph(document)
 
 
+@pytest.mark.timeout(60)
+def test_a_stage_ended_because_the_sinks_had_everything_reads_as_stopped_when_done(tmp_path):
+    """A pool worker waiting on an outside address is never told its inputs closed: once the
+    graph's sink has everything, the launcher stops it, and the stage table says so rather than
+    showing a bare signal, which reads like a crash."""
+    document = {"name": "pool", "transport": "ipc", "stages": [
+        {"name": "source", "stage": SOURCE, "params": {"count": 10}},
+        {"name": "sink", "stage": "stages.sinks:JsonlSink", "inputs": ["source"],
+         "params": {"path": str(tmp_path / "out.jsonl")}},
+        {"name": "idle", "stage": "stages.relay:Relay", "inputs": [f"ipc://{tmp_path}/nobody.sock"], "sources": 0}]}
+    run = GraphRun(parse_graph(document), tmp_path / "run", log_level="WARNING")
+    assert run.run() == 0
+    rows = {row["stage"]: row for row in run.stage_metrics()}
+    assert run.terminated == ["idle"] and run.stopped_when_done == ["idle"]
+    # The relay handles SIGTERM and exits 0; a stage the signal itself ends (a YOLO worker in
+    # make demo, inside its model's native code) exits -15, and that is what is relabelled.
+    assert rows["idle"]["exit"] == "exit code 0" and rows["sink"]["exit"] == "exit code 0"
+    run.running["idle"].exit_code = -signal.SIGTERM
+    assert {row["stage"]: row["exit"] for row in run.stage_metrics()}["idle"] == "stopped when done (signal SIGTERM)"
+    run.running["sink"].exit_code = -signal.SIGTERM                     # not stopped by the launcher: as it is
+    assert {row["stage"]: row["exit"] for row in run.stage_metrics()}["sink"] == "signal SIGTERM"
+
+
 def test_fan_in_stage_waits_for_every_upstream_source():
     graph = parse_graph({"stages": [
         {"name": "a", "stage": SOURCE}, {"name": "b", "stage": SOURCE},
