@@ -26,7 +26,8 @@ import av
 import numpy as np
 
 from models.frames import reduce_frame
-from models.labels import COUNT_CONF, DetectorSettings, cached_labels, count_labels, file_sha256, label_clip
+from models.labels import (COUNT_CONF, DetectorSettings, FrameLabels, cached_labels, count_labels, file_sha256,
+                           label_clip)
 from pipeline.assets import assets_dir, cache_dir
 from pipeline.errors import ConfigError
 
@@ -188,9 +189,9 @@ def label_end(label_file: Path) -> dict:
 
 
 def align(name: str, frames: np.ndarray, label_file: Path, conf: float | None = COUNT_CONF,
-          floor: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """seq, count (at `conf`; `floor`: the conf the file was looked up by, `count_labels`), pts of
-    every decoded frame, checked against the label file.
+          floor: float | None = None) -> FrameLabels:
+    """The labels (`count_labels` at `conf`; `floor`: the conf the file was looked up by) of every
+    decoded frame, checked against the label file.
 
     The source numbers decoded frames 0, 1, 2, ...; a frame read that never decodes without an
     error (H.264 frames before the first keyframe) is counted at the END of the stream
@@ -208,7 +209,7 @@ def align(name: str, frames: np.ndarray, label_file: Path, conf: float | None = 
     if not np.array_equal(labels.seq, np.arange(decoded)):
         raise AlignmentError(f"{name}: the label file {label_file} labels seqs with gaps (frames the decoder "
                              f"rejected mid-stream): decode order cannot stand for seq on this clip")
-    return labels.seq, labels.count, labels.pts
+    return labels
 
 
 def load_clip(clip: Path | str, size: int, label_file: Path | None = None, progress: bool = False,
@@ -222,10 +223,9 @@ def load_clip(clip: Path | str, size: int, label_file: Path | None = None, progr
         label_file, floor = cached_labels(clip, settings) or (label_clip(clip, settings, progress=progress),
                                                               settings.conf)
     frames = cached_frames(clip, size, progress, cache)
-    seq, count, pts = align(clip.name, frames, label_file, floor=floor)
-    floor_labels = count_labels(label_file, conf=None, floor=floor)
-    return ClipData(clip.stem, clip, seq, frames, count, pts, split_indices(len(seq)),
-                    floor_labels.top_score, floor_labels.floor)
+    labels = align(clip.name, frames, label_file, floor=floor)     # top scores do not depend on the conf
+    return ClipData(clip.stem, clip, labels.seq, frames, labels.count, labels.pts, split_indices(len(labels.seq)),
+                    labels.top_score, labels.floor)
 
 
 def load_clips(clips: Sequence[Path | str], size: int, exclude: Sequence[str] = (), progress: bool = False,

@@ -31,7 +31,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -212,10 +212,6 @@ def read_label_lines(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return frames, end
 
 
-def read_detections(path: Path) -> Iterator[dict[str, Any]]:
-    yield from read_label_lines(path)[0]
-
-
 def end_floor(end: dict[str, Any]) -> float | None:
     """The floor an end record states (its detector's conf), or None."""
     conf = (end.get("detector") or {}).get("conf")
@@ -237,7 +233,8 @@ def count_labels(path: Path, region: Sequence[float] | None = None, classes: Seq
     file's floor (its end line's, else `floor`, what the caller looked it up by) is refused: the
     file cannot know what the detector would have found there."""
     frames, end = read_label_lines(path)
-    floor = end_floor(end) if end_floor(end) is not None else floor
+    stated = end_floor(end)
+    floor = stated if stated is not None else floor
     if conf is not None and floor is not None and conf < floor - 1e-9:
         raise ConfigError(f"{path} keeps detections scoring above {floor:g} only: counts at conf {conf:g} need "
                           f"labels made at a conf of {conf:g} or less (infistream filter label --conf)")
