@@ -54,6 +54,11 @@ POLICIES: dict[str, PolicyEntry] = {
                            "the shipped best cascade for the task: for vehicles skip then reuse, thresholds "
                            "calibrated together for per-frame count agreement T (default 0.95); for speech "
                            "the audio gates calibrated for InFi accuracy T (the speech apps pick task=speech)"),
+    "line": PolicyEntry("models.line_guard:LineGuard", "line:x1,y1,x2,y2[,band=PX,threshold=S]",
+                        "send every frame in which something moves across the counting line to the model "
+                        "(more than S of the pixels within PX of the line, default 1 % and 24 px); else the "
+                        "next policy decides. First in a cascade, it keeps line counts whole (vehicle_count.py "
+                        "adds it when given --line)"),
     "framediff": PolicyEntry("models.baselines.framediff:FrameDiff",
                              "framediff[:feature=pixel|edge|area,threshold=X,size=96]",
                              "Reducto's pixel, edge or area difference from the last inferred frame; "
@@ -203,9 +208,12 @@ def parse_policy(spec: str) -> Policy:
     for part in parts:
         name, _, argument = part.partition(":")
         if is_directory_spec(name):
-            policies.append(directory_policy(name, argument, part))
+            policy = directory_policy(name, argument, part)
         else:
-            policies.append(policy_class(name).from_spec(argument))
+            policy = policy_class(name).from_spec(argument)
+        # A cascade inside a cascade (``line:...+cascade``) is its policies in order: one level,
+        # so that the accounting and the offline replay see every policy.
+        policies.extend(policy.policies if isinstance(policy, Cascade) and len(parts) > 1 else [policy])
     if len(policies) == 1:
         return policies[0]
     names = [policy.name for policy in policies]
