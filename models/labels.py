@@ -38,6 +38,7 @@ import numpy as np
 from pipeline.assets import cache_dir
 from pipeline.errors import ConfigError
 from pipeline.graph import GraphRun, parse_graph
+from models.options import stated_number
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,7 @@ def read_label_lines(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
 def end_floor(end: dict[str, Any]) -> float | None:
     """The floor an end record states (its detector's conf), or None."""
-    conf = (end.get("detector") or {}).get("conf")
-    return float(conf) if isinstance(conf, (int, float)) and not isinstance(conf, bool) else None
+    return stated_number((end.get("detector") or {}).get("conf"))
 
 
 def label_floor(path: Path) -> float | None:

@@ -58,6 +58,11 @@ def choice(*names: str) -> Option:
     return Option(read, "|".join(names))
 
 
+def stated_number(value: Any) -> float | None:
+    """A number a file states (JSON int or float, not a bool) as a float; None for anything else."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def options_usage(accepted: dict[str, Option]) -> str:
     """``target=0..1, threshold=0..1`` for help and errors."""
     return ", ".join(f"{key}={option.accepts}" for key, option in accepted.items())

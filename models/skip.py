@@ -48,7 +48,7 @@ from models.base import Decision, FramePolicy, Policy
 from models.filterdir import FilterDir, open_filter_dir, resolve_threshold, shipped_dir
 from models.frames import reduce_frame
 from models.lite import LiteModel
-from models.options import Option, number, parse_options, whole
+from models.options import Option, number, parse_options, stated_number, whole
 from pipeline.errors import ConfigError
 from pipeline.message import Message
 
@@ -210,9 +210,8 @@ class SkipPolicy(LearnedFramePolicy):
         self._streams: OrderedDict[str, _StreamWatch] = OrderedDict()
         self._skip = Decision("skip", policy=name)     # immutable: one for every skipped frame
         self._probe = Decision("infer", policy=name)
-        floor = directory.metadata.get("detector_conf_floor")
         #: The lowest detector conf for which a skip is right (None: the metadata does not say).
-        self.conf_floor = float(floor) if isinstance(floor, (int, float)) and not isinstance(floor, bool) else None
+        self.conf_floor = stated_number(directory.metadata.get("detector_conf_floor"))
 
     def _watch(self, stream: str) -> _StreamWatch:
         watch = self._streams.pop(stream, None)
