@@ -38,12 +38,12 @@ log = logging.getLogger(__name__)
 
 #: Grey levels (of 255) a band pixel must move by to count as moving: Reducto's (models/baselines/framediff.py).
 PIXEL_DELTA = 21
-#: The band's crop is shrunk so that its longer side is at most SIDE pixels, and its shorter side
-#: at least MIN_THICKNESS, before it is compared: well under a millisecond per frame (0.2 ms for
+#: The band's crop is shrunk so that its longer side is at most SIDE pixels, and the band stays at
+#: least MIN_BAND_PIXELS across, before it is compared: well under a millisecond per frame (0.2 ms for
 #: a 270 px line in a 640x360 frame, 0.5 ms for one across a 1080p frame, on this CPU), and a car
 #: 30 px long in the frame still covers several pixels of it.
 SIDE = 128
-MIN_THICKNESS = 8
+MIN_BAND_PIXELS = 6
 #: Streams whose previous band is kept; past it the least recently seen stream is forgotten.
 MAX_STREAMS = 1024
 
@@ -89,13 +89,13 @@ class LineGuard(FramePolicy):
 
     @classmethod
     def from_spec(cls, argument: str) -> LineGuard:
-        parts = argument.split(",")
-        if len(parts) < 4:
-            raise ConfigError(f"--filter line needs the counting line: line:x1,y1,x2,y2[,band=PX,threshold=S], "
+        parts = argument.split(",")            # the line's numbers, then key=value options
+        first_option = next((i for i, part in enumerate(parts) if "=" in part), len(parts))
+        if not first_option or not parts[0].strip():
+            raise ConfigError(f"--filter line needs its geometry: line:x1,y1,x2,y2[,band=PX,threshold=S,hold=N], "
                               f"got {argument!r:.80}")
-        line = parse_line(",".join(parts[:4]))
-        options = parse_options("line", ",".join(parts[4:]), cls.OPTIONS)
-        return cls(line, **options)
+        line = parse_line(",".join(parts[:first_option]))
+        return cls(line, **parse_options("line", ",".join(parts[first_option:]), cls.OPTIONS))
 
     def _band_geometry(self, shape: tuple[int, int]) -> tuple[tuple[slice, slice], tuple[int, int], np.ndarray]:
         """For frames of `shape` (height, width): the crop around the band, the size it is shrunk
@@ -114,9 +114,9 @@ class LineGuard(FramePolicy):
             mask = np.zeros((0, 0), bool)
             found = ((slice(0, 0), slice(0, 0)), (0, 0), mask)
         else:
-            # Shrunk so its longer side is SIDE, unless that leaves the band thinner than MIN_THICKNESS
-            # (a long line across a large frame): then just enough to keep it that thick.
-            scale = min(1.0, max(SIDE / max(crop_w, crop_h), MIN_THICKNESS / min(crop_w, crop_h)))
+            # Shrunk so its longer side is SIDE, unless that leaves the band thinner than
+            # MIN_BAND_PIXELS across (a long line in a large frame).
+            scale = min(1.0, max(SIDE / max(crop_w, crop_h), MIN_BAND_PIXELS / (2 * self.band)))
             small = (max(1, round(crop_w * scale)), max(1, round(crop_h * scale)))
             # Distance of each shrunk pixel's centre (in frame pixels) to the segment.
             xs = left + (np.arange(small[0]) + 0.5) * crop_w / small[0]
