@@ -9,7 +9,7 @@ export YOLO_OFFLINE = 1
 export YOLO_AUTOINSTALL = 0
 export HF_HUB_OFFLINE = 1
 
-.PHONY: setup demo test train train-vehicle train-speech bench bench-filters clean
+.PHONY: setup demo test train train-vehicle train-speech labels labels-restore bench bench-filters clean
 
 setup: $(STAMP)
 
@@ -31,34 +31,55 @@ test: setup
 # The shipped filters, from nothing but the shared assets (and Debian's espeak-ng for speech):
 # `make train` = train-vehicle + train-speech, each rewriting its filter directories, each
 # calibration following its training.
-# Vehicles (models/shipped/vehicle), ~35 min on 2 cores: YOLO labels every clip (~20 min, cached
-# in .cache/labels by clip and detector; boxes kept down to conf 0.1, counted at 0.25), Skip and Reuse train on the first half of each clip
-# (~5 min each), thresholds calibrated on the validation frames (~5 min).
-# Speech (models/shipped/speech), ~30 min: the seed-0 mixtures are built and labelled by Whisper
-# tiny.en (~17 min, cached in .cache/speech-labels), the early-exit network (~8 min) and the audio
-# Skip (~4 min) train on the train split, are calibrated on val, and the speech bench picks the
-# cascade per target from the val results (cascade.json; it also scores test and times the
-# filters beside Whisper).
+# Labels are what YOLO and Whisper answer on every frame and window, made by the project's own
+# label commands and committed in data/labels (gzip; data/README.md): `make labels-restore`
+# copies them into the label caches, where the label commands find them by the clip's content
+# hash and the detector's or recognizer's settings, so make train runs no detector or
+# recognizer unless a clip or a setting changed (that clip is then labelled anew). `make labels`
+# remakes them all from scratch (~60 min on 2 cores: YOLO ~25 min, Whisper tiny.en ~30 min,
+# whose temperature fallback spends seconds on a noisy window) and writes them back to data/labels.
+# Vehicles (models/shipped/vehicle), ~13 min on 2 cores from the labels: Skip and Reuse train on
+# the first half of each clip (~4 min each, the first run also decodes the clips into the frame
+# cache), thresholds calibrated on the validation frames (~5 min).
+# Speech (models/shipped/speech), ~20 min from the labels: the seed-0 mixtures are built, the
+# early-exit network (~8 min) and the audio Skip (~4 min) train on the train split, are
+# calibrated on val, and the speech bench picks the cascade per target from the val results
+# (cascade.json; it also scores test and times the filters beside Whisper).
 ASSETS  ?= $(or $(INFI_ASSETS),../shared/assets)
 CLIPS   ?= $(sort $(wildcard $(ASSETS)/traffic/*.mp4 $(ASSETS)/traffic/*.avi $(ASSETS)/traffic/*.webm))
 SHIPPED := models/shipped/vehicle
 SPEECH  := models/shipped/speech
+CACHE   ?= $(or $(INFI_CACHE),.cache)
+LABELS  := data/labels
+
 train: train-vehicle train-speech
 
-train-vehicle: setup
+train-vehicle: setup labels-restore
 	@test -n "$(CLIPS)" || { echo "make train: no clips under $(ASSETS)/traffic (set INFI_ASSETS)" >&2; exit 1; }
 	$(VENV)/bin/infistream filter label --jobs 2 --no-progress --source $(CLIPS)
 	$(VENV)/bin/infistream filter train skip --clips $(CLIPS) --out $(SHIPPED)/skip
 	$(VENV)/bin/infistream filter train reuse --clips $(CLIPS) --out $(SHIPPED)/reuse
 	$(VENV)/bin/infistream filter calibrate $(SHIPPED)
 
-train-speech: setup
+train-speech: setup labels-restore
 	$(VENV)/bin/infistream filter mixtures --seed 0 --label --jobs 2
 	$(VENV)/bin/infistream filter train early-exit --task speech --epochs 30 --exit-stem 16 \
 		--exit-filters 32 64 128 256 --exit-threads 1 --seed 0 --out $(SPEECH)/early-exit --no-progress
 	$(VENV)/bin/infistream filter train skip --task speech --seed 0 --out $(SPEECH)/skip --no-progress
 	$(VENV)/bin/infistream filter calibrate --task speech early-exit audio-skip
 	$(PY) apps/bench_filters.py --task speech --ship $(SPEECH)/cascade.json
+
+# Copy the committed labels into the caches (a file already there is kept).
+labels-restore:
+	@scripts/labels.sh restore "$(LABELS)" "$(CACHE)"
+
+# Label everything anew (no cache, no committed labels) and commit-ready copies to data/labels.
+labels: setup
+	@test -n "$(CLIPS)" || { echo "make labels: no clips under $(ASSETS)/traffic (set INFI_ASSETS)" >&2; exit 1; }
+	rm -rf "$(CACHE)/labels.new" "$(CACHE)/speech-labels.new"
+	$(VENV)/bin/infistream filter label --jobs 2 --no-progress --out "$(CACHE)/labels.new" --source $(CLIPS)
+	$(VENV)/bin/infistream filter mixtures --seed 0 --label --jobs 2 --labels "$(CACHE)/speech-labels.new"
+	scripts/labels.sh save "$(CACHE)/labels.new" "$(CACHE)/speech-labels.new" "$(LABELS)"
 
 # The filters against the baselines on every clip's test half (curves, tables: bench/results/filters*).
 bench-filters: setup
