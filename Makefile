@@ -82,7 +82,7 @@ labels: setup
 	scripts/labels.sh save "$(CACHE)/labels.new" "$(CACHE)/speech-labels.new" "$(LABELS)"
 
 # The filters against the baselines on every clip's test half (curves, tables: bench/results/filters*).
-bench-filters: setup
+bench-filters: setup labels-restore
 	$(PY) apps/bench_filters.py --json bench/results/filters.json
 
 bench: setup
