@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.speech_eval import (DEFAULT_MIXTURES, TARGETS, Prepared, Windows, calibrate_specs,  # noqa: E402
+from models.speech_eval import (TARGETS, default_mixtures, Prepared, Windows, calibrate_specs,  # noqa: E402
                                 choose_shipped, close_all, cross_fit, load_windows, open_policy, oracle, prepare_policy,
                                 score_at, score_by_subset, split_spec, stride_skips)
 from pipeline.errors import ConfigError  # noqa: E402
@@ -322,9 +322,10 @@ def verdict(results: dict[str, Any]) -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 
-def run(mixtures: Path, out_json: Path, early_exit: Path | None, ship: Path | None, recognizer_windows: int,
+def run(mixtures: Path | None, out_json: Path, early_exit: Path | None, ship: Path | None, recognizer_windows: int,
         runs: int, words: int = 2, say=print) -> dict[str, Any]:
     from models.calibrate import write_json
+    mixtures = Path(mixtures or default_mixtures())
     val = load_windows(mixtures, "val", words)
     test = load_windows(mixtures, "test", words)
     singles, cascades, notes = available_specs(early_exit, say)
@@ -424,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     parser = argparse.ArgumentParser(prog="bench_filters.py --task speech", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=("speech",), default="speech")
-    parser.add_argument("--mixtures", type=Path, default=DEFAULT_MIXTURES)
+    parser.add_argument("--mixtures", type=Path, default=None,
+                        help="labelled mixture directory (default: seed-0 under $INFI_CACHE, else .cache)")
     parser.add_argument("--early-exit", type=Path, default=None,
                         help=f"an early-exit directory (default: the shipped one, else {EARLY_EXIT_FALLBACK})")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "filters_speech.json")

@@ -48,7 +48,11 @@ from pipeline.errors import ConfigError
 from models.base import FramePolicy
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MIXTURES = ROOT / ".cache" / "speech-mixtures" / "seed-0"
+def default_mixtures() -> Path:
+    """The seed-0 mixtures `make train` builds (models/mixtures.py `default_mixture_dir`), under
+    the cache directory of this run (`$INFI_CACHE`, else the checkout's .cache)."""
+    from models.mixtures import default_mixture_dir
+    return default_mixture_dir(0)
 TARGETS = (0.9, 0.95, 0.98)
 DEFAULT_TARGET = 0.95
 SUBSETS = ("clean", "noise", "music", "real")
@@ -105,11 +109,11 @@ class Windows:
                    np.asarray([int(row["seq"]) for row in rows], np.int64))
 
 
-def load_windows(mixtures: Path = DEFAULT_MIXTURES, split: str = "val", words: int = 2,
+def load_windows(mixtures: Path | None = None, split: str = "val", words: int = 2,
                  label_dir: Path | None = None) -> Windows:
     """A labelled mixture split (models/mixtures.py `load_split`; labels come from the cache)."""
     from models.mixtures import load_split
-    mixtures = Path(mixtures)
+    mixtures = Path(mixtures or default_mixtures())
     if not (mixtures / "manifest.json").is_file():
         raise ConfigError(f"{mixtures} is not a mixture directory (no manifest.json): build it with "
                           f"`infistream filter mixtures --seed 0 --label`")
@@ -658,7 +662,7 @@ def run_speech_calibrate(specs: Sequence[str], mixtures: Path | None, targets: S
         raise ConfigError(f"--words must be at least 0, got {words}")
     for spec in specs:
         split_spec(spec)
-    mixtures = Path(mixtures or DEFAULT_MIXTURES)
+    mixtures = Path(mixtures or default_mixtures())
     val = load_windows(mixtures, "val", words, label_dir)
     results, prepared = calibrate_specs(specs, val, targets, say)
     written: dict[str, Path] = {}

@@ -403,3 +403,13 @@ def test_the_speech_command_writes_every_result_and_the_spec_to_ship(tmp_path, m
     shipped = json.loads(ship.read_text())
     assert shipped["task"] == "speech" and shipped["targets"]["1"] == entry["spec"]
     assert shipped["calibrated_on"]["data"]["split"] == "val"
+
+
+def test_the_default_mixtures_follow_infi_cache(monkeypatch, tmp_path):
+    """make train builds the mixtures under $INFI_CACHE; calibration and the bench must read them
+    there, not from the checkout's .cache (a run with INFI_CACHE set failed at calibration)."""
+    from models.speech_eval import default_mixtures, load_windows
+    monkeypatch.setenv("INFI_CACHE", str(tmp_path))
+    assert default_mixtures() == tmp_path / "speech-mixtures" / "seed-0"
+    with pytest.raises(ConfigError, match=str(tmp_path / "speech-mixtures" / "seed-0")):
+        load_windows()
