@@ -38,13 +38,15 @@ test: setup
 # recognizer unless a clip or a setting changed (that clip is then labelled anew). `make labels`
 # remakes them all from scratch (~60 min on 2 cores: YOLO ~25 min, Whisper tiny.en ~30 min,
 # whose temperature fallback spends seconds on a noisy window) and writes them back to data/labels.
-# Vehicles (models/shipped/vehicle), ~13 min on 2 cores from the labels: Skip and Reuse train on
-# the first half of each clip (~4 min each, the first run also decodes the clips into the frame
-# cache), thresholds calibrated on the validation frames (~5 min).
-# Speech (models/shipped/speech), ~20 min from the labels: the seed-0 mixtures are built, the
-# early-exit network (~8 min) and the audio Skip (~4 min) train on the train split, are
-# calibrated on val, and the speech bench picks the cascade per target from the val results
-# (cascade.json; it also scores test and times the filters beside Whisper).
+# Timed in one run from a fresh clone (docs/filters.md): 26 min on 2 cores with the test suite
+# running beside it.
+# Vehicles (models/shipped/vehicle), 14 min: Skip and Reuse train on the first half of each clip
+# (~4 and ~3 min; the first run also decodes the clips into the frame cache), thresholds
+# calibrated on the validation frames (~7 min).
+# Speech (models/shipped/speech), 11 min: the seed-0 mixtures are built, the early-exit network
+# (~5 min) and the audio Skip (~3.5 min) train on the train split, are calibrated on val, and the
+# speech bench picks the cascade per target from the val results (cascade.json; it also scores
+# test and times the filters beside Whisper).
 ASSETS  ?= $(or $(INFI_ASSETS),../shared/assets)
 CLIPS   ?= $(sort $(wildcard $(ASSETS)/traffic/*.mp4 $(ASSETS)/traffic/*.avi $(ASSETS)/traffic/*.webm))
 SHIPPED := models/shipped/vehicle
