@@ -320,8 +320,11 @@ def format_summary(summary: dict[str, Any], title: str = "savings") -> str:
                      f"({summary['model_ms_per_inference']:.1f} ms per input), "
                      f"~{summary['model_ms_avoided'] / 1000:,.1f} s avoided; filter {summary['filter_ms_spent'] / 1000:,.2f} s")
     if summary.get("by_policy"):
-        lines.append("  answered by: " + ", ".join(f"{name} {entry['inputs']:,} ({entry['filter_ms'] / 1000:,.2f} s)"
-                                                   for name, entry in summary["by_policy"].items()))
+        # A cascade's own name (``skip+reuse``: no "+" is in a policy's name) counts the inputs none
+        # of its policies decided, which went to the model: say so, it reads like a policy otherwise.
+        lines.append("  answered by: " + ", ".join(
+            f"{name}{' (none decided: the model ran)' if '+' in name else ''} {entry['inputs']:,} "
+            f"({entry['filter_ms'] / 1000:,.2f} s)" for name, entry in summary["by_policy"].items()))
     audit = summary.get("audit")
     if audit:
         rate = audit["audit_agreement"]

@@ -434,6 +434,9 @@ def test_the_summary_says_which_policy_answered_each_input_and_what_the_filter_c
     assert total["by_policy"] == {"reuse": {"inputs": 2, "filter_ms": 1.0}, "skip+reuse": {"inputs": 1, "filter_ms": 1.0},
                                   "skip": {"inputs": 1, "filter_ms": 0.5}}
     assert total["balanced"]
+    from stages.savings import format_summary
+    answered = next(line for line in format_summary(total).splitlines() if "answered by" in line)
+    assert "skip+reuse (none decided: the model ran) 1" in answered and "skip 1 (0.00 s)" in answered
 
 
 def test_policy_names_from_the_wire_are_bounded(tmp_path):
