@@ -10,9 +10,9 @@ did not change while it drove), and that crossing is lost.
 
 The guard looks only where the counter looks. It keeps a band of `band` pixels on each side of
 the line segment, shrunk so that its longer side is at most `SIDE` pixels, in grey; a frame in
-which more than `threshold` of the band's pixels moved by more than `PIXEL_DELTA` grey levels
-since the stream's previous frame is sent to the model (decision ``infer``); any other frame
-gets no opinion, so the policies after it decide. First in a cascade
+which more than `threshold` of the band's pixels moved by more than 21 grey levels since the
+stream's previous frame (framediff's `pixel_change`, Reducto's pixel feature) is sent to the
+model (decision ``infer``); any other frame gets no opinion, so the policies after it decide. First in a cascade
 (``line:420,30,420,300+cascade``) it makes sure the tracker observes whatever moves at the line,
 and leaves the rest of the scene (parked cars, the far lanes, an empty road) to the filters.
 `apps/vehicle_count.py` puts it in front of the filter whenever it is given a ``--line``.
@@ -32,12 +32,11 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from models.base import Decision, FramePolicy
+from models.baselines.framediff import pixel_change
 from models.options import number, parse_options, whole
 
 log = logging.getLogger(__name__)
 
-#: Grey levels (of 255) a band pixel must move by to count as moving: Reducto's (models/baselines/framediff.py).
-PIXEL_DELTA = 21
 #: The band's crop is shrunk so that its longer side is at most SIDE pixels, and the band stays at
 #: least MIN_BAND_PIXELS across, before it is compared: well under a millisecond per frame (0.2 ms for
 #: a 270 px line in a 640x360 frame, 0.5 ms for one across a 1080p frame, on this CPU), and a car
@@ -146,14 +145,10 @@ class LineGuard(FramePolicy):
         grey = cv2.cvtColor(region, cv2.COLOR_BGR2GRAY) if region.ndim == 3 else region
         return grey[mask]
 
-    def moved(self, band: np.ndarray, previous: np.ndarray) -> float:
-        """The share of band pixels that moved by more than PIXEL_DELTA grey levels."""
-        return float(np.count_nonzero(cv2.absdiff(band, previous) > PIXEL_DELTA)) / band.size
-
     def decide_prepared(self, stream: str, seq: int, features: np.ndarray) -> Decision | None:
         previous, still = self._previous.pop(stream, (None, self.hold + 1))
         if previous is not None and previous.shape == features.shape and features.size:
-            still = 0 if self.moved(features, previous) > self.threshold else still + 1
+            still = 0 if pixel_change(features, previous) > self.threshold else still + 1
         self._previous[stream] = (features, still)
         if len(self._previous) > MAX_STREAMS:
             self._previous.popitem(last=False)

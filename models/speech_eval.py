@@ -47,12 +47,14 @@ import numpy as np
 from pipeline.errors import ConfigError
 from models.base import FramePolicy
 
-ROOT = Path(__file__).resolve().parent.parent
+
 def default_mixtures() -> Path:
     """The seed-0 mixtures `make train` builds (models/mixtures.py `default_mixture_dir`), under
     the cache directory of this run (`$INFI_CACHE`, else the checkout's .cache)."""
     from models.mixtures import default_mixture_dir
     return default_mixture_dir(0)
+
+
 TARGETS = (0.9, 0.95, 0.98)
 DEFAULT_TARGET = 0.95
 SUBSETS = ("clean", "noise", "music", "real")

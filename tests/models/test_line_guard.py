@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from models import line_guard as line_guard_module
+from models.baselines.framediff import pixel_change
 from models.line_guard import LineGuard, parse_line
 from models.registry import parse_policy
 from pipeline.errors import ConfigError
@@ -66,7 +67,7 @@ def test_the_hold_keeps_sending_frames_after_the_motion_ends():
 def test_the_threshold_is_the_share_of_the_band_that_moved():
     guard = LineGuard(LINE, band=10, hold=0)
     band, moved = guard.prepare(scene(None)), guard.prepare(scene(100))
-    share = guard.moved(moved, band)
+    share = pixel_change(moved, band)
     assert 0 < share < 1
     assert decisions(LineGuard(LINE, band=10, threshold=share * 0.99, hold=0), [scene(None), scene(100)])[1] == "infer"
     assert decisions(LineGuard(LINE, band=10, threshold=share, hold=0), [scene(None), scene(100)])[1] == "pass"
