@@ -92,7 +92,7 @@ def exits_at_targets(exit_dir: Path, probs: np.ndarray, labels: np.ndarray) -> d
         reports[label] = {key: report[key] for key in (
             "threshold", "inputs", "exit_counts", "none_confident", "per_class_exits", "mean_exit", "filtered",
             "per_exit_accuracy", "accuracy", "last_exit_accuracy", "mean_binary_ops", "mean_macs", "all_blocks",
-            "binary_ops_saved", "macs_saved")}
+            "binary_ops_saved", "macs_saved", "multiply_adds_saved")}
     return reports
 
 
@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     at = table["exits"].get(f"{args.target:g}")
     if at:
         print(f"exits at {at['threshold']}: {at['exit_counts']} (none confident {at['none_confident']}), binary ops "
-              f"saved {at['binary_ops_saved']:.1%}, MACs saved {at['macs_saved']:.1%}")
+              f"saved {at['binary_ops_saved']:.1%}, all multiply-adds {at['multiply_adds_saved']:.1%}, float ones "
+              f"{at['macs_saved']:.1%}")
     print(f"latency ms (median): {json.dumps({k: v['median'] for k, v in table['latency']['ms'].items()})}")
     print(f"wrote {args.out} ({table['seconds']:.0f} s)")
     return 0

@@ -5,8 +5,9 @@ the module docstring there describes the network).
 - `build_network`: the Keras network of an `ExitArchitecture` and its parts (block k's input ->
   exit k's probabilities and block k's features, sharing weights), with multiply-adds and binary
   multiply-adds per part counted from the layer shapes;
-- `train_network`: every exit trained jointly (weighted sum of cross-entropies, classes balanced),
-  the epoch whose exits' mean validation accuracy is best kept; `train_speech` (a mixture
+- `train_network`: every exit trained jointly (weighted sum of cross-entropies, classes balanced;
+  optionally with self-distillation, `distill_loss`), the epoch whose exits' mean validation
+  accuracy is best kept; `train_speech` (a mixture
   directory's train/val splits, log-mel input) and `train_vehicles` (frames, Skip's split);
 - `export_early_exit`: one TFLite part per block, each checked against Keras and the chain
   against the whole network, and metadata.json;
@@ -171,6 +172,10 @@ class ExitOptions:
     threads: int = 2
     rule: str = "maxprob"
     threshold: float | None = None                    # None = DEFAULT_THRESHOLDS[rule]
+    # Self-distillation (`distill_loss`): an early exit's loss is (1 - distill) x its cross-entropy
+    # + distill x T^2 x KL(the last exit's answer at temperature T || its own); 0 = off.
+    distill: float = 0.0
+    temperature: float = 2.0
 
     def to_json(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -195,6 +200,36 @@ def predict_exits(network: ExitNetwork, inputs: np.ndarray, batch: int = 256) ->
     return np.concatenate(rows)
 
 
+def distill_loss(outputs: Sequence[Any], labels: Any, sample_weights: Any, exit_weights: Sequence[float],
+                 distill: float, temperature: float) -> Any:
+    """The joint loss with self-distillation (Phuong & Lampert, ICCV'19, for multi-exit networks):
+    every exit learns the labels, and each early exit also learns the last exit's answer softened
+    by `temperature` (the last exit's output is a constant here: it teaches, it is not pulled
+    towards the early ones). The aim: an early exit sure where the whole network is sure, which is
+    what an exit rule relies on (docs/early-exit.md has what it did on the speech mixtures). Each
+    exit's loss is reduced as Keras reduces a weighted loss (sum of weighted losses / batch size)."""
+    import tensorflow as tf
+    classes = int(outputs[-1].shape[-1])
+    onehot = tf.one_hot(labels, classes)
+    batch = tf.cast(tf.shape(labels)[0], tf.float32)
+
+    def soften(probs):
+        # softmax(logits / T) from the softmax's output: p^(1/T), renormalised
+        powered = tf.clip_by_value(probs, 1e-7, 1.0) ** (1.0 / temperature)
+        return powered / tf.reduce_sum(powered, -1, keepdims=True)
+
+    teacher = soften(tf.stop_gradient(outputs[-1]))
+    total = 0.0
+    for k, probs in enumerate(outputs):
+        loss = -tf.reduce_sum(onehot * tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0)), -1)
+        if k < len(outputs) - 1 and distill > 0:
+            student = soften(probs)
+            kl = tf.reduce_sum(teacher * (tf.math.log(teacher) - tf.math.log(student)), -1)
+            loss = (1 - distill) * loss + distill * temperature ** 2 * kl
+        total += exit_weights[k] * tf.reduce_sum(loss * sample_weights) / batch
+    return total
+
+
 def train_network(arch: ExitArchitecture, inputs: np.ndarray, labels: np.ndarray,
                   val_inputs: np.ndarray, val_labels: np.ndarray, options: ExitOptions = ExitOptions(),
                   say: Callable[[str], None] | None = print, sample_weights: np.ndarray | None = None,
@@ -212,8 +247,24 @@ def train_network(arch: ExitArchitecture, inputs: np.ndarray, labels: np.ndarray
     weights = list(options.exit_weights or [1.0] * k)
     if len(weights) != k:
         raise ValueError(f"exit_weights needs {k} values (one per exit), got {len(weights)}")
-    network.model.compile(optimizer=tf.keras.optimizers.Adam(options.learning_rate),
-                          loss=["sparse_categorical_crossentropy"] * k, loss_weights=weights)
+    if not 0 <= options.distill < 1 or options.temperature <= 0:
+        raise ValueError(f"distill must lie in [0, 1) and temperature be > 0, got {options.distill}, "
+                         f"{options.temperature}")
+    optimizer = tf.keras.optimizers.Adam(options.learning_rate)
+    if options.distill:
+        model = network.model
+
+        @tf.function
+        def distilled_step(x, y, w):
+            with tf.GradientTape() as tape:
+                loss = distill_loss(model(x, training=True), y, w, weights, options.distill, options.temperature)
+            variables = model.trainable_variables
+            # apply_gradients also applies the binary kernels' weight_clip constraint
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
+    else:
+        network.model.compile(optimizer=optimizer, loss=["sparse_categorical_crossentropy"] * k,
+                              loss_weights=weights)
     labels = np.asarray(labels).astype(np.int32)
     counts = np.bincount(labels, minlength=arch.classes).astype(np.float64)
     class_weight = np.where(counts > 0, len(labels) / (arch.classes * np.maximum(counts, 1)), 0.0)
@@ -232,8 +283,12 @@ def train_network(arch: ExitArchitecture, inputs: np.ndarray, labels: np.ndarray
             pick = order[step * options.batch:(step + 1) * options.batch]
             y = labels[pick]
             x = augment(inputs[pick], rng) if augment is not None else inputs[pick]
-            result = network.model.train_on_batch(np.asarray(x, np.float32), [y] * k,
-                                                  sample_weight=[weight_of[pick].astype(np.float32)] * k)
+            if options.distill:
+                result = distilled_step(tf.constant(np.asarray(x, np.float32)), tf.constant(y),
+                                        tf.constant(weight_of[pick].astype(np.float32)))
+            else:
+                result = network.model.train_on_batch(np.asarray(x, np.float32), [y] * k,
+                                                      sample_weight=[weight_of[pick].astype(np.float32)] * k)
             losses.append(float(np.atleast_1d(result)[0]))
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
         if len(val_labels):
@@ -374,8 +429,8 @@ def _finish(training: ExitTraining, options: ExitOptions, out: Path | None, meta
             v = training.validation
             say(f"early-exit: validation accuracy per exit {[round(a, 3) for a in v['per_exit_accuracy']]}, "
                 f"early-exit accuracy {v['accuracy']:.3f} (last exit {v['last_exit_accuracy']:.3f}) at {options.rule} "
-                f"{v['threshold']}; exits {v['exit_counts']}, MACs saved {v['macs_saved']:.1%}, binary ops saved "
-                f"{v['binary_ops_saved']:.1%}")
+                f"{v['threshold']}; exits {v['exit_counts']}, binary ops saved {v['binary_ops_saved']:.1%}, all "
+                f"multiply-adds {v['multiply_adds_saved']:.1%} (float ones {v['macs_saved']:.1%})")
     if out is not None:
         sample = val_inputs[:8] if len(val_inputs) else None
         if sample is None:
@@ -462,11 +517,13 @@ def train_vehicles(clips: Sequence[Path | str], out: Path | None = None, options
 
 
 def evaluate_directory(path: Path | str, raw: np.ndarray, labels: np.ndarray, rule: str | None = None,
-                       threshold: float | None = None, groups: Sequence[str] | None = None) -> dict[str, Any]:
+                       threshold: float | None = None, groups: Sequence[str] | None = None,
+                       keep_probs: bool = False) -> dict[str, Any]:
     """The exported filter at `path` on labelled raw inputs (audio windows or frames), through the
     runtime (LiteRT): the exit report at `rule`/`threshold` (default: the directory's), per group
     when `groups` are given, a threshold sweep for both rules, and per-input latency of the live
-    path (features + parts up to the exit, `decide`)."""
+    path (features + parts up to the exit, `decide`). With `keep_probs`, also every exit's
+    probabilities per input (``probs``, [N, K, classes], not JSON) and the costs per exit."""
     from models.filterdir import open_filter_dir
     directory = open_filter_dir(path, KIND)
     rule = rule or directory.metadata.get("default_rule", "maxprob")
@@ -492,6 +549,8 @@ def evaluate_directory(path: Path | str, raw: np.ndarray, labels: np.ndarray, ru
                                                                               21), 3)) for r in RULES}
     report["decide_ms"] = {"median": float(np.median(times)), "p90": float(np.percentile(times, 90)),
                            "what": "features + the parts run up to the exit, LiteRT, 1 thread"}
+    if keep_probs:
+        report["probs"], report["costs"] = probs, costs
     return report
 
 

@@ -66,10 +66,29 @@ def test_the_report_counts_exits_per_class_and_the_work_saved():
     assert report["mean_binary_ops"] == pytest.approx((1000 + 2000 + 2000) / 3)
     assert report["binary_ops_saved"] == pytest.approx(1 - 5000 / 6000)
     assert report["macs_saved"] == pytest.approx(1 - 320 / 330)
+    assert report["multiply_adds_saved"] == pytest.approx(1 - (320 + 5000) / (330 + 6000))
     # as a filter: only input 0 is answered (exit 0, "not needed"), and it did not need the model
     assert report["filtered"] == pytest.approx(1 / 3) and report["infi_accuracy"] == 1.0
     wrong = exit_report(all_probs, np.array([1, 1, 1]), "maxprob", 0.9)
     assert wrong["infi_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_the_work_target_threshold_and_its_cross_fit_never_pick_for_the_inputs_they_score():
+    from models.early_exit import cross_fit_exits, work_target_threshold
+    costs, grid = [Cost(0, 100), Cost(0, 200)], [0.7, 0.9, 1.0]
+    easy = np.array([[[0.8, 0.2], [0.95, 0.05]]] * 4)                 # exit 0 sure and right (label 0)
+    fooled = np.array([[[0.8, 0.2], [0.1, 0.9]]] * 2)                 # exit 0 sure and wrong (label 1)
+    zeros, ones = np.zeros(4, int), np.ones(2, int)
+    assert work_target_threshold(easy, zeros, costs, grid) == 0.7     # half the binary work saved, no loss
+    assert work_target_threshold(easy, zeros, costs, grid, saved=0.6) is None
+    assert work_target_threshold(np.concatenate([easy, fooled]), np.r_[zeros, ones], costs, grid) is None
+    held_out = np.concatenate([easy[:2], fooled])
+    fit = cross_fit_exits(easy, zeros, held_out, np.r_[0, 0, 1, 1], np.array([0, 0, 1, 1]), costs, grid)
+    # fold 0 is picked for on the calibration inputs and fold 1, which fail: it runs every block;
+    # fold 1 is picked for on inputs exit 0 gets right, and is read at that pick, wrong
+    assert [f["threshold"] for f in fit["folds"]] == [None, 0.7]
+    assert fit["accuracy"] == 0.5 and fit["last_exit_accuracy"] == 1.0
+    assert fit["binary_ops_saved"] == pytest.approx(0.25)
 
 
 def test_log_mel_is_the_filterbank_of_the_power_spectrum():
@@ -151,8 +170,35 @@ def test_the_binary_blocks_are_binary_and_their_latent_kernels_clipped(trained):
         assert len(np.unique(latent)) > 2 and np.abs(latent).max() <= 1.0   # weight_clip
 
 
-def test_all_exits_train_jointly(tf_ready):
-    """One step moves the weights of every exit head and every block."""
+def test_self_distillation_teaches_the_early_exits_and_leaves_the_last_one_to_the_labels(tf_ready):
+    import tensorflow as tf
+    from models.early_exit_train import distill_loss
+    labels = tf.constant([0, 1])
+    weights = tf.constant([1.0, 3.0])
+    early = tf.constant([[0.6, 0.4], [0.3, 0.7]])
+    last = tf.constant([[0.9, 0.1], [0.2, 0.8]])
+
+    def cross_entropy(probs):
+        return float(tf.reduce_sum(-tf.math.log(tf.gather(probs, labels, batch_dims=1)) * weights) / 2)
+
+    plain = distill_loss([early, last], labels, weights, [1.0, 1.0], 0.0, 2.0)
+    assert float(plain) == pytest.approx(cross_entropy(early) + cross_entropy(last), rel=1e-5)
+    # an early exit that already answers as the last one does owes nothing to the teacher
+    same = distill_loss([last, last], labels, weights, [1.0, 1.0], 0.5, 2.0)
+    assert float(same) == pytest.approx(0.5 * cross_entropy(last) + cross_entropy(last), rel=1e-5)
+    # otherwise it pays T^2 KL, and the gradient reaches the last exit through its labels only
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(last)
+        taught = distill_loss([early, last], labels, weights, [1.0, 1.0], 0.5, 2.0)
+        alone = distill_loss([early, last], labels, weights, [1.0, 1.0], 0.0, 2.0)
+    assert float(taught) > 0.5 * cross_entropy(early) + cross_entropy(last)
+    assert np.allclose(tape.gradient(taught, last), tape.gradient(alone, last))
+
+
+@pytest.mark.parametrize("distill", [0.0, 0.5])
+def test_all_exits_train_jointly(tf_ready, distill):
+    """One step moves the weights of every exit head and every block (with or without
+    self-distillation), and the binary kernels stay clipped."""
     from models.early_exit_train import ExitArchitecture, ExitOptions, train_network
     samples, labels = windows(8, seed=1)
     features = LogMel(SETTINGS).batch(samples)[..., None]
@@ -163,10 +209,13 @@ def test_all_exits_train_jointly(tf_ready):
     initial = {layer.name: [w.copy() for w in layer.get_weights()] for layer in build_network(arch).model.layers}
     seed_everything(3, 1)
     trained_net = train_network(arch, features, labels, features[:0], labels[:0],
-                                ExitOptions(epochs=1, batch=8, threads=1), say=None).network
+                                ExitOptions(epochs=1, batch=8, threads=1, distill=distill), say=None).network
     for name in ("exit0_dense", "exit1_dense", "block0_binary_conv", "block1_binary_conv", "stem_conv"):
         now = trained_net.model.get_layer(name).get_weights()[0]
         assert not np.allclose(now, initial[name][0]), name
+    assert all(np.abs(layer.get_weights()[0]).max() <= 1.0 for layer in trained_net.binary_layers())
+    with pytest.raises(ValueError, match="distill"):
+        train_network(arch, features, labels, features[:0], labels[:0], ExitOptions(epochs=1, distill=1.0), say=None)
 
 
 def test_export_writes_one_part_per_exit_checked_against_keras(trained):
@@ -493,3 +542,15 @@ def test_video_calibration_finds_the_clips_and_refuses_a_speech_network(rigged, 
     assert training_clips([old]) == [clip]
     with pytest.raises(ConfigError, match="calibrate --task speech"):
         open_filter(rigged)
+
+
+@pytest.mark.parametrize("value", ["1.0", "-0.1"])
+def test_train_refuses_a_distillation_weight_outside_0_to_1(value):
+    import argparse
+
+    from models import cli
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["filter", "train", "early-exit", "--exit-distill", value])
+    with pytest.raises(ConfigError, match="--exit-distill must lie in"):
+        args.handler(args)
