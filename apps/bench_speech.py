@@ -161,7 +161,7 @@ def early_exit_report(path: str, val: Windows, test: Windows, threshold: float |
     issue's target (>= 50 % binary operations saved, accuracy within a point of the last exit's)
     picked on val (most work saved meeting it), then read on test."""
     from models.early_exit_train import evaluate_directory, plot_report
-    from models.early_exit import cross_fit_exits
+    from models.early_exit import cross_fit_exits, work_target_threshold
     reports = {name: evaluate_directory(path, w.samples, w.needs.astype(int), threshold=threshold,
                                         groups=w.subsets.tolist(), keep_probs=True)
                for name, w in (("val", val), ("test", test))}
@@ -173,12 +173,12 @@ def early_exit_report(path: str, val: Windows, test: Windows, threshold: float |
     def meeting(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [r for r in rows if r["binary_ops_saved"] >= target_saved and r["accuracy"] >= r["last_exit_accuracy"] - drop]
 
-    val_rows = reports["val"]["sweep"]["maxprob"]
-    picked = max(meeting(val_rows), key=lambda r: r["binary_ops_saved"], default=None)
+    grid = [r["threshold"] for r in reports["val"]["sweep"]["maxprob"]]
+    picked = work_target_threshold(probs["val"], val.needs.astype(int), costs, grid, target_saved, drop)
     summary: dict[str, Any] = {"directory": path, "filter_threshold": threshold}
     for name, report in reports.items():
         rows = report["sweep"]["maxprob"]
-        at = next((r for r in rows if picked and abs(r["threshold"] - picked["threshold"]) < 1e-9), None)
+        at = next((r for r in rows if picked is not None and abs(r["threshold"] - picked) < 1e-9), None)
         summary[name] = {"last_exit_accuracy": round(report["last_exit_accuracy"], 4),
                          "per_exit_accuracy": [round(a, 4) for a in report["per_exit_accuracy"]],
                          "at_filter_threshold": {k: report[k] for k in ("rule", "threshold", "accuracy", "exit_counts",
@@ -189,12 +189,11 @@ def early_exit_report(path: str, val: Windows, test: Windows, threshold: float |
                          "thresholds_meeting_target": [r["threshold"] for r in meeting(rows)],
                          "decide_ms": report["decide_ms"],
                          "sweep_maxprob": rows}
-    summary["picked_on_val"] = picked["threshold"] if picked else None
+    summary["picked_on_val"] = picked
     # The speech cascade's cross-fit, for the exits: val alone has no real recording, so each half
     # of the test clips is also read at the threshold picked on val plus the OTHER half
     summary["cross_fit"] = cross_fit_exits(probs["val"], val.needs.astype(int), probs["test"], test.needs.astype(int),
-                                           cross_fit_folds(test), costs, [r["threshold"] for r in val_rows],
-                                           target_saved, drop)
+                                           cross_fit_folds(test), costs, grid, target_saved, drop)
     reports["test"]["threshold"] = float(reports["test"]["threshold"])
     plot_report(reports["test"], out_png)
     summary["png"] = str(out_png.relative_to(ROOT) if out_png.is_relative_to(ROOT) else out_png)

@@ -554,3 +554,30 @@ def test_train_refuses_a_distillation_weight_outside_0_to_1(value):
     args = parser.parse_args(["filter", "train", "early-exit", "--exit-distill", value])
     with pytest.raises(ConfigError, match="--exit-distill must lie in"):
         args.handler(args)
+
+
+def test_the_speech_bench_reads_the_exits_target_on_val_on_test_and_cross_fitted(trained, tmp_path, monkeypatch):
+    """apps/bench_speech.py early_exit_report on a trained directory: the val pick, its test
+    reading and the cross-fit (each half of the test clips read at a pick it took no part in)."""
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "apps"))
+    import bench_speech
+    from models.speech_eval import Windows
+    _, out, _, _, _ = trained
+
+    def split(name, seed):
+        samples, labels = windows(16, seed)
+        subsets = np.repeat(["noise", "music"], 8)
+        clips = np.asarray([f"{name}-{s}-{i % 2}" for i, s in enumerate(subsets)])   # two clips per subset
+        return Windows(name, samples, labels.astype(bool), np.full(16, 100.0), subsets, clips, np.arange(16))
+
+    summary = bench_speech.early_exit_report(str(out), split("val", 5), split("test", 6), None, tmp_path / "exits.png")
+    json.dumps(summary)                                   # the probabilities were not left in it
+    grid = [row["threshold"] for row in summary["val"]["sweep_maxprob"]]
+    assert summary["picked_on_val"] is None or summary["picked_on_val"] in grid
+    fit = summary["cross_fit"]
+    assert [f["fold"] for f in fit["folds"]] == [0, 1] and sum(f["scored"] for f in fit["folds"]) == 16
+    assert all(f["threshold"] is None or f["threshold"] in grid for f in fit["folds"])
+    assert 0 <= fit["accuracy"] <= 1 and 0 <= fit["binary_ops_saved"] <= 1
+    assert fit["last_exit_accuracy"] == pytest.approx(summary["test"]["last_exit_accuracy"], abs=1e-4)
+    assert (tmp_path / "exits.png").stat().st_size > 0
