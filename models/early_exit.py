@@ -264,8 +264,8 @@ def add_train_arguments(parser: Any) -> None:
                        help="early-exit: filters of each binary block, one exit after each (default 16 32 64 128)")
     group.add_argument("--exit-distill", type=float, default=0.0, metavar="A",
                        help="early-exit: self-distillation weight in [0, 1): each early exit also learns the last "
-                            "exit's softened answer with weight A (default 0, off; the shipped speech network "
-                            "uses 0.5)")
+                            "exit's softened answer with weight A (default 0, off, as the shipped networks were "
+                            "trained; docs/early-exit.md has what 0.5 did on the speech mixtures)")
     group.add_argument("--exit-threads", type=int, default=None,
                        help="early-exit: TensorFlow threads while training (default 2; the shipped speech "
                             "network was trained with 1)")
