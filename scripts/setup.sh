@@ -45,8 +45,18 @@ import sys; sys.exit(sys.version_info < (3, 10))
 PY
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 echo "setup: installing Python packages into $VENV (a few minutes the first time)"
+# pip's own exit status decides, not the filter's: grep -v exits 1 when it prints nothing, and a
+# pip that failed half way (a full disk, a lost connection) must stop setup here, not leave a
+# partial environment that a later import check might still pass.
+set +e
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[all,test,bench]" 2>&1 \
-    | grep -v "is ignored: it is neither a file nor a directory" || true
+    | grep -v "is ignored: it is neither a file nor a directory"
+pip_status=${PIPESTATUS[0]}
+set -e
+if [ "$pip_status" -ne 0 ]; then
+    echo "setup: pip install failed (exit $pip_status); see its output above" >&2
+    exit 1
+fi
 "$VENV/bin/python" -c "import pipeline, stages, zmq, av, cv2, sounddevice" \
     || { echo "setup: the environment in $VENV does not import; see the pip output above" >&2; exit 1; }
 echo "setup: ready ($VENV)"
