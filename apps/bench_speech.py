@@ -40,9 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models.speech_eval import (TARGETS, default_mixtures, Prepared, Windows, calibrate_specs,  # noqa: E402
-                                choose_shipped, close_all, cross_fit, cross_fit_folds, load_windows, open_policy, oracle,
-                                prepare_policy,
-                                score_at, score_by_subset, split_spec, stride_skips)
+                                choose_shipped, close_all, cross_fit, cross_fit_folds, load_windows, open_policy,
+                                oracle, prepare_policy, score_at, score_by_subset, split_spec, stride_skips)
 from pipeline.errors import ConfigError  # noqa: E402
 from pipeline.message import Message  # noqa: E402
 
@@ -161,7 +160,7 @@ def early_exit_report(path: str, val: Windows, test: Windows, threshold: float |
     issue's target (>= 50 % binary operations saved, accuracy within a point of the last exit's)
     picked on val (most work saved meeting it), then read on test."""
     from models.early_exit_train import evaluate_directory, plot_report
-    from models.early_exit import cross_fit_exits, work_target_threshold
+    from models.early_exit import cross_fit_exits, meets_work_target, pick_work_target
     reports = {name: evaluate_directory(path, w.samples, w.needs.astype(int), threshold=threshold,
                                         groups=w.subsets.tolist(), keep_probs=True)
                for name, w in (("val", val), ("test", test))}
@@ -170,11 +169,9 @@ def early_exit_report(path: str, val: Windows, test: Windows, threshold: float |
     reports["val"].pop("costs")
     target_saved, drop = SPEECH_TARGETS["early_exit_binary_ops_saved"], SPEECH_TARGETS["early_exit_accuracy_drop"]
 
-    def meeting(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [r for r in rows if r["binary_ops_saved"] >= target_saved and r["accuracy"] >= r["last_exit_accuracy"] - drop]
-
-    grid = [r["threshold"] for r in reports["val"]["sweep"]["maxprob"]]
-    picked = work_target_threshold(probs["val"], val.needs.astype(int), costs, grid, target_saved, drop)
+    val_rows = reports["val"]["sweep"]["maxprob"]
+    grid = [r["threshold"] for r in val_rows]
+    picked = pick_work_target(val_rows, target_saved, drop)
     summary: dict[str, Any] = {"directory": path, "filter_threshold": threshold}
     for name, report in reports.items():
         rows = report["sweep"]["maxprob"]
@@ -183,10 +180,11 @@ def early_exit_report(path: str, val: Windows, test: Windows, threshold: float |
                          "per_exit_accuracy": [round(a, 4) for a in report["per_exit_accuracy"]],
                          "at_filter_threshold": {k: report[k] for k in ("rule", "threshold", "accuracy", "exit_counts",
                                                                         "per_class_exits", "none_confident", "filtered",
-                                                                        "infi_accuracy", "macs_saved", "binary_ops_saved",
-                                                                        "multiply_adds_saved")},
+                                                                        "infi_accuracy", "macs_saved",
+                                                                        "binary_ops_saved", "multiply_adds_saved")},
                          "at_picked_threshold": at,
-                         "thresholds_meeting_target": [r["threshold"] for r in meeting(rows)],
+                         "thresholds_meeting_target": [r["threshold"] for r in rows
+                                                       if meets_work_target(r, target_saved, drop)],
                          "decide_ms": report["decide_ms"],
                          "sweep_maxprob": rows}
     summary["picked_on_val"] = picked
@@ -314,25 +312,25 @@ def verdict(results: dict[str, Any]) -> list[str]:
                          f"{cost['recognizer_ms_per_window']:.0f} ms ({state}: target <= 5 ms)")
     ee = results.get("early_exit")
     if ee:
+        from models.early_exit import meets_work_target
+        work_target = (SPEECH_TARGETS["early_exit_binary_ops_saved"], SPEECH_TARGETS["early_exit_accuracy_drop"])
         picked = ee.get("picked_on_val")
         test = ee["test"].get("at_picked_threshold")
         if picked is None or not test:
             lines.append("early exit: no maxprob threshold meets >= 50 % binary operations saved within a point of the "
                          "last exit's accuracy on val")
         else:
-            holds = (test["binary_ops_saved"] >= SPEECH_TARGETS["early_exit_binary_ops_saved"]
-                     and test["accuracy"] >= test["last_exit_accuracy"] - SPEECH_TARGETS["early_exit_accuracy_drop"])
-            lines.append(f"early exit at maxprob {picked:g} (picked on val): test {'HOLDS' if holds else 'FAILS'}: "
+            lines.append(f"early exit at maxprob {picked:g} (picked on val): test "
+                         f"{'HOLDS' if meets_work_target(test, *work_target) else 'FAILS'}: "
                          f"binary operations saved {test['binary_ops_saved']:.2f}, all multiply-adds (float and "
                          f"binary) {test['multiply_adds_saved']:.2f}, float ones alone {test['macs_saved']:.3f}, "
                          f"accuracy {test['accuracy']:.3f} vs last exit {test['last_exit_accuracy']:.3f}; test "
                          f"thresholds meeting it: {ee['test']['thresholds_meeting_target']}")
         fit = ee.get("cross_fit")
         if fit:
-            holds = (fit["binary_ops_saved"] >= SPEECH_TARGETS["early_exit_binary_ops_saved"]
-                     and fit["accuracy"] >= fit["last_exit_accuracy"] - SPEECH_TARGETS["early_exit_accuracy_drop"])
             lines.append(f"early exit, cross-fit (each half of the test clips at the threshold picked on val + the "
-                         f"other half: {[f['threshold'] for f in fit['folds']]}): {'HOLDS' if holds else 'FAILS'}: "
+                         f"other half: {[f['threshold'] for f in fit['folds']]}): "
+                         f"{'HOLDS' if meets_work_target(fit, *work_target) else 'FAILS'}: "
                          f"binary operations saved {fit['binary_ops_saved']:.2f}, accuracy {fit['accuracy']:.3f} vs "
                          f"last exit {fit['last_exit_accuracy']:.3f}")
     return lines

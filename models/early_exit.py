@@ -207,14 +207,23 @@ def sweep(all_probs: np.ndarray, labels: np.ndarray, rule: str, costs: Sequence[
     return rows
 
 
+def meets_work_target(row: dict[str, Any], saved: float = 0.5, drop: float = 0.01) -> bool:
+    """Whether a report (or sweep row) meets the exits' target: at least `saved` of the binary
+    operations saved, and the early-exit accuracy at most `drop` below the last exit's."""
+    return row["binary_ops_saved"] >= saved and row["accuracy"] >= row["last_exit_accuracy"] - drop
+
+
+def pick_work_target(rows: Sequence[dict[str, Any]], saved: float = 0.5, drop: float = 0.01) -> float | None:
+    """The threshold of the sweep row that saves the most binary operations among those meeting
+    the target (`meets_work_target`); None when none does."""
+    meeting = [r for r in rows if meets_work_target(r, saved, drop)]
+    return max(meeting, key=lambda r: r["binary_ops_saved"])["threshold"] if meeting else None
+
+
 def work_target_threshold(all_probs: np.ndarray, labels: np.ndarray, costs: Sequence[Cost], thresholds: Sequence[float],
                           saved: float = 0.5, drop: float = 0.01, rule: str = "maxprob") -> float | None:
-    """The threshold of `thresholds` that saves the most binary operations while saving at least
-    `saved` of them and keeping the early-exit accuracy at most `drop` below the last exit's (the
-    issue's target for the exits), on these labelled inputs; None when none does."""
-    rows = [r for r in sweep(all_probs, labels, rule, costs, thresholds)
-            if r["binary_ops_saved"] >= saved and r["accuracy"] >= r["last_exit_accuracy"] - drop]
-    return max(rows, key=lambda r: r["binary_ops_saved"])["threshold"] if rows else None
+    """`pick_work_target` over a sweep of `thresholds` on these labelled inputs."""
+    return pick_work_target(sweep(all_probs, labels, rule, costs, thresholds), saved, drop)
 
 
 def cross_fit_exits(calibration_probs: np.ndarray, calibration_labels: np.ndarray, probs: np.ndarray,

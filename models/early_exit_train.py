@@ -251,9 +251,8 @@ def train_network(arch: ExitArchitecture, inputs: np.ndarray, labels: np.ndarray
         raise ValueError(f"distill must lie in [0, 1) and temperature be > 0, got {options.distill}, "
                          f"{options.temperature}")
     optimizer = tf.keras.optimizers.Adam(options.learning_rate)
+    model = network.model
     if options.distill:
-        model = network.model
-
         @tf.function
         def distilled_step(x, y, w):
             with tf.GradientTape() as tape:
@@ -262,9 +261,14 @@ def train_network(arch: ExitArchitecture, inputs: np.ndarray, labels: np.ndarray
             # apply_gradients also applies the binary kernels' weight_clip constraint
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return loss
+
+        def train_step(x, y, w):
+            return distilled_step(tf.constant(x), tf.constant(y), tf.constant(w))
     else:
-        network.model.compile(optimizer=optimizer, loss=["sparse_categorical_crossentropy"] * k,
-                              loss_weights=weights)
+        model.compile(optimizer=optimizer, loss=["sparse_categorical_crossentropy"] * k, loss_weights=weights)
+
+        def train_step(x, y, w):
+            return model.train_on_batch(x, [y] * k, sample_weight=[w] * k)
     labels = np.asarray(labels).astype(np.int32)
     counts = np.bincount(labels, minlength=arch.classes).astype(np.float64)
     class_weight = np.where(counts > 0, len(labels) / (arch.classes * np.maximum(counts, 1)), 0.0)
@@ -283,12 +287,7 @@ def train_network(arch: ExitArchitecture, inputs: np.ndarray, labels: np.ndarray
             pick = order[step * options.batch:(step + 1) * options.batch]
             y = labels[pick]
             x = augment(inputs[pick], rng) if augment is not None else inputs[pick]
-            if options.distill:
-                result = distilled_step(tf.constant(np.asarray(x, np.float32)), tf.constant(y),
-                                        tf.constant(weight_of[pick].astype(np.float32)))
-            else:
-                result = network.model.train_on_batch(np.asarray(x, np.float32), [y] * k,
-                                                      sample_weight=[weight_of[pick].astype(np.float32)] * k)
+            result = train_step(np.asarray(x, np.float32), y, weight_of[pick].astype(np.float32))
             losses.append(float(np.atleast_1d(result)[0]))
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
         if len(val_labels):

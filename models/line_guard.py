@@ -12,9 +12,10 @@ The guard looks only where the counter looks. It keeps a band of `band` pixels o
 the line segment, shrunk so that its longer side is at most `SIDE` pixels, in grey; a frame in
 which more than `threshold` of the band's pixels moved by more than 21 grey levels since the
 stream's previous frame (framediff's `pixel_change`, Reducto's pixel feature) is sent to the
-model (decision ``infer``); any other frame gets no opinion, so the policies after it decide. First in a cascade
-(``line:420,30,420,300+cascade``) it makes sure the tracker observes whatever moves at the line,
-and leaves the rest of the scene (parked cars, the far lanes, an empty road) to the filters.
+model (decision ``infer``); any other frame gets no opinion, so the policies after it decide.
+First in a cascade (``line:420,30,420,300+cascade``) it makes sure the tracker observes whatever
+moves at the line, and leaves the rest of the scene (parked cars, the far lanes, an empty road)
+to the filters.
 `apps/vehicle_count.py` puts it in front of the filter whenever it is given a ``--line``.
 
 Comparing with the previous frame, not with the last inferred one, is the point: a car standing

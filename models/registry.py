@@ -57,8 +57,8 @@ POLICIES: dict[str, PolicyEntry] = {
     "line": PolicyEntry("models.line_guard:LineGuard", "line:x1,y1,x2,y2[,band=PX,threshold=S,hold=N]",
                         "send every frame in which something moves across the counting line to the model "
                         "(more than S of the pixels within PX of the line, default 1 % and 24 px, and N frames "
-                        "after, default 5); else the next policy decides. First in a cascade, it keeps line counts whole (vehicle_count.py "
-                        "adds it when given --line)"),
+                        "after, default 5); else the next policy decides. First in a cascade, it keeps line counts "
+                        "whole (vehicle_count.py adds it when given --line)"),
     "framediff": PolicyEntry("models.baselines.framediff:FrameDiff",
                              "framediff[:feature=pixel|edge|area,threshold=X,size=96]",
                              "Reducto's pixel, edge or area difference from the last inferred frame; "
