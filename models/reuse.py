@@ -28,6 +28,12 @@ the shipped lag of 2 it changed the cascade's mean best fraction of the ceiling 
 0.378 (noise either way: some clips up, some down); at lag 8 it lifted it from 0.35 to 0.365 and
 kept Skip in the joint calibration, still below lag 2 (models/base.py `FEEDBACK_LAG`).
 
+With ``refer=latest`` the H-kNN still decides whether a frame may reuse, but the reuse points at
+the latest frame sent to the model (answered or on its way) instead of the nearest agreeing entry:
+on a scene whose count jitters from frame to frame, the latest answer is likelier to be the
+frame's own than that of an older frame that looks alike. Off by default; what it did on the 22
+test halves is in docs/filters.md.
+
 Bounds, so a stream that runs for days stays the same size: `capacity` entries per stream
 (when full, the entry to replace is chosen by LFU: fewest reuses, oldest first; or LRU, or
 FIFO); every entry whose seq is `REUSE_HORIZON` or more behind the current frame is dropped and
@@ -53,11 +59,14 @@ from models.options import Option, choice, number, whole
 from models.skip import LearnedFramePolicy
 
 REPLACEMENTS = ("lfu", "lru", "fifo")
+#: Which frame a reuse points at once the cache vouches for one: the nearest agreeing entry (InFi's
+#: H-kNN), or the latest frame sent to the model, answered or on its way.
+REFERENCES = ("nearest", "latest")
 
 REUSE_OPTIONS: dict[str, Option] = {
     "target": number(0, 1), "threshold": number(0, 1), "k": whole(1, 64), "k_min": whole(1, 64),
     "homogeneity": number(0, 1), "capacity": whole(1, 65536), "replacement": choice(*REPLACEMENTS),
-    "reset": whole(0), "max_run": whole(0), "pending": whole(0, 64),
+    "reset": whole(0), "max_run": whole(0), "pending": whole(0, 64), "refer": choice(*REFERENCES),
 }
 
 
@@ -132,9 +141,11 @@ class ReuseCache:
     def __init__(self, head: DistanceHead, capacity: int = 256, k: int = 5, k_min: int = 1,
                  homogeneity: float = 1.0, replacement: str = "lfu", reset: int = 0,
                  max_streams: int = 64, max_pending: int = 512, horizon: int = REUSE_HORIZON,
-                 pending: int = 0):
+                 pending: int = 0, refer: str = "nearest"):
         if replacement not in REPLACEMENTS:
             raise ConfigError(f"replacement must be one of {', '.join(REPLACEMENTS)}, got {replacement!r}")
+        if refer not in REFERENCES:
+            raise ConfigError(f"refer must be one of {', '.join(REFERENCES)}, got {refer!r}")
         if not 1 <= k_min <= k:
             raise ConfigError(f"reuse needs 1 <= k_min <= k, got k={k}, k_min={k_min}")
         if capacity < 1 or max_streams < 1 or max_pending < 1 or horizon < 1 or reset < 0 or pending < 0:
@@ -146,6 +157,7 @@ class ReuseCache:
         self.replacement, self.reset = replacement, reset
         self.max_streams, self.max_pending, self.horizon = max_streams, max_pending, horizon
         self.pending_candidates = pending
+        self.refer = refer
         self.stats = CacheStats()
         self._streams: OrderedDict[str, _StreamCache] = OrderedDict()
 
@@ -234,6 +246,8 @@ class ReuseCache:
             agreeing = close[(answers[:, None] == winners[None, :]).any(axis=1)]
         # A frame whose answer is on its way, nearer than every close entry, is the best reference
         # (the close entries, if any, agree among themselves: nothing says it differs from them).
+        if self.refer == "latest":
+            return self._latest_reference(state, seq)
         if waiting is not None and (len(agreeing) == 0 or waiting_distance < distance[agreeing].min()):
             stats.reused += 1
             stats.reused_pending += 1
@@ -247,6 +261,26 @@ class ReuseCache:
         state.used[row] = state.clock
         stats.reused += 1
         return int(state.seqs[row])
+
+    def _latest_reference(self, state: _StreamCache, seq: int) -> int:
+        """`refer=latest`: the latest frame before `seq` sent to the model, whether its answer is in
+        the cache or still on its way (the aggregator resolves inputs in order, so it is there when
+        this reuse is resolved). The cache has vouched that the frame is redundant; which earlier
+        answer is then likeliest to be its own is a question of time, not of looks: where the
+        model's count jitters from frame to frame, the nearest-looking entry may be many frames old."""
+        stats = self.stats
+        n = state.size
+        answered = int(state.seqs[:n].max()) if n else -1
+        waiting = next((w for w in reversed(state.pending) if w < seq), -1)
+        stats.reused += 1
+        if waiting > answered and waiting > seq - self.horizon:
+            stats.reused_pending += 1
+            return waiting
+        if n:
+            rows = np.flatnonzero(state.seqs[:n] == answered)
+            state.hits[rows] += 1
+            state.used[rows] = state.clock
+        return answered
 
     def _nearest_pending(self, state: _StreamCache, seq: int, embedding: np.ndarray) -> tuple[int | None, float]:
         """The nearest of the `pending_candidates` latest frames still waiting for an answer (before
@@ -319,7 +353,9 @@ class ReusePolicy(LearnedFramePolicy):
     N inputs of a stream; 0, the default: never, the horizon already bounds an entry's age),
     ``max_run`` (at most this many inputs of a stream in a row answered by reuse, 25; 0: no cap),
     ``pending`` (how many of the latest frames still waiting for their answer a reuse may point
-    at; 0, the default: only answered ones).
+    at; 0, the default: only answered ones), ``refer`` (``nearest``, the default: the reuse points
+    at the nearest agreeing entry, as InFi; ``latest``: at the latest frame sent to the model,
+    answered or on its way, once the cache has vouched for a reuse).
 
     Why `max_run`: the cache learns only from frames the model answered, so once every frame
     finds a close entry nothing reaches the model again and the answers go stale for good (the
@@ -333,7 +369,7 @@ class ReusePolicy(LearnedFramePolicy):
     kind = "reuse"
     uses_feedback = True   # the cache holds only answers heard back from the aggregator
     defaults = {"k": 5, "k_min": 1, "homogeneity": 1.0, "capacity": 256, "replacement": "lfu", "reset": 0,
-                "max_run": 25, "pending": 0}
+                "max_run": 25, "pending": 0, "refer": "nearest"}
     #: Streams whose current run of reuses is counted (the least recently seen are forgotten).
     MAX_RUN_STREAMS = 1024
 

@@ -60,6 +60,26 @@ def test_a_reuse_may_point_at_a_frame_whose_answer_is_on_its_way():
     assert (stats.reused, stats.reused_pending) == (3, 2)
 
 
+def test_refer_latest_points_at_the_latest_frame_sent_to_the_model_once_the_cache_vouches():
+    cache = ReuseCache(HEAD, k=3, refer="latest")
+    answered(cache, "cam", 0, e(0.00), 1)
+    answered(cache, "cam", 1, e(0.80), 3)                      # looks unlike frame 0, and is the latest
+    # The H-kNN still decides whether to reuse: frame 2 is close to frame 0 only ...
+    assert cache.lookup("cam", 2, e(0.01), 0.5) == 1           # ... but the answer comes from frame 1
+    assert cache.lookup("cam", 3, e(0.4, 1.0), 0.5) is None    # close to no entry: no reuse at all
+    cache.hold("cam", 3, e(0.4, 1.0))                          # sent to the model, answer on its way
+    assert cache.lookup("cam", 4, e(0.0), 0.5) == 3            # the latest sent, though unanswered
+    assert cache.lookup("cam", 3, e(0.0), 0.5) == 1            # never a frame at or after the one asking
+    stats = cache.stats
+    assert (stats.reused, stats.reused_pending, stats.miss_far) == (3, 1, 1)
+    assert cache.entries("cam")["hits"].tolist() == [0, 2]
+    # The default keeps InFi's rule: the nearest agreeing entry.
+    nearest = ReuseCache(HEAD, k=3)
+    answered(nearest, "cam", 0, e(0.00), 1)
+    answered(nearest, "cam", 1, e(0.80), 3)
+    assert nearest.lookup("cam", 2, e(0.01), 0.5) == 0
+
+
 def test_a_waiting_frame_is_pointed_at_only_when_nearer_than_agreeing_close_entries():
     cache = ReuseCache(HEAD, k=3, pending=8)
     answered(cache, "cam", 0, e(0.00), 1)
@@ -224,13 +244,14 @@ def test_the_policy_fills_its_cache_from_feedback_and_reuses_a_repeated_frame(tm
 def test_reuse_options_are_checked(tmp_path):
     directory = make_filter_dir(tmp_path, "reuse")
     policy = ReusePolicy.from_directory(directory, "k=7,k_min=2,homogeneity=0.8,capacity=32,replacement=lru,reset=100,"
-                                                   "max_run=3,pending=4")
+                                                   "max_run=3,pending=4,refer=latest")
     assert policy.settings == {"k": 7, "k_min": 2, "homogeneity": 0.8, "capacity": 32, "replacement": "lru", "reset": 100,
-                               "max_run": 3, "pending": 4}
+                               "max_run": 3, "pending": 4, "refer": "latest"}
     with policy:
-        assert (policy.cache.k, policy.cache.capacity, policy.cache.replacement, policy.cache.pending_candidates) \
-            == (7, 32, "lru", 4)
+        assert (policy.cache.k, policy.cache.capacity, policy.cache.replacement, policy.cache.pending_candidates,
+                policy.cache.refer) == (7, 32, "lru", 4, "latest")
     for argument, message in [("k=2,k_min=3", "k_min must be between 1 and k"), ("replacement=random", "lfu|lru|fifo"),
+                              ("refer=oldest", "nearest|latest"),
                               ("capacity=0", "capacity must be"), ("size=3", "unknown option 'size'; it takes target=")]:
         with pytest.raises(ConfigError, match=message):
             ReusePolicy.from_directory(directory, argument)
