@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from models import metrics  # noqa: E402
 from models.base import Decision, Policy  # noqa: E402
 from models.dataset import default_clips  # noqa: E402
-from models.simulate import DEFAULT_LAG, WARMUP, PreparedClip, labelled_clip, replay  # noqa: E402
+from models.simulate import DEFAULT_LAG, WARMUP, PreparedClip, labelled_clip, prepare_part, replay  # noqa: E402
 from pipeline.message import Message  # noqa: E402
 
 #: Shares of frames reused: fine where the budget allows little, coarse beyond.
@@ -66,15 +66,9 @@ class BlindReuse(Policy):
 
 
 def test_part(path: Path) -> PreparedClip:
-    """The clip's test half with the evaluation's warm-up frames before it (no features: the blind
-    policy reads none)."""
-    clip = labelled_clip(path)
-    scored = clip.part("test")
-    start = max(0, int(scored[0]) - WARMUP)
-    positions = np.arange(start, int(scored[-1]) + 1)
-    prepared = PreparedClip(f"{clip.name}:test", clip.seq[positions], clip.count[positions])
-    prepared.warmup = len(positions) - len(scored)
-    return prepared
+    """The clip's test half with the evaluation's warm-up frames before it, as the evaluation
+    prepares it; with no policy to prepare, no frame is decoded (the blind policy reads none)."""
+    return prepare_part(labelled_clip(path), "test", [], warmup=WARMUP)
 
 
 def blind_on_clip(prepared: PreparedClip, target: float, seeds: int, lag: int = DEFAULT_LAG) -> dict[str, Any]:

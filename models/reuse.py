@@ -244,10 +244,10 @@ class ReuseCache:
                 return None
             winners = values[votes == best]
             agreeing = close[(answers[:, None] == winners[None, :]).any(axis=1)]
-        # A frame whose answer is on its way, nearer than every close entry, is the best reference
-        # (the close entries, if any, agree among themselves: nothing says it differs from them).
         if self.refer == "latest":
             return self._latest_reference(state, seq)
+        # A frame whose answer is on its way, nearer than every close entry, is the best reference
+        # (the close entries, if any, agree among themselves: nothing says it differs from them).
         if waiting is not None and (len(agreeing) == 0 or waiting_distance < distance[agreeing].min()):
             stats.reused += 1
             stats.reused_pending += 1
