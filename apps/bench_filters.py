@@ -1,7 +1,8 @@
 """Benchmark the learned filters against the ceiling and the baselines, and their cost against YOLO.
 
     python apps/bench_filters.py [--filters models/shipped/vehicle] [--target 0.95] [--runs 3]
-                                 [--loco [--folds 5] [--epochs N]] [--end-to-end]
+                                 [--loco [--folds 5] [--epochs N] [--loco-reuse OPTIONS ...]]
+                                 [--end-to-end]
     python apps/bench_filters.py --task speech [...]     (the audio filters: apps/bench_speech.py)
 
 1. Accuracy (always): `infistream filter evaluate` on the test half of every clip under
@@ -18,7 +19,8 @@
 4. --loco: leave-one-camera-out as grouped folds: for each fold, Skip and Reuse are trained
    without its clips (models/train.py), calibrated on the validation parts of the others, and
    evaluated on the test halves of the fold's clips (each clip judged by filters that never saw
-   it). Costs a training run per fold.
+   it). Costs a training run per fold. --loco-reuse "" refer=agree compares Reuse variants
+   (its options; "" is the default) on the same trained networks, each calibrated for itself.
 
 Results: bench/results/filters.json (and the evaluation tables under bench/results/filters/).
 Targets (issue 9): cascade >= 80 % of the ceiling per clip (test halves), >= 70 % mean under
@@ -30,13 +32,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -194,15 +197,45 @@ def folds_of(clips: list[Path], folds: int) -> list[list[Path]]:
     return [ordered[k::folds] for k in range(min(folds, len(ordered)))]
 
 
-def bench_loco(clips: list[Path], folds: int, target: float, epochs: int | None, out: Path, work: Path) -> dict[str, Any]:
+def bench_loco(clips: list[Path], folds: int, target: float, epochs: int | None, out: Path, work: Path,
+               reuse_variants: Sequence[str] = ("",), on_fold: Callable[[dict[str, Any]], None] | None = None
+               ) -> dict[str, Any]:
+    """Leave-one-camera-out in grouped folds. Each fold's Skip and Reuse are trained once; every
+    Reuse variant (options such as ``refer=agree``; "" is the default) is then calibrated and
+    evaluated on the same trained networks, so the variants are compared on equal terms. The
+    first variant's figures are the result's own; with several, "variants" holds each one's.
+    `on_fold` gets the result so far after every fold (a long run keeps what it finished)."""
+    import shutil
     from dataclasses import replace
 
     from models.calibrate import calibrate_directory
     from models.evaluate import evaluate_clips, summarize
     from models.train import TrainOptions, train_reuse, train_skip
     options = TrainOptions() if epochs is None else replace(TrainOptions(), epochs=epochs)
-    rows, timings = [], []
-    for k, held_out in enumerate(folds_of(clips, folds)):
+    variants = list(dict.fromkeys(reuse_variants)) or [""]
+    rows: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
+    timings: list[dict[str, Any]] = []
+
+    def result() -> dict[str, Any]:
+        per_variant = {}
+        for variant in variants:
+            summary = summarize(rows[variant], target) if rows[variant] else {}
+            cascade = summary.get("cascade", {})
+            per_variant[variant] = {
+                "clips": [{"clip": r["clip"], "ceiling": r["ceiling"], "cascade": r["policies"]["cascade"]["best"],
+                           "calibrated": r["policies"]["cascade"].get("calibrated")} for r in rows[variant]],
+                "summary": summary, "mean_fraction_of_ceiling": cascade.get("mean_fraction_of_ceiling"),
+                "worst_fraction_of_ceiling": cascade.get("worst_fraction_of_ceiling"),
+                "worst_clip": cascade.get("worst_clip")}
+        document = {"folds": timings, **per_variant[variants[0]], "reuse_options": variants[0],
+                    "target": TARGETS["loco_mean_fraction_of_ceiling"], "epochs": options.epochs,
+                    "complete": len(timings) == len(held_outs)}
+        if len(variants) > 1:
+            document["variants"] = per_variant
+        return document
+
+    held_outs = folds_of(clips, folds)
+    for k, held_out in enumerate(held_outs):
         names = [clip.stem for clip in held_out]
         fold_dir = work / f"fold{k}"
         print(f"LOCO fold {k + 1}/{folds}: training without {', '.join(names)}", file=sys.stderr)
@@ -210,21 +243,32 @@ def bench_loco(clips: list[Path], folds: int, target: float, epochs: int | None,
         train_skip(clips, exclude=names, options=options, out=fold_dir / "skip", progress=False, say=None)
         train_reuse(clips, exclude=names, options=options, out=fold_dir / "reuse", progress=False, say=None)
         trained = time.monotonic() - started
-        calibrate_directory(fold_dir, targets=[target])      # on the other clips' validation parts
-        table = evaluate_clips(held_out, fold_dir, out / "loco" / f"fold{k}", target, baselines=False, strides=(),
-                               progress=False)
-        rows += table["clips"]
+        for variant in variants:
+            slug = variant_slug(variant)
+            variant_dir = fold_dir if len(variants) == 1 else work / f"fold{k}-{slug}"
+            if variant_dir != fold_dir:
+                shutil.copytree(fold_dir, variant_dir)
+            calibrate_directory(variant_dir, targets=[target], reuse_options=variant)   # on the other clips' val parts
+            destination = out / "loco" / f"fold{k}" if len(variants) == 1 else out / "loco" / slug / f"fold{k}"
+            table = evaluate_clips(held_out, variant_dir, destination, target, baselines=False, strides=(),
+                                   progress=False, reuse_options=variant)
+            rows[variant] += table["clips"]
+            for row in table["clips"]:
+                cascade = row["policies"]["cascade"]
+                calibrated = cascade.get("calibrated")
+                print(f"  {slug}: {row['clip']}: {cascade['best']['fraction_of_ceiling']:.3f} of the ceiling at best"
+                      + (f"; calibrated: agreement {calibrated['agreement']:.3f}, {calibrated['filtered']:.3f} kept"
+                         if calibrated else "; not calibrated"), file=sys.stderr)
         timings.append({"fold": k, "held_out": names, "train_s": round(trained, 1),
                         "total_s": round(time.monotonic() - started, 1)})
-    summary = summarize(rows, target)
-    cascade = summary.get("cascade", {})
-    return {"folds": timings, "clips": [{"clip": r["clip"], "ceiling": r["ceiling"],
-                                         "cascade": r["policies"]["cascade"]["best"],
-                                         "calibrated": r["policies"]["cascade"].get("calibrated")} for r in rows],
-            "summary": summary, "mean_fraction_of_ceiling": cascade.get("mean_fraction_of_ceiling"),
-            "worst_fraction_of_ceiling": cascade.get("worst_fraction_of_ceiling"),
-            "worst_clip": cascade.get("worst_clip"), "target": TARGETS["loco_mean_fraction_of_ceiling"],
-            "epochs": options.epochs}
+        if on_fold is not None:
+            on_fold(result())
+    return result()
+
+
+def variant_slug(variant: str) -> str:
+    """A directory name for a Reuse variant: "default" for no options, else the options made safe."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", variant).strip("-") or "default"
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,6 +314,10 @@ def verdict(results: dict[str, Any]) -> list[str]:
         lines.append(f"LOCO: cascade fraction of ceiling mean {loco['mean_fraction_of_ceiling']:.2f}, worst "
                      f"{loco['worst_fraction_of_ceiling']:.2f} ({loco['worst_clip']}) (target mean >= "
                      f"{TARGETS['loco_mean_fraction_of_ceiling']:.0%})")
+        for variant, entry in loco.get("variants", {}).items():
+            if entry.get("mean_fraction_of_ceiling") is not None:
+                lines.append(f"  Reuse {variant or 'default'}: mean {entry['mean_fraction_of_ceiling']:.2f}, worst "
+                             f"{entry['worst_fraction_of_ceiling']:.2f} ({entry['worst_clip']})")
     return lines
 
 
@@ -298,6 +346,9 @@ def main() -> int:
     parser.add_argument("--loco", action="store_true", help="also run leave-one-camera-out (trains per fold: slow)")
     parser.add_argument("--folds", type=int, default=5, help="LOCO folds (default 5)")
     parser.add_argument("--epochs", type=int, default=None, help="LOCO training epochs (default: the trainer's)")
+    parser.add_argument("--loco-reuse", nargs="+", default=[""], metavar="OPTIONS",
+                        help="LOCO: Reuse variants to compare on the same trained networks, as Reuse options "
+                             "('' for the default, refer=agree, ...); the first is the headline (default: '')")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "filters.json")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "filters", help="PNGs and tables")
     args = parser.parse_args()
@@ -344,7 +395,16 @@ def main() -> int:
         save()
     if args.loco:
         with tempfile.TemporaryDirectory(prefix="bench-loco-") as work:
-            results["loco"] = bench_loco(clips, args.folds, args.target, args.epochs, args.out, Path(work))
+            from models.reuse import REUSE_OPTIONS
+            from models.options import parse_options
+            for variant in args.loco_reuse:            # refused before hours of training, not after
+                parse_options("reuse", variant, REUSE_OPTIONS)
+
+            def keep(partial: dict[str, Any]) -> None:
+                results["loco"] = partial
+                save()
+            results["loco"] = bench_loco(clips, args.folds, args.target, args.epochs, args.out, Path(work),
+                                         args.loco_reuse, on_fold=keep)
         save()
     for line in verdict(results):
         print(line)

@@ -242,7 +242,7 @@ def read_metadata(directory: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read {path}: {error}") from None
 
 
-def open_filter(directory: Path, self_check: bool = False) -> FramePolicy:
+def open_filter(directory: Path, self_check: bool = False, options: str = "") -> FramePolicy:
     """The frame policy of a trained filter directory, at an explicit threshold (calibration
     must not need a calibration), through the registry as ``--filter DIR:threshold=0``.
 
@@ -251,16 +251,18 @@ def open_filter(directory: Path, self_check: bool = False) -> FramePolicy:
     every frame can pass on short validation parts, the check switching Skip off on busy
     cameras during the unscored warm-up; live, that would mean two seconds of wrong answers
     each time a quiet camera gets busy. The check stays a safety net, on when the filter runs
-    (and in evaluation, which measures what runs)."""
+    (and in evaluation, which measures what runs). `options`: more of the policy's options
+    (``refer=agree``), for calibrating or evaluating a variant of the filter."""
     from models.registry import parse_policy
     metadata = read_metadata(Path(directory))
     if metadata.get("kind") == "early-exit" and metadata.get("task") != "vehicles":
         raise ConfigError(f"{directory} is an early-exit filter for {metadata.get('task')}, not for video frames; "
                           f"calibrate it with `infistream filter calibrate --task speech {directory}`")
+    extra = f",{options}" if options else ""
     if not self_check and metadata.get("kind") == "skip":
-        policy = parse_policy(f"{directory}:threshold=0,max_run=0")
+        policy = parse_policy(f"{directory}:threshold=0,max_run=0{extra}")
     else:
-        policy = parse_policy(f"{directory}:threshold=0")
+        policy = parse_policy(f"{directory}:threshold=0{extra}")
     if not isinstance(policy, FramePolicy):
         raise ConfigError(f"{directory} does not build a frame policy (got {type(policy).__name__})")
     return policy
@@ -318,9 +320,12 @@ def _bar(total: int, desc: str, enabled: bool):
 
 
 def calibrate_directory(directory: Path, targets: Sequence[float] = TARGETS, clips: Sequence[Path] | None = None,
-                        lag: int = DEFAULT_LAG, label_dir: Path | None = None, progress: bool = False) -> dict[str, Path]:
+                        lag: int = DEFAULT_LAG, label_dir: Path | None = None, progress: bool = False,
+                        reuse_options: str = "") -> dict[str, Path]:
     """Calibrate a filter directory (writes its calibration.json) or a filter set (its skip/ and
-    reuse/, each calibration.json, and the set's cascade.json). Returns what it wrote."""
+    reuse/, each calibration.json, and the set's cascade.json). Returns what it wrote.
+    `reuse_options` (``refer=agree``) calibrate a variant of the Reuse filter; they are recorded
+    in its calibration.json, since its thresholds hold only for that variant."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ConfigError(f"no such filter directory: {directory}")
@@ -331,7 +336,10 @@ def calibrate_directory(directory: Path, targets: Sequence[float] = TARGETS, cli
     labelled = [labelled_clip(path, label_dir) for path in paths]
     frames = sum(len(clip.part("val")) for clip in labelled)
     bar = _bar(frames, "prepare validation frames", progress)
-    policies, prepared = prepare_validation(labelled, lambda: [open_filter(member) for member in members], bar)
+    kinds = [read_metadata(member).get("kind") for member in members]
+    policies, prepared = prepare_validation(
+        labelled, lambda: [open_filter(member, options=reuse_options if kind == "reuse" else "")
+                           for member, kind in zip(members, kinds)], bar)
     if bar is not None:
         bar.close()
     written: dict[str, Path] = {}
@@ -344,11 +352,15 @@ def calibrate_directory(directory: Path, targets: Sequence[float] = TARGETS, cli
             document = calibrate_policy(policy, clips_for, targets, lag=lag, progress=bar)
             if bar is not None:
                 bar.close()
+            if reuse_options and policy.kind == "reuse":
+                document["options"] = reuse_options
             written[str(member)] = write_json(member / CALIBRATION_FILE, document)
             alone[member.name] = [entry["threshold"] for entry in document["targets"].values()]
         if len(members) == 2:
             bar = _bar(CASCADE_GRID[0] * CASCADE_GRID[1] + FINE * FINE * len(targets), "calibrate the cascade", progress)
             document = calibrate_cascade(policies[0], policies[1], prepared, targets, lag=lag, progress=bar, alone=alone)
+            if reuse_options:
+                document["reuse_options"] = reuse_options
             if bar is not None:
                 bar.close()
             written["cascade"] = write_json(directory / CASCADE_FILE, document)

@@ -280,12 +280,12 @@ class ClipPolicies:
             policy.close()
 
 
-def build_policies(filters: Path | None, baselines: bool) -> ClipPolicies:
+def build_policies(filters: Path | None, baselines: bool, reuse_options: str = "") -> ClipPolicies:
     built = ClipPolicies()
     try:
         if filters is not None:
             built.frame["skip"] = open_filter(filters / "skip", self_check=True)    # as it runs
-            built.frame["reuse"] = open_filter(filters / "reuse")
+            built.frame["reuse"] = open_filter(filters / "reuse", options=reuse_options)
         if baselines:
             for name in ("framediff", "motion"):
                 policy = _baseline(name)
@@ -333,21 +333,29 @@ def contenders_for(built: ClipPolicies, filters: Path | None, target: float, str
     return contenders
 
 
-def check_filters(filters: Path | None) -> None:
+def check_filters(filters: Path | None, reuse_options: str = "") -> None:
     if filters is not None and not is_filter_set(Path(filters)):
         raise ConfigError(f"--filters {filters}: expected a filter set, a directory holding skip/ and reuse/ "
                           f"(each with metadata.json and model.tflite), as models/shipped/vehicle")
+    # A calibrated point holds only for the Reuse variant it was calibrated with.
+    path = Path(filters) / "reuse" / CALIBRATION_FILE if filters is not None else None
+    if path is not None and path.is_file():
+        calibrated_with = json.loads(path.read_text()).get("options", "")
+        if calibrated_with != reuse_options:
+            raise ConfigError(f"{path.parent} was calibrated with Reuse options {calibrated_with or '(none)'!r}, "
+                              f"not {reuse_options or '(none)'!r}: calibrate a copy with the same options first")
 
 
 def evaluate_clips(clips: Sequence[Path], filters: Path | None, out: Path, target: float = DEFAULT_TARGET,
                    lag: int = DEFAULT_LAG, baselines: bool = True, strides: Sequence[int] = STRIDES,
                    label_dir: Path | None = None, progress: bool = True, part: str = "test",
                    say: Callable[[str], None] | None = None,
-                   baseline_thresholds: dict[str, float] | None = None) -> dict[str, Any]:
+                   baseline_thresholds: dict[str, float] | None = None, reuse_options: str = "") -> dict[str, Any]:
     """Evaluate the filter set `filters` (and the baselines) on the `part` of every clip; write
-    the PNGs and evaluation.json under `out`; return the table."""
+    the PNGs and evaluation.json under `out`; return the table. `reuse_options` (``refer=agree``)
+    evaluate a variant of the Reuse filter: calibrate the set with the same options first."""
     filters = Path(filters) if filters is not None else None
-    check_filters(filters)
+    check_filters(filters, reuse_options)
     if not clips:
         raise ConfigError("no clips to evaluate on")
     labelled = [labelled_clip(path, label_dir) for path in clips]     # every clip's labels checked first
@@ -360,7 +368,7 @@ def evaluate_clips(clips: Sequence[Path], filters: Path | None, out: Path, targe
         bar = tqdm(total=len(labelled), desc="evaluate", unit="clip")
     try:
         for clip in labelled:
-            built = build_policies(filters, baselines)
+            built = build_policies(filters, baselines, reuse_options)
             try:
                 prepared = prepare_part(clip, part, list(built.frame.values()), warmup=WARMUP)
                 contenders = contenders_for(built, filters, target, strides,

@@ -31,8 +31,10 @@ kept Skip in the joint calibration, still below lag 2 (models/base.py `FEEDBACK_
 With ``refer=latest`` the H-kNN still decides whether a frame may reuse, but the reuse points at
 the latest frame sent to the model (answered or on its way) instead of the nearest agreeing entry:
 on a scene whose count jitters from frame to frame, the latest answer is likelier to be the
-frame's own than that of an older frame that looks alike. Off by default; what it did on the 22
-test halves is in docs/filters.md.
+frame's own than that of an older frame that looks alike. With ``refer=agree`` the reuse points
+at the latest answered frame, and only when its answer is the one the H-kNN voted for; otherwise
+the frame goes to the model. Both off by default; what they did on the 22 test halves and under
+leave-one-camera-out is in docs/filters.md.
 
 Bounds, so a stream that runs for days stays the same size: `capacity` entries per stream
 (when full, the entry to replace is chosen by LFU: fewest reuses, oldest first; or LRU, or
@@ -60,8 +62,9 @@ from models.skip import LearnedFramePolicy
 
 REPLACEMENTS = ("lfu", "lru", "fifo")
 #: Which frame a reuse points at once the cache vouches for one: the nearest agreeing entry (InFi's
-#: H-kNN), or the latest frame sent to the model, answered or on its way.
-REFERENCES = ("nearest", "latest")
+#: H-kNN), the latest frame sent to the model (answered or on its way), or the latest answered
+#: frame, and only when its answer is the one the H-kNN voted for (else no reuse).
+REFERENCES = ("nearest", "latest", "agree")
 
 REUSE_OPTIONS: dict[str, Option] = {
     "target": number(0, 1), "threshold": number(0, 1), "k": whole(1, 64), "k_min": whole(1, 64),
@@ -79,6 +82,7 @@ class CacheStats:
     miss_empty: int = 0          # fewer entries than k_min
     miss_far: int = 0            # fewer than k_min of the k nearest within the threshold
     miss_mixed: int = 0          # the close ones disagree (homogeneity below the bar)
+    miss_latest: int = 0         # refer=agree: the latest answer is not the one the close ones voted for
     reused_pending: int = 0      # of `reused`, pointing at a frame whose answer was on its way
     inserted: int = 0
     evicted_full: int = 0        # replaced to make room (LFU / LRU / FIFO)
@@ -246,6 +250,8 @@ class ReuseCache:
             agreeing = close[(answers[:, None] == winners[None, :]).any(axis=1)]
         if self.refer == "latest":
             return self._latest_reference(state, seq)
+        if self.refer == "agree":
+            return self._agreeing_latest(state, agreeing)
         # A frame whose answer is on its way, nearer than every close entry, is the best reference
         # (the close entries, if any, agree among themselves: nothing says it differs from them).
         if waiting is not None and (len(agreeing) == 0 or waiting_distance < distance[agreeing].min()):
@@ -281,6 +287,26 @@ class ReuseCache:
             state.hits[rows] += 1
             state.used[rows] = state.clock
         return answered
+
+    def _agreeing_latest(self, state: _StreamCache, agreeing: np.ndarray) -> int | None:
+        """`refer=agree`: the latest answered frame, when its answer is the one the close entries
+        voted for; else no reuse. Stricter than both other modes: it needs the cache's vote and
+        the latest answer to say the same, so a count that jitters between two values is sent to
+        the model rather than answered with the older of two looks-alike. Frames whose answer is
+        on its way are not candidates (their answer is not known yet to compare)."""
+        stats = self.stats
+        n = state.size
+        if len(agreeing) == 0 or n == 0:
+            stats.miss_latest += 1
+            return None
+        row = int(np.argmax(state.seqs[:n]))
+        if not (state.answers[agreeing] == state.answers[row]).any():
+            stats.miss_latest += 1
+            return None
+        state.hits[row] += 1
+        state.used[row] = state.clock
+        stats.reused += 1
+        return int(state.seqs[row])
 
     def _nearest_pending(self, state: _StreamCache, seq: int, embedding: np.ndarray) -> tuple[int | None, float]:
         """The nearest of the `pending_candidates` latest frames still waiting for an answer (before
@@ -355,7 +381,8 @@ class ReusePolicy(LearnedFramePolicy):
     ``pending`` (how many of the latest frames still waiting for their answer a reuse may point
     at; 0, the default: only answered ones), ``refer`` (``nearest``, the default: the reuse points
     at the nearest agreeing entry, as InFi; ``latest``: at the latest frame sent to the model,
-    answered or on its way, once the cache has vouched for a reuse).
+    answered or on its way, once the cache has vouched for a reuse; ``agree``: at the latest
+    answered frame, and only when its answer is the H-kNN's vote).
 
     Why `max_run`: the cache learns only from frames the model answered, so once every frame
     finds a close entry nothing reaches the model again and the answers go stale for good (the

@@ -173,7 +173,9 @@ def test_calibration_judges_the_skip_network_without_its_self_check(tmp_path):
     skip_dir = make_filter_dir(tmp_path, "skip", threshold=None)
     assert open_filter(skip_dir).max_run == 0
     assert open_filter(skip_dir, self_check=True).max_run == 50            # as it runs
-    assert open_filter(make_filter_dir(tmp_path, "reuse", threshold=None)).threshold == 0
+    reuse_dir = make_filter_dir(tmp_path, "reuse", threshold=None)
+    assert open_filter(reuse_dir).threshold == 0
+    assert open_filter(reuse_dir, options="refer=agree").settings["refer"] == "agree"    # a variant
 
 
 def test_of_thresholds_doing_the_same_on_validation_the_most_cautious_is_picked_whichever_way_the_grid_runs():

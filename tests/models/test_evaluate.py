@@ -123,6 +123,29 @@ def tiny_clip(tmp_path: Path, frames: int = 40, size: int = 64) -> tuple[Path, P
     return clip, labels.parent
 
 
+def test_a_reuse_variant_is_calibrated_and_evaluated_with_its_own_options(tmp_path, monkeypatch):
+    """`refer=agree` calibrated on a copy of the set: its options are recorded with its
+    thresholds, and evaluating the set with other options than it was calibrated with is refused."""
+    from models.calibrate import calibrate_directory
+    from models.evaluate import evaluate_clips
+    from pipeline.errors import ConfigError
+    from tests.models.fixtures import make_filter_dir
+    filters = tmp_path / "set"
+    make_filter_dir(filters, "skip", threshold=None)
+    make_filter_dir(filters, "reuse", threshold=None)
+    clip, label_dir = tiny_clip(tmp_path)
+    monkeypatch.setenv("INFI_CACHE", str(tmp_path / "cache"))
+    calibrate_directory(filters, targets=[0.5], clips=[clip], label_dir=label_dir, reuse_options="refer=agree")
+    assert json.loads((filters / "reuse" / "calibration.json").read_text())["options"] == "refer=agree"
+    assert json.loads((filters / "cascade.json").read_text())["reuse_options"] == "refer=agree"
+    assert "options" not in json.loads((filters / "skip" / "calibration.json").read_text())
+    with pytest.raises(ConfigError, match="calibrated with Reuse options 'refer=agree', not '\\(none\\)'"):
+        evaluate_clips([clip], filters, tmp_path / "out", target=0.5, label_dir=label_dir, progress=False)
+    table = evaluate_clips([clip], filters, tmp_path / "out", target=0.5, baselines=False, strides=(),
+                           label_dir=label_dir, progress=False, reuse_options="refer=agree")
+    assert table["clips"][0]["frames"] == 20 and set(table["clips"][0]["policies"]) == {"skip", "reuse", "cascade"}
+
+
 def test_calibrate_then_evaluate_a_filter_set_end_to_end(tmp_path, monkeypatch):
     """The real Skip and Reuse policies (untrained fixture networks) on a generated clip:
     calibration writes both files in the documented format, evaluation its table and PNGs."""

@@ -80,6 +80,25 @@ def test_refer_latest_points_at_the_latest_frame_sent_to_the_model_once_the_cach
     assert nearest.lookup("cam", 2, e(0.01), 0.5) == 0
 
 
+def test_refer_agree_reuses_the_latest_answer_only_when_it_is_the_vote():
+    cache = ReuseCache(HEAD, k=3, refer="agree")
+    answered(cache, "cam", 0, e(0.00), 1)
+    answered(cache, "cam", 1, e(0.80), 3)                      # the latest answer: 3
+    # Frame 2 is close to frame 0 only: the vote is 1, the latest answer 3; they differ: no reuse.
+    assert cache.lookup("cam", 2, e(0.01), 0.5) is None
+    # Frame 3 is close to frame 1: vote and latest answer are both 3: reuse, pointing at frame 1.
+    assert cache.lookup("cam", 3, e(0.79), 0.5) == 1
+    answered(cache, "cam", 4, e(0.02), 1)                      # now the latest answer is 1 again
+    # Close to frames 0 and 4 (both 1): the reuse points at the latest of them, not the nearest.
+    assert cache.lookup("cam", 5, e(0.00), 0.5) == 4
+    cache.hold("cam", 5, e(0.00))                              # an answer on its way is no candidate
+    assert cache.lookup("cam", 6, e(0.00), 0.5) == 4
+    assert cache.lookup("cam", 7, e(0.4, 1.0), 0.5) is None    # close to no entry: no vote
+    stats = cache.stats
+    assert (stats.reused, stats.miss_latest, stats.miss_far) == (3, 1, 1)
+    assert cache.entries("cam")["hits"].tolist() == [0, 1, 2]
+
+
 def test_a_waiting_frame_is_pointed_at_only_when_nearer_than_agreeing_close_entries():
     cache = ReuseCache(HEAD, k=3, pending=8)
     answered(cache, "cam", 0, e(0.00), 1)
@@ -251,7 +270,7 @@ def test_reuse_options_are_checked(tmp_path):
         assert (policy.cache.k, policy.cache.capacity, policy.cache.replacement, policy.cache.pending_candidates,
                 policy.cache.refer) == (7, 32, "lru", 4, "latest")
     for argument, message in [("k=2,k_min=3", "k_min must be between 1 and k"), ("replacement=random", "lfu|lru|fifo"),
-                              ("refer=oldest", "nearest|latest"),
+                              ("refer=oldest", "nearest|latest|agree"),
                               ("capacity=0", "capacity must be"), ("size=3", "unknown option 'size'; it takes target=")]:
         with pytest.raises(ConfigError, match=message):
             ReusePolicy.from_directory(directory, argument)
