@@ -6,7 +6,8 @@
     python apps/bench_filters.py --task speech [...]     (the audio filters: apps/bench_speech.py)
 
 1. Accuracy (always): `infistream filter evaluate` on the test half of every clip under
-   $INFI_ASSETS/traffic: skip, reuse, their cascade, framediff, motion and stride:1..30, as
+   $INFI_ASSETS/traffic: skip, reuse, their cascade, framediff, motion and stride:1..30 (and the
+   blind reference: the last inferred count reused for a random share of frames), as
    filtering rate at >= target per-frame count agreement and as a fraction of each clip's
    ceiling; and the calibrated operating points' real agreement per clip (framediff and motion
    calibrated on the same validation parts as the learned filters). PNGs under
@@ -294,7 +295,12 @@ def verdict(results: dict[str, Any]) -> list[str]:
             for baseline, versus in summary.get("cascade_vs_baselines", {}).items():
                 lines.append(f"cascade vs {baseline}: ahead on {versus['ahead']} clip(s), tied on {len(versus['tied'])}, "
                              f"behind on {len(versus['behind'])}" + (f": {', '.join(versus['behind'])}" if versus["behind"] else ""))
-        for name in ("skip", "reuse", "framediff", "motion", "stride"):
+            versus = summary.get("cascade_vs_blind")
+            if versus:
+                lines.append(f"cascade vs blind reuse (a reference that looks at no frame): ahead on {versus['ahead']} "
+                             f"clip(s), tied on {len(versus['tied'])}, behind on {len(versus['behind'])}"
+                             + (f": {', '.join(versus['behind'])}" if versus["behind"] else ""))
+        for name in ("skip", "reuse", "framediff", "motion", "stride", "blind"):
             if name in summary:
                 item = summary[name]
                 lines.append(f"{name:>9}: fraction of ceiling mean {item['mean_fraction_of_ceiling']:.2f}, "

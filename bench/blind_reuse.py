@@ -10,8 +10,10 @@ where it keeps more than this; where it keeps less, it spends its budget worse t
 
 For every clip's test half (the protocol of apps/bench_filters.py: labels from the label cache,
 the same scored frames and warm-up, replayed through models/simulate.py `replay` like stride),
-this script finds, over a grid of q and several seeds, the largest q whose agreement averaged over
-the seeds meets the target, and reports it beside the learned cascade's and framediff's best rate
+this script finds, over a grid of q and several seeds, the q with the highest rate whose agreement
+averaged over the seeds meets the target (the policy: models/baselines/blind.py; the search:
+models/evaluate.py `blind_entry`, which `infistream filter evaluate` and apps/bench_filters.py
+also draw beside the baselines), and reports it beside the learned cascade's and framediff's best rate
 at the target from an earlier `apps/bench_filters.py` run (--compare), all as fractions of the
 clip's ceiling:
 
@@ -35,34 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models import metrics  # noqa: E402
-from models.base import Decision, Policy  # noqa: E402
+from models.baselines.blind import BlindReuse  # noqa: E402,F401  (the policy, for those who import it from here)
 from models.dataset import default_clips  # noqa: E402
-from models.simulate import DEFAULT_LAG, WARMUP, PreparedClip, labelled_clip, prepare_part, replay  # noqa: E402
-from pipeline.message import Message  # noqa: E402
-
-#: Shares of frames reused: fine where the budget allows little, coarse beyond.
-SHARES = tuple(np.round(np.concatenate([np.arange(0.0, 0.3, 0.005), np.arange(0.3, 1.0, 0.02)]), 4))
-
-
-class BlindReuse(Policy):
-    """Reuse the last inferred frame's answer for a random share of the frames, looking at none."""
-
-    def __init__(self, share: float, seed: int):
-        self.share, self.seed = share, seed
-        self.name = f"blind:{share:g}"
-        self._rng = np.random.default_rng(seed)
-        self._last: dict[str, int] = {}       # stream -> seq last inferred
-
-    def decide(self, message: Message) -> Decision:
-        last = self._last.get(message.stream)
-        if last is not None and self._rng.random() < self.share:
-            return Decision("reuse", ref_seq=last, policy=self.name)
-        self._last[message.stream] = message.seq
-        return Decision("infer", policy=self.name)
-
-    def end_stream(self, stream: str) -> None:
-        self._last.pop(stream, None)
-        self._rng = np.random.default_rng(self.seed)
+from models.evaluate import blind_entry  # noqa: E402
+from models.simulate import DEFAULT_LAG, WARMUP, PreparedClip, labelled_clip, prepare_part  # noqa: E402
 
 
 def test_part(path: Path) -> PreparedClip:
@@ -72,21 +50,16 @@ def test_part(path: Path) -> PreparedClip:
 
 
 def blind_on_clip(prepared: PreparedClip, target: float, seeds: int, lag: int = DEFAULT_LAG) -> dict[str, Any]:
+    """The clip's row: the blind reference's best share at the target (models/evaluate.py
+    `blind_entry`, as `infistream filter evaluate` draws it), beside the clip's ceiling."""
     truth = prepared.scored_truth
     ceiling = metrics.ceiling(truth, budget=1 - target)
-    best = None
-    for share in SHARES:
-        runs = [replay([BlindReuse(float(share), seed)], prepared, lag=lag) for seed in range(seeds)]
-        agreements = [run.agreement(truth) for run in runs]
-        if np.mean(agreements) < target - 1e-9:
-            if share > 0.3:
-                break                    # agreement only falls from here
-            continue
-        best = {"share": float(share), "filtered": round(float(np.mean([run.filtered for run in runs])), 4),
-                "agreement": round(float(np.mean(agreements)), 4), "worst_seed_agreement": round(min(agreements), 4)}
-    best = best or {"share": 0.0, "filtered": 0.0, "agreement": 1.0, "worst_seed_agreement": 1.0}
-    # A clip with no repeats at a 100 % target has no ceiling to be a fraction of.
-    best["fraction_of_ceiling"] = round(metrics.fraction_of_ceiling(best["filtered"], ceiling), 4) if ceiling > 0 else None
+    if ceiling > 0:
+        point = blind_entry(prepared, target, lag, seeds)["best"]
+        best = {"share": point["at"], "filtered": point["filtered"], "agreement": point["agreement"],
+                "worst_seed_agreement": point["worst_draw_agreement"], "fraction_of_ceiling": point["fraction_of_ceiling"]}
+    else:                              # no repeats at a 100 % target: no budget, no ceiling to be a fraction of
+        best = {"share": 0.0, "filtered": 0.0, "agreement": 1.0, "worst_seed_agreement": 1.0, "fraction_of_ceiling": None}
     return {"clip": prepared.name.split(":")[0], "frames": len(truth), "ceiling": round(ceiling, 4),
             "repeat_share": round(metrics.repeat_share(truth), 4), "blind": best}
 

@@ -7,7 +7,10 @@ late) over its thresholds:
 - ``skip``, ``reuse``: the learned filters alone; ``cascade``: skip then reuse, on a joint grid
   of their thresholds (the curve is the grid's upper frontier);
 - ``framediff`` (Reducto's features) and ``motion`` (MOG2 gate) over their threshold grids, and
-  ``stride`` (``stride:N``, N = 1..30).
+  ``stride`` (``stride:N``, N = 1..30);
+- ``blind``, a reference rather than a baseline (models/baselines/blind.py): reuse the last
+  inferred count for a random share of the frames, looking at none; each point the mean of 8
+  draws. Where a filter keeps less than it, the filter spends its error budget worse than chance.
 
 A point is (filtering rate, per-frame count agreement); the clip's ceiling (models/metrics.py)
 is drawn as a vertical line, the target as a horizontal one. Per contender the table gives the
@@ -49,8 +52,9 @@ EVAL_CASCADE_GRID = (16, 24)
 ALONE = EVAL_GRID
 LEARNED = ("skip", "reuse", "cascade")
 BASELINES = ("framediff", "motion", "stride")
+BLIND = "blind"
 COLORS = {"cascade": "#d62728", "skip": "#ff7f0e", "reuse": "#9467bd", "framediff": "#1f77b4",
-          "motion": "#2ca02c", "stride": "#7f7f7f"}
+          "motion": "#2ca02c", "stride": "#7f7f7f", BLIND: "#bcbd22"}
 
 
 @dataclass
@@ -75,6 +79,32 @@ def stride_contender(strides: Sequence[int] = STRIDES) -> Contender:
     return Contender("stride", [(n, [Stride(n)], None) for n in strides])
 
 
+def blind_entry(clip: PreparedClip, target: float = DEFAULT_TARGET, lag: int = DEFAULT_LAG,
+                seeds: int = 0) -> dict[str, Any]:
+    """The blind reference's curve on one clip: per share of frames reused blindly, the mean
+    agreement and rate of `seeds` draws; its best point meeting the target, as for the others."""
+    from models.baselines.blind import SEEDS, SHARES, BlindReuse
+    seeds = seeds or SEEDS
+    truth = clip.scored_truth
+    ceiling = metrics.ceiling(truth, budget=1 - target)
+    points = []
+    for share in SHARES:
+        runs = [replay([BlindReuse(share, seed)], clip, lag=lag) for seed in range(seeds)]
+        agreements = [run.agreement(truth) for run in runs]
+        points.append({"at": share, "agreement": round(float(np.mean(agreements)), 4),
+                       "filtered": round(float(np.mean([run.filtered for run in runs])), 4),
+                       "count_accuracy": round(float(np.mean([run.count_accuracy(truth) for run in runs])), 4),
+                       "worst_draw_agreement": round(min(agreements), 4)})
+        if share > 0.3 and points[-1]["agreement"] < target - 1e-9:
+            break                       # past the budget; agreement only falls from here
+    meeting = [p for p in points if p["agreement"] >= target - 1e-9]
+    best = max(meeting, key=lambda p: (p["filtered"], p["agreement"]))     # share 0 always meets it
+    return {"curve": frontier(points), "points": len(points),
+            "best": {**best, "fraction_of_ceiling": round(metrics.fraction_of_ceiling(best["filtered"], ceiling), 4)},
+            "note": f"reference, looks at no frame: reuses the last inferred count for a random share; "
+                    f"mean of {seeds} draws"}
+
+
 def _point(run, truth: np.ndarray, at: Any) -> dict[str, Any]:
     return {"at": at, "agreement": round(run.agreement(truth), 4), "filtered": round(run.filtered, 4),
             "count_accuracy": round(run.count_accuracy(truth), 4)}
@@ -90,9 +120,9 @@ def frontier(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def evaluate_prepared(clip: PreparedClip, contenders: Sequence[Contender], target: float = DEFAULT_TARGET,
-                      lag: int = DEFAULT_LAG, progress: Any = None) -> dict[str, Any]:
+                      lag: int = DEFAULT_LAG, progress: Any = None, blind: bool = False) -> dict[str, Any]:
     """One clip's table row and curves: per contender its frontier, best point at the target and
-    calibrated point."""
+    calibrated point; with `blind`, the blind reference's too."""
     truth = clip.scored_truth
     ceiling = metrics.ceiling(truth, budget=1 - target)
     row: dict[str, Any] = {"clip": clip.name, "frames": len(clip), "ceiling": round(ceiling, 4),
@@ -125,6 +155,8 @@ def evaluate_prepared(clip: PreparedClip, contenders: Sequence[Contender], targe
         if contender.note:
             entry["note"] = contender.note
         row["policies"][contender.name] = entry
+    if blind:
+        row["policies"][BLIND] = blind_entry(clip, target, lag)
     return row
 
 
@@ -169,6 +201,13 @@ def summarize(rows: Sequence[dict[str, Any]], target: float) -> dict[str, Any]:
                                 "tied": [clip for clip, ours, theirs in pairs if ours == theirs],
                                 "ahead": sum(ours > theirs for _, ours, theirs in pairs)}
         summary["cascade_vs_baselines"] = versus
+        if BLIND in names:             # a reference, not a baseline: reported apart
+            pairs = [(row["clip"], row["policies"]["cascade"]["best"]["fraction_of_ceiling"],
+                      row["policies"][BLIND]["best"]["fraction_of_ceiling"])
+                     for row in rows if BLIND in row["policies"] and "cascade" in row["policies"]]
+            summary["cascade_vs_blind"] = {"behind": [clip for clip, ours, theirs in pairs if ours < theirs],
+                                           "tied": [clip for clip, ours, theirs in pairs if ours == theirs],
+                                           "ahead": sum(ours > theirs for _, ours, theirs in pairs)}
     summary["target"] = target
     return summary
 
@@ -190,7 +229,7 @@ def plot_clip(row: dict[str, Any], target: float, path: Path) -> Path:
         color = COLORS.get(name, None)
         curve = entry["curve"]
         xs, ys = [p["filtered"] for p in curve], [p["agreement"] for p in curve]
-        style = dict(ls=":", marker=".") if name == "stride" else dict(ls="-", marker="o", ms=3)
+        style = dict(ls=":", marker=".") if name in ("stride", BLIND) else dict(ls="-", marker="o", ms=3)
         axis.plot(xs, ys, color=color, lw=2.2 if name == "cascade" else 1.2, label=name, **style)
         if "calibrated" in entry:
             c = entry["calibrated"]
@@ -213,7 +252,7 @@ def plot_clip(row: dict[str, Any], target: float, path: Path) -> Path:
 
 def plot_summary(rows: Sequence[dict[str, Any]], target: float, path: Path) -> Path:
     plt = _pyplot()
-    names = [name for name in (*LEARNED, *BASELINES) if any(name in row["policies"] for row in rows)]
+    names = [name for name in (*LEARNED, *BASELINES, BLIND) if any(name in row["policies"] for row in rows)]
     clips = [row["clip"].split(":")[0] for row in rows]
     figure, axis = plt.subplots(figsize=(max(8, 0.6 * len(rows) + 3), 5))
     width = 0.8 / max(1, len(names))
@@ -373,7 +412,7 @@ def evaluate_clips(clips: Sequence[Path], filters: Path | None, out: Path, targe
                 prepared = prepare_part(clip, part, list(built.frame.values()), warmup=WARMUP)
                 contenders = contenders_for(built, filters, target, strides,
                                             baseline_thresholds=baseline_thresholds)
-                row = evaluate_prepared(prepared, contenders, target, lag)
+                row = evaluate_prepared(prepared, contenders, target, lag, blind=baselines)
             finally:
                 built.close()
             row["clip"] = clip.name

@@ -45,6 +45,22 @@ def test_a_clip_row_has_the_ceiling_the_best_point_at_the_target_and_the_calibra
     assert "calibrated" not in row["policies"]["stride"]
 
 
+def test_the_blind_reference_spends_the_budget_at_random_and_is_judged_like_the_others():
+    from models.evaluate import blind_entry
+    rng = np.random.default_rng(0)
+    # A count that changes on about half the frames: blind reuse can afford about 0.05 / 0.5 of them.
+    counts = (np.cumsum(rng.random(3000) < 0.5) % 4).astype(np.int32)
+    clip = PreparedClip("made-up:test", np.arange(len(counts), dtype=np.int64), counts)
+    entry = blind_entry(clip, target=0.95, seeds=4)
+    best = entry["best"]
+    assert 0.06 <= best["at"] <= 0.14 and 0.06 <= best["filtered"] <= 0.14 and best["agreement"] >= 0.95
+    assert best["worst_draw_agreement"] <= best["agreement"]
+    assert best["fraction_of_ceiling"] == pytest.approx(best["filtered"] / (0.5 + 0.05), abs=0.03)
+    # A steady count: reusing costs nothing, so the blind policy reuses nearly everything.
+    steady = PreparedClip("steady:test", np.arange(1000, dtype=np.int64), np.full(1000, 2, np.int32))
+    assert blind_entry(steady, target=0.95, seeds=2)["best"]["filtered"] > 0.9
+
+
 def test_the_frontier_keeps_only_points_nothing_beats():
     points = [{"filtered": 0.1, "agreement": 0.99}, {"filtered": 0.2, "agreement": 0.98},
               {"filtered": 0.2, "agreement": 0.90}, {"filtered": 0.15, "agreement": 0.95}]
@@ -177,7 +193,11 @@ def test_calibrate_then_evaluate_a_filter_set_end_to_end(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "tiny.png").is_file() and (tmp_path / "out" / "summary.png").is_file()
     row = table["clips"][0]
     assert row["clip"] == "tiny" and row["frames"] == 20
-    assert set(row["policies"]) == {"skip", "reuse", "cascade", "framediff", "motion", "stride"}
+    assert set(row["policies"]) == {"skip", "reuse", "cascade", "framediff", "motion", "stride", "blind"}
+    blind = row["policies"]["blind"]
+    assert blind["best"]["agreement"] >= 0.5 and "calibrated" not in blind and "looks at no frame" in blind["note"]
+    assert set(table["summary"]["cascade_vs_blind"]) == {"behind", "tied", "ahead"}
+    assert "blind" not in table["summary"]["cascade_vs_baselines"]     # a reference, not a baseline
     assert "calibrated" in row["policies"]["cascade"] or "0.5" not in cascade["targets"]
     assert row["policies"]["framediff"]["calibrated"]["at"] == pytest.approx(framediff["threshold"])
     assert "calibrated" not in row["policies"]["motion"]
