@@ -476,10 +476,11 @@ def clip_files(directory: Path) -> list[Path]:
 
 
 def labelled_windows(directory: Path, settings: RecognizerSettings | None = None, label_dir: Path | None = None,
-                     words: int = DEFAULT_WORDS) -> list[dict]:
-    """Every window of a mixture directory with the recognizer's answer (labelling what is not
-    cached): split, subset, clip, seq, bed, events, speech seconds, words, text, recognizer ms and
-    ``needs`` (InFi's rule: more than `words` words)."""
+                     words: int = DEFAULT_WORDS, split: str | None = None) -> list[dict]:
+    """Every window of a mixture directory (of its `split` only, when given) with the
+    recognizer's answer (labelling what is not cached): split, subset, clip, seq, bed, events,
+    speech seconds, words, text, recognizer ms and ``needs`` (InFi's rule: more than `words`
+    words). Clips of other splits are neither read nor labelled."""
     manifest = read_manifest(directory)
     options = manifest["options"]
     settings = settings or RecognizerSettings(window_s=options["window_s"], hop_s=options["hop_s"])
@@ -488,6 +489,8 @@ def labelled_windows(directory: Path, settings: RecognizerSettings | None = None
                           f"the labels' {settings.window_s} s every {settings.hop_s} s")
     rows = []
     for clip in manifest["clips"]:
+        if split is not None and clip["split"] != split:
+            continue
         labels = read_speech_labels(label_speech(Path(directory) / clip["file"], settings, label_dir))
         if len(labels) != len(clip["windows"]):
             raise RuntimeError(f"{clip['file']}: {len(labels)} labelled windows, the manifest names "
@@ -517,7 +520,7 @@ def load_split(directory: Path, split: str, settings: RecognizerSettings | None 
     samples], needs bool [windows], the `labelled_windows` rows), labelling what is not cached."""
     manifest = read_manifest(directory)
     options = manifest["options"]
-    rows = [row for row in labelled_windows(directory, settings, label_dir, words) if row["split"] == split]
+    rows = labelled_windows(directory, settings, label_dir, words, split=split)
     if not rows:
         raise ConfigError(f"{directory} has no window in split {split!r} (splits: "
                           f"{sorted({clip['split'] for clip in manifest['clips']})})")

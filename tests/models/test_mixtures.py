@@ -167,6 +167,33 @@ def test_labelled_windows_join_the_recognizers_answers_with_the_manifest(tmp_pat
         load_split(tmp_path, "test", label_dir=labels)
 
 
+def test_a_split_is_loaded_without_labelling_the_other_splits_clips(tmp_path, monkeypatch):
+    """Another seed's draw may be labelled for its test split only: loading that split must not
+    run the recognizer over the train and val clips (half an hour of Whisper)."""
+    options = MixtureOptions(clip_s=4.0)
+    clips = []
+    for split in ("train", "test"):
+        mixtures.write_wav(tmp_path / split / "noise-000.wav", np.zeros(4 * 16000, np.float32))
+        clips.append({"file": f"{split}/noise-000.wav", "split": split, "subset": "noise", "seconds": 4.0,
+                      "bed": None, "events": [], "windows": window_records(4 * 16000, [], options)})
+    (tmp_path / "manifest.json").write_text(json.dumps({"options": {"window_s": 2.0, "hop_s": 1.0}, "clips": clips}))
+    asked = []
+
+    def label(path, settings, label_dir):
+        asked.append(path.relative_to(tmp_path).as_posix())
+        out = tmp_path / f"{len(asked)}.jsonl"
+        with out.open("w") as file:
+            for seq in range(3):
+                file.write(json.dumps({"seq": seq, "pts": float(seq), "text": "", "words": 0, "infer_ms": 5.0}) + "\n")
+            file.write(json.dumps({"end": True, "windows": 3, "labelled": 3, "window_s": 2.0, "hop_s": 1.0}) + "\n")
+        return out
+
+    monkeypatch.setattr(mixtures, "label_speech", label)
+    samples, needs, rows = load_split(tmp_path, "test")
+    assert asked == ["test/noise-000.wav"] and len(rows) == 3 and {row["split"] for row in rows} == {"test"}
+    assert len(labelled_windows(tmp_path)) == 6 and asked[1:] == ["train/noise-000.wav", "test/noise-000.wav"]
+
+
 @pytest.mark.slow
 def test_infistream_filter_mixtures_writes_the_clips_and_the_manifest(espeak, store, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
