@@ -21,7 +21,7 @@ own noise and music beds at a random SNR (a window that needed recognition still
 SNRs used; one that did not stays speech-free). A random EQ over the mel bands (`eq_db`) is
 there too but off: it did not help on val (SIZE_CHOICE). Both classes weigh the same in the loss.
 
-The epoch kept is the one with the best val AUC; the default threshold stored in metadata.json
+The epoch kept is the one with the best val AUC (among epochs level on it, the lowest val loss); the default threshold stored in metadata.json
 is the largest that keeps InFi accuracy (1 - skipped windows that need recognition / all
 windows) at 0.95 on val: until `infistream filter calibrate` writes calibration.json, the
 runtime uses it.
@@ -256,7 +256,7 @@ def train_audio_skip(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray
     _say(say, f"audio skip: {len(labels)} training windows ({labels.mean():.1%} need recognition), "
               f"{len(val_y)} validation windows, input {plain.shape[1:]}, {model.count_params()} parameters, "
               f"{len(beds)} bed windows to mix in")
-    best, best_weights, history = -math.inf, model.get_weights(), []
+    best, best_weights, best_epoch, history = (-math.inf, -math.inf), model.get_weights(), 0, []
     for epoch in range(options.epochs):
         inputs = plain
         if options.augment:
@@ -270,16 +270,19 @@ def train_audio_skip(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray
         p = _predict(model, val_inputs)
         metrics = audio_skip_metrics(val_y, p)
         at = metrics[f"at_infi_{DEFAULT_ACCURACY:g}"]
+        val_loss = binary_crossentropy(val_y, p)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "auc": metrics["auc"],
-                        "skip_rate": at["skip_rate"], "agreement": at["agreement"]})
+                        "val_loss": round(val_loss, 6), "skip_rate": at["skip_rate"], "agreement": at["agreement"]})
         _say(say, f"{time.strftime('%H:%M:%S')} audio skip epoch {epoch + 1}/{options.epochs}: loss "
                   f"{np.mean(losses):.4f}, val AUC {metrics['auc']:.3f}, skip {at['skip_rate']:.3f} at InFi "
                   f"accuracy {DEFAULT_ACCURACY:g} (agreement {at['agreement']:.3f})")
-        score = metrics["auc"] if np.isfinite(metrics["auc"]) else -float(np.mean(losses))
+        # The best val AUC; among epochs level on it, the lowest val loss. An easy val split
+        # reaches AUC 1.0 in the first epoch, and the epochs after it still separate the classes
+        # further: the first of the tied epochs would be the least trained.
+        score = (metrics["auc"] if np.isfinite(metrics["auc"]) else -math.inf, -val_loss)
         if score > best:
-            best, best_weights = score, model.get_weights()
+            best, best_weights, best_epoch = score, model.get_weights(), epoch + 1
     model.set_weights(best_weights)
-    best_epoch = int(np.argmax([h["auc"] if np.isfinite(h["auc"]) else -h["loss"] for h in history])) + 1
     validation = audio_skip_metrics(val_y, _predict(model, val_inputs))
     seconds = time.monotonic() - started
     at = validation[f"at_infi_{DEFAULT_ACCURACY:g}"]
@@ -287,6 +290,13 @@ def train_audio_skip(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray
               f"at InFi accuracy {at['infi_accuracy']:.3f} (threshold {at['threshold']:.4f}), agreement "
               f"{at['agreement']:.3f} ({seconds:.0f} s)")
     return AudioSkipTraining(model, settings, history, validation, best_epoch, seconds)
+
+
+def binary_crossentropy(labels: np.ndarray, p: np.ndarray) -> float:
+    """Mean binary cross-entropy of probabilities `p` against 0/1 `labels` (clipped as Keras does)."""
+    p = np.clip(np.asarray(p, np.float64).reshape(-1), 1e-7, 1 - 1e-7)
+    y = np.asarray(labels, np.float64).reshape(-1)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 # ------------------------------------------------------------------------------------- export

@@ -78,6 +78,19 @@ def test_export_writes_a_directory_the_runtime_reads(trained):
     assert directory.threshold_for(0.95) == meta["threshold"]["value"]
 
 
+def test_among_epochs_level_on_val_auc_the_lowest_val_loss_is_kept(trained):
+    """The generated val split is easy: AUC 1.0 from the first epoch on. The epoch kept is then
+    the one with the lowest val loss, not the first, least trained one."""
+    history = json.loads((trained / "metadata.json").read_text())["training"]["history"]
+    best_epoch = json.loads((trained / "metadata.json").read_text())["training"]["best_epoch"]
+    best_auc = max(h["auc"] for h in history)
+    level = [h for h in history if h["auc"] == best_auc]
+    assert best_epoch == min(level, key=lambda h: (h["val_loss"], h["epoch"]))["epoch"]
+    from models.audio_skip_train import binary_crossentropy
+    assert binary_crossentropy([1, 0], [0.9, 0.1]) == pytest.approx(-np.log(0.9))
+    assert binary_crossentropy([1], [1.0]) == pytest.approx(-np.log(1 - 1e-7))     # clipped, finite
+
+
 def test_the_network_tells_the_generated_classes_apart(trained):
     x, needs = windows(16, 3)
     with AudioSkipPolicy.from_directory(trained) as policy:
