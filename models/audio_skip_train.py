@@ -21,10 +21,10 @@ own noise and music beds at a random SNR (a window that needed recognition still
 SNRs used; one that did not stays speech-free). A random EQ over the mel bands (`eq_db`) is
 there too but off: it did not help on val (SIZE_CHOICE). Both classes weigh the same in the loss.
 
-The epoch kept is the one with the best val AUC (among epochs level on it, the lowest val loss); the default threshold stored in metadata.json
-is the largest that keeps InFi accuracy (1 - skipped windows that need recognition / all
-windows) at 0.95 on val: until `infistream filter calibrate` writes calibration.json, the
-runtime uses it.
+The epoch kept is the one with the best val AUC (among epochs level on it, the lowest val
+loss); the default threshold stored in metadata.json is the largest that keeps InFi accuracy
+(1 - skipped windows that need recognition / all windows) at 0.95 on val: until
+`infistream filter calibrate` writes calibration.json, the runtime uses it.
 """
 
 from __future__ import annotations
