@@ -345,18 +345,34 @@ def verdict(results: dict[str, Any]) -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 
+def clip_digests(windows: Windows) -> dict[str, str]:
+    """Per clip of `windows`, a digest of its audio (the bytes of its windows, in order)."""
+    import hashlib
+    digests = {}
+    for clip in dict.fromkeys(windows.clips.tolist()):
+        digests[clip] = hashlib.sha256(np.ascontiguousarray(windows.samples[windows.clips == clip]).tobytes()).hexdigest()
+    return digests
+
+
 def pooled_test(mixtures: Path, more_test: Sequence[Path], words: int) -> tuple[Windows, dict[str, int]]:
     """The test split of `mixtures` followed by the test splits of other draws of the same plan
     (`infistream filter mixtures --seed S`: the same held-out speakers and beds, other times, SNRs
     and crops); each extra draw's clips named under its directory so that no two clips share a
-    name. Only their test clips are read (and labelled, where not cached)."""
+    name. A clip whose audio is already in (the real recordings, which every draw holds as they
+    are) is left out: counted twice, it would weigh double and could sit in both halves of the
+    cross-fit. Only the test clips are read (and labelled, where not cached)."""
     test = load_windows(mixtures, "test", words)
     draws = {str(mixtures): len(test)}
+    seen = set(clip_digests(test).values())
     for directory in more_test:
         directory = Path(directory)
         if directory.resolve() == mixtures.resolve() or str(directory) in draws:
             raise ConfigError(f"--more-test {directory}: that draw is already in the test windows")
         extra = load_windows(directory, "test", words)
+        digests = clip_digests(extra)
+        new = [clip for clip, digest in digests.items() if digest not in seen]
+        seen.update(digests.values())
+        extra = extra.take(np.isin(extra.clips, new))
         named = Windows(extra.split, extra.samples, extra.needs, extra.infer_ms, extra.subsets,
                         np.asarray([f"{directory.name}/{clip}" for clip in extra.clips]), extra.seqs)
         test = test.concat(named, "test")
