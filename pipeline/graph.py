@@ -293,6 +293,7 @@ class GraphRun:
 
     POLL_S = 0.1
     SINKS_DONE_GRACE_S = 2.0
+    ENDING_GRACE_S = 10.0
     FAILED_STAGE_GRACE_S = 3.0
 
     def __init__(self, graph: GraphSpec, run_dir: Path | None = None, log_level: str = "INFO",
@@ -425,14 +426,22 @@ class GraphRun:
             return False
         self._close_inputs(pending)
         # Once every sink has ended cleanly, all data has arrived: what still runs is a
-        # service (sources: 0) or a stage waiting for such a reader to leave. Stop them.
+        # service (sources: 0), a stage waiting for such a reader to leave, or a stage ending
+        # on its own. Stop them, after a grace.
         sinks = [s for s in self.running.values() if s.spec.name in self._sinks]
         if sinks and all(s.exit_code == 0 for s in sinks) or all(s.spec.sources == 0 for s in pending):
             self._sinks_done_at = self._sinks_done_at or time.monotonic()
-            if time.monotonic() - self._sinks_done_at > self.SINKS_DONE_GRACE_S:
-                self.stopped_when_done += [s.spec.name for s in pending]
-                self._terminate(pending)
-                return False
+            waited = time.monotonic() - self._sinks_done_at
+            # A stage told that its inputs are closed is ending by itself, and its process may
+            # take a few seconds to exit once it has (sockets linger, a model runtime tears
+            # down): it gets ENDING_GRACE_S. The rest get SINKS_DONE_GRACE_S.
+            overdue = [s for s in pending if waited > (self.ENDING_GRACE_S if s.spec.name in self.inputs_closed
+                                                       else self.SINKS_DONE_GRACE_S)]
+            if overdue:
+                self.stopped_when_done += [s.spec.name for s in overdue]
+                self._terminate(overdue)
+                if len(overdue) == len(pending):
+                    return False
         if self._stop_requested_at is not None and time.monotonic() - self._stop_requested_at > self._stop_grace_s:
             log.warning("graph %s: stages %s did not finish within %.0f s of the stop; terminating them",
                         self.graph.name, [s.spec.name for s in pending], self._stop_grace_s)

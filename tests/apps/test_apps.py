@@ -290,9 +290,12 @@ def test_a_worker_killed_mid_run_loses_only_its_frames_in_flight_and_they_are_ac
         run.close()
     assert code == 0
     assert run.running["worker-1"].restarts == 1 and run.pid("worker-1") != killed_pid
-    # Every stage ended by itself, the workers and the aggregator once what they read from had.
-    assert run.terminated == [] and {"worker-1", "worker-2", "aggregate"} <= set(run.inputs_closed)
+    # Every stage ended by itself: the workers once what they read from had; the aggregator as
+    # soon as it had every input accounted for, or, when some were lost with the killed worker,
+    # once it was told that the filter and both workers had ended (nothing more could come).
     summary = json.loads(summary_path.read_text())["total"]
+    assert run.terminated == [] and {"worker-1", "worker-2"} <= set(run.inputs_closed)
+    assert "aggregate" in run.inputs_closed or summary["lost"] == 0
     assert summary["produced"] == 200 and summary["balanced"]
     assert summary["inferred"] + summary["lost"] == 200
     assert summary["lost"] <= 8, summary    # at most what sat in the dead worker's queue and hands

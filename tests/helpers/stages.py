@@ -51,11 +51,16 @@ class CountingSource(SourceStage):
 
 class SlowRelay(Stage):
     """Forwards messages after sleeping `delay_ms` each; with `verify`, checks CountingSource
-    frames' pixels match their seq."""
+    frames' pixels match their seq; sleeps `teardown_ms` in teardown (a model runtime that takes
+    its time to close)."""
 
-    def __init__(self, delay_ms: float = 0.0, verify: bool = True):
+    def __init__(self, delay_ms: float = 0.0, verify: bool = True, teardown_ms: float = 0.0):
         self.delay_s = delay_ms / 1000
         self.verify = verify
+        self.teardown_s = teardown_ms / 1000
+
+    def teardown(self) -> None:
+        time.sleep(self.teardown_s)
 
     def process(self, message: Message) -> Message:
         if self.verify and message.arrays and frame_seq(message.arrays[0]) != message.seq:

@@ -178,6 +178,26 @@ def test_graph_files_are_checked_before_anything_starts(document, message):
 
 
 @pytest.mark.timeout(60)
+def test_a_stage_ending_on_its_own_after_the_sink_is_given_time_to_exit(tmp_path):
+    """A pool worker told that its inputs are closed ends by itself, but its process may take a
+    few seconds to exit (here 4 s of teardown, as a model runtime closing) after the sink, which
+    already had everything, ended: it is not stopped for that (ENDING_GRACE_S, not the 2 s for
+    stages nobody will ever tell)."""
+    document = {"name": "pool", "transport": "ipc", "stages": [
+        {"name": "source", "stage": SOURCE, "params": {"count": 10}},
+        {"name": "worker", "stage": "tests.helpers.stages:SlowRelay", "inputs": ["source"], "sources": 0,
+         "params": {"teardown_ms": 4000}},
+        {"name": "sink", "stage": "stages.sinks:JsonlSink", "inputs": ["worker"],
+         "params": {"path": str(tmp_path / "out.jsonl")}}]}
+    run = GraphRun(parse_graph(document), tmp_path / "run", log_level="WARNING")
+    assert GraphRun.ENDING_GRACE_S > 4 > GraphRun.SINKS_DONE_GRACE_S
+    assert run.run() == 0
+    assert run.terminated == [] and run.stopped_when_done == [] and "worker" in run.inputs_closed
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [line["seq"] for line in lines if not line.get("final")] == list(range(10))     # then the marker
+
+
+@pytest.mark.timeout(60)
 def test_a_stage_ended_because_the_sinks_had_everything_reads_as_stopped_when_done(tmp_path):
     """A pool worker waiting on an outside address is never told its inputs closed: once the
     graph's sink has everything, the launcher stops it, and the stage table says so rather than
