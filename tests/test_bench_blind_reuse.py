@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from models.simulate import PreparedClip, replay
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.scripts import load_script
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("blind_reuse", ROOT / "bench" / "blind_reuse.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/blind_reuse.py")
 
 
 def clip_of(counts) -> PreparedClip:

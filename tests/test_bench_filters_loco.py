@@ -8,20 +8,16 @@ handed over after every fold.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.scripts import load_script
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_filters", ROOT / "apps" / "bench_filters.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("apps/bench_filters.py")
 
 
 def test_loco_trains_once_per_fold_and_keeps_each_reuse_variant_apart(tmp_path, monkeypatch):

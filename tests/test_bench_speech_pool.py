@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,15 +11,11 @@ import pytest
 from models import mixtures
 from models.mixtures import MixtureOptions, window_records
 from pipeline.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.scripts import load_script
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_speech", ROOT / "apps" / "bench_speech.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("apps/bench_speech.py")
 
 
 def draw(directory: Path, words: list[int], level: float) -> Path:
