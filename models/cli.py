@@ -337,6 +337,9 @@ def add_calibrate(tools: argparse._SubParsersAction) -> None:
                         help="where every spec's calibration goes (default bench/results/filters_speech_calibration.json)")
     speech.add_argument("--ship", type=Path, default=None, metavar="FILE",
                         help="also write the spec to ship per target, chosen on val (models/shipped/speech/cascade.json)")
+    calibrate.add_argument("--reuse-options", default="", metavar="OPTIONS",
+                           help="video: calibrate a variant of the Reuse filter (its options, e.g. refer=agree); "
+                                "recorded with its thresholds, run it with the same options")
     calibrate.add_argument("--lag", type=int, default=DEFAULT_LAG,
                            help=f"frames between a decision and its feedback (default {DEFAULT_LAG})")
     calibrate.add_argument("--labels", type=Path, default=None, help=f"label directory (default {default_label_dir()})")
@@ -366,7 +369,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise ConfigError(f"calibrate takes one filter directory (or, with --task speech, policy specs); "
                           f"got {len(args.directory)}: {' '.join(args.directory)}")
     written = calibrate_directory(Path(args.directory[0]), _targets(args.target), args.clips, args.lag, args.labels,
-                                  args.progress)
+                                  args.progress, reuse_options=_reuse_options(args.reuse_options))
     for what, path in written.items():
         document = json.loads(path.read_text())
         print(f"{path}:")
@@ -378,9 +381,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
 def add_evaluate(tools: argparse._SubParsersAction) -> None:
     from models.simulate import DEFAULT_LAG
     evaluate = tools.add_parser("evaluate", help="filtering rate vs agreement curves on the clips' test halves",
-                                description="Replay a filter set (skip, reuse, their cascade) and the baselines "
-                                "(framediff, motion, stride:N) over the test half of each clip: a PNG per clip, a "
-                                "summary PNG and evaluation.json under --out.")
+                                description="Replay a filter set (skip, reuse, their cascade), the baselines "
+                                "(framediff, motion, stride:N) and the blind reference (the last inferred count "
+                                "reused for a random share of frames) over the test half of each clip: a PNG per "
+                                "clip, a summary PNG and evaluation.json under --out.")
     evaluate.add_argument("--filters", type=Path, default=None,
                           help="filter set: a directory with skip/ and reuse/ (default models/shipped/vehicle)")
     evaluate.add_argument("--clips", type=Path, nargs="+", default=None, metavar="CLIP",
@@ -390,21 +394,34 @@ def add_evaluate(tools: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--lag", type=int, default=DEFAULT_LAG,
                           help=f"frames between a decision and its feedback (default {DEFAULT_LAG})")
     evaluate.add_argument("--no-baselines", dest="baselines", action="store_false",
-                          help="leave out framediff, motion and stride")
+                          help="leave out framediff, motion, stride and the blind reference")
+    evaluate.add_argument("--reuse-options", default="", metavar="OPTIONS",
+                          help="evaluate a variant of the Reuse filter (e.g. refer=agree); the set must have been "
+                               "calibrated with the same options (calibrate --reuse-options)")
     evaluate.add_argument("--labels", type=Path, default=None, help=f"label directory (default {default_label_dir()})")
     evaluate.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     evaluate.set_defaults(handler=run_evaluate)
+
+
+def _reuse_options(text: str) -> str:
+    """`text` checked as Reuse options (refused before any work, naming what is wrong)."""
+    from models.options import parse_options
+    from models.reuse import REUSE_OPTIONS
+    parse_options("reuse", text, REUSE_OPTIONS)
+    return text
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from models.evaluate import STRIDES, check_filters, describe_summary, evaluate_clips
     from models.filterdir import SHIPPED
     filters = args.filters or SHIPPED
-    check_filters(filters)
+    reuse_options = _reuse_options(args.reuse_options)
+    check_filters(filters, reuse_options)
     _targets([args.target])
     clips = _clips(args.clips)
     table = evaluate_clips(clips, filters, args.out, args.target, args.lag, args.baselines,
-                           STRIDES if args.baselines else (), args.labels, args.progress, say=print)
+                           STRIDES if args.baselines else (), args.labels, args.progress, say=print,
+                           reuse_options=reuse_options)
     for line in describe_summary(table["summary"]):
         print(line)
     print(f"wrote {args.out}/evaluation.json, {args.out}/summary.png and one PNG per clip")

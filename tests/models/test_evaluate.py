@@ -98,6 +98,7 @@ def test_an_empty_clip_has_no_ceiling_to_compare_with():
     (["--filters", "{tmp}/absent"], "expected a filter set"),
     (["--filters", "{fixture}", "--clips", "{tmp}/absent.mp4"], "no such clip"),
     (["--filters", "{fixture}", "--target", "1.5"], "--target"),
+    (["--filters", "{fixture}", "--reuse-options", "refer=oldest"], "nearest|latest|agree"),
 ])
 def test_the_command_refuses_missing_inputs(tmp_path, argv, message):
     fixture = tmp_path / "set"
