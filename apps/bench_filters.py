@@ -401,10 +401,9 @@ def main() -> int:
         save()
     if args.loco:
         with tempfile.TemporaryDirectory(prefix="bench-loco-") as work:
-            from models.reuse import REUSE_OPTIONS
-            from models.options import parse_options
+            from models.reuse import checked_reuse_options
             for variant in args.loco_reuse:            # refused before hours of training, not after
-                parse_options("reuse", variant, REUSE_OPTIONS)
+                checked_reuse_options(variant)
 
             def keep(partial: dict[str, Any]) -> None:
                 results["loco"] = partial

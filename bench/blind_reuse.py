@@ -37,7 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models import metrics  # noqa: E402
-from models.baselines.blind import BlindReuse  # noqa: E402,F401  (the policy, for those who import it from here)
 from models.dataset import default_clips  # noqa: E402
 from models.evaluate import blind_entry  # noqa: E402
 from models.simulate import DEFAULT_LAG, WARMUP, PreparedClip, labelled_clip, prepare_part  # noqa: E402

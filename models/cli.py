@@ -368,8 +368,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if len(args.directory) != 1:
         raise ConfigError(f"calibrate takes one filter directory (or, with --task speech, policy specs); "
                           f"got {len(args.directory)}: {' '.join(args.directory)}")
+    from models.reuse import checked_reuse_options
     written = calibrate_directory(Path(args.directory[0]), _targets(args.target), args.clips, args.lag, args.labels,
-                                  args.progress, reuse_options=_reuse_options(args.reuse_options))
+                                  args.progress, reuse_options=checked_reuse_options(args.reuse_options))
     for what, path in written.items():
         document = json.loads(path.read_text())
         print(f"{path}:")
@@ -403,19 +404,12 @@ def add_evaluate(tools: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=run_evaluate)
 
 
-def _reuse_options(text: str) -> str:
-    """`text` checked as Reuse options (refused before any work, naming what is wrong)."""
-    from models.options import parse_options
-    from models.reuse import REUSE_OPTIONS
-    parse_options("reuse", text, REUSE_OPTIONS)
-    return text
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     from models.evaluate import STRIDES, check_filters, describe_summary, evaluate_clips
     from models.filterdir import SHIPPED
+    from models.reuse import checked_reuse_options
     filters = args.filters or SHIPPED
-    reuse_options = _reuse_options(args.reuse_options)
+    reuse_options = checked_reuse_options(args.reuse_options)
     check_filters(filters, reuse_options)
     _targets([args.target])
     clips = _clips(args.clips)

@@ -97,12 +97,20 @@ def blind_entry(clip: PreparedClip, target: float = DEFAULT_TARGET, lag: int = D
                        "worst_draw_agreement": round(min(agreements), 4)})
         if share > 0.3 and points[-1]["agreement"] < target - 1e-9:
             break                       # past the budget; agreement only falls from here
-    meeting = [p for p in points if p["agreement"] >= target - 1e-9]
-    best = max(meeting, key=lambda p: (p["filtered"], p["agreement"]))     # share 0 always meets it
     return {"curve": frontier(points), "points": len(points),
-            "best": {**best, "fraction_of_ceiling": round(metrics.fraction_of_ceiling(best["filtered"], ceiling), 4)},
+            "best": best_at_target(points, target, ceiling),          # share 0 always meets the target
             "note": f"reference, looks at no frame: reuses the last inferred count for a random share; "
                     f"mean of {seeds} draws"}
+
+
+def best_at_target(points: Sequence[dict[str, Any]], target: float, ceiling: float) -> dict[str, Any]:
+    """The point filtering the most while meeting `target` (on a tie, the higher agreement), with
+    its rate as a fraction of `ceiling`; a point filtering nothing when none meets the target."""
+    meeting = [p for p in points if p["agreement"] >= target - 1e-9]
+    if not meeting:
+        return {"at": None, "agreement": None, "filtered": 0.0, "count_accuracy": None, "fraction_of_ceiling": 0.0}
+    best = max(meeting, key=lambda p: (p["filtered"], p["agreement"]))
+    return {**best, "fraction_of_ceiling": round(metrics.fraction_of_ceiling(best["filtered"], ceiling), 4)}
 
 
 def _point(run, truth: np.ndarray, at: Any) -> dict[str, Any]:
@@ -139,14 +147,8 @@ def evaluate_prepared(clip: PreparedClip, contenders: Sequence[Contender], targe
             at, policies, thresholds = contender.calibrated
             calibrated = _point(replay(policies, clip, thresholds, lag=lag), truth, at)
             points.append(dict(calibrated))          # a threshold like any other for the curve
-        meeting = [p for p in points if p["agreement"] >= target - 1e-9]
-        best = max(meeting, key=lambda p: (p["filtered"], p["agreement"])) if meeting else None
-        entry: dict[str, Any] = {"curve": frontier(points), "points": len(points)}
-        if best is not None:
-            entry["best"] = {**best, "fraction_of_ceiling": round(metrics.fraction_of_ceiling(best["filtered"], ceiling), 4)}
-        else:
-            entry["best"] = {"at": None, "agreement": None, "filtered": 0.0, "count_accuracy": None,
-                             "fraction_of_ceiling": 0.0}
+        entry: dict[str, Any] = {"curve": frontier(points), "points": len(points),
+                                 "best": best_at_target(points, target, ceiling)}
         if calibrated is not None:
             point = calibrated
             point["meets_target"] = point["agreement"] >= target - 1e-9
@@ -158,6 +160,17 @@ def evaluate_prepared(clip: PreparedClip, contenders: Sequence[Contender], targe
     if blind:
         row["policies"][BLIND] = blind_entry(clip, target, lag)
     return row
+
+
+def cascade_versus(rows: Sequence[dict[str, Any]], other: str) -> dict[str, Any]:
+    """The clips where the cascade keeps fewer frames from YOLO at the target than `other`
+    (behind) or the same share (tied: e.g. both at the ceiling of an empty scene), and how many
+    where it keeps more (ahead)."""
+    pairs = [(row["clip"], row["policies"]["cascade"]["best"]["filtered"], row["policies"][other]["best"]["filtered"])
+             for row in rows if other in row["policies"] and "cascade" in row["policies"]]
+    return {"behind": [clip for clip, ours, theirs in pairs if ours < theirs],
+            "tied": [clip for clip, ours, theirs in pairs if ours == theirs],
+            "ahead": sum(ours > theirs for _, ours, theirs in pairs)}
 
 
 def summarize(rows: Sequence[dict[str, Any]], target: float) -> dict[str, Any]:
@@ -189,25 +202,10 @@ def summarize(rows: Sequence[dict[str, Any]], target: float) -> dict[str, Any]:
             }
         summary[name] = item
     if "cascade" in names:
-        # per baseline, the clips where the cascade keeps fewer frames from YOLO at the target
-        # (behind) or the same share (tied: e.g. both at the ceiling of an empty scene)
-        versus = {}
-        for baseline in BASELINES:
-            if baseline not in names:
-                continue
-            pairs = [(row["clip"], row["policies"]["cascade"]["best"]["filtered"], row["policies"][baseline]["best"]["filtered"])
-                     for row in rows if baseline in row["policies"] and "cascade" in row["policies"]]
-            versus[baseline] = {"behind": [clip for clip, ours, theirs in pairs if ours < theirs],
-                                "tied": [clip for clip, ours, theirs in pairs if ours == theirs],
-                                "ahead": sum(ours > theirs for _, ours, theirs in pairs)}
-        summary["cascade_vs_baselines"] = versus
+        summary["cascade_vs_baselines"] = {baseline: cascade_versus(rows, baseline)
+                                           for baseline in BASELINES if baseline in names}
         if BLIND in names:             # a reference, not a baseline: reported apart
-            pairs = [(row["clip"], row["policies"]["cascade"]["best"]["fraction_of_ceiling"],
-                      row["policies"][BLIND]["best"]["fraction_of_ceiling"])
-                     for row in rows if BLIND in row["policies"] and "cascade" in row["policies"]]
-            summary["cascade_vs_blind"] = {"behind": [clip for clip, ours, theirs in pairs if ours < theirs],
-                                           "tied": [clip for clip, ours, theirs in pairs if ours == theirs],
-                                           "ahead": sum(ours > theirs for _, ours, theirs in pairs)}
+            summary["cascade_vs_blind"] = cascade_versus(rows, BLIND)
     summary["target"] = target
     return summary
 

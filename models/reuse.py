@@ -57,7 +57,7 @@ import numpy as np
 from pipeline.errors import ConfigError
 from models.base import REUSE_HORIZON, Decision
 from models.filterdir import DistanceHead, FilterDir
-from models.options import Option, choice, number, whole
+from models.options import Option, choice, number, parse_options, whole
 from models.skip import LearnedFramePolicy
 
 REPLACEMENTS = ("lfu", "lru", "fifo")
@@ -71,6 +71,13 @@ REUSE_OPTIONS: dict[str, Option] = {
     "homogeneity": number(0, 1), "capacity": whole(1, 65536), "replacement": choice(*REPLACEMENTS),
     "reset": whole(0), "max_run": whole(0), "pending": whole(0, 64), "refer": choice(*REFERENCES),
 }
+
+
+def checked_reuse_options(text: str) -> str:
+    """`text` as Reuse options (``refer=agree,k=3``), refused with a ConfigError naming what is
+    wrong: for commands that pass them on to hours of work (calibration, LOCO) to check first."""
+    parse_options("reuse", text, REUSE_OPTIONS)
+    return text
 
 
 @dataclass

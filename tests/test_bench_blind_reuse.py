@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from models.baselines.blind import BlindReuse
 from models.simulate import PreparedClip, replay
 from tests.helpers.scripts import load_script
 
@@ -21,18 +22,17 @@ def clip_of(counts) -> PreparedClip:
 
 
 def test_blind_reuse_reuses_about_its_share_and_answers_with_the_last_inferred_count():
-    bench = load_bench()
     steady = clip_of([3] * 2000)
-    run = replay([bench.BlindReuse(0.3, seed=1)], steady)
+    run = replay([BlindReuse(0.3, seed=1)], steady)
     assert run.filtered == pytest.approx(0.3, abs=0.04) and run.agreement(steady.truth) == 1.0
     assert set(run.ref_seq[run.ref_seq >= 0] - run.seq[run.ref_seq >= 0]) <= set(range(-40, 0))
-    assert replay([bench.BlindReuse(0.0, seed=1)], steady).filtered == 0.0
+    assert replay([BlindReuse(0.0, seed=1)], steady).filtered == 0.0
     # A count that grows on every frame: each reused frame is wrong, so agreement = 1 - filtered.
     flipping = clip_of(np.arange(2000))
-    run = replay([bench.BlindReuse(0.2, seed=2)], flipping)
+    run = replay([BlindReuse(0.2, seed=2)], flipping)
     assert run.agreement(flipping.truth) == pytest.approx(1 - run.filtered, abs=1e-9) and run.filtered > 0.15
     # The same seed, the same draws: a rerun of the bench gives the same table.
-    again = replay([bench.BlindReuse(0.2, seed=2)], flipping)
+    again = replay([BlindReuse(0.2, seed=2)], flipping)
     assert np.array_equal(run.action, again.action)
 
 
