@@ -20,9 +20,10 @@ Skip checks itself. A network calibrated on some cameras can be wrong on a new o
 own camera in new weather: in fog it calls every frame empty, and since a skipped frame never
 reaches the model, nothing would ever say so. So, per stream:
 
-- after `max_run` skips in a row the next frame the network would skip goes to the model
-  instead (a *probe*, an ``infer`` decision of this policy), so at least 1 in `max_run` + 1
-  would-skip frames is checked; until a stream has `window` checks, probes come twice as
+- after `max_run` skips since the last probe (in a row or not: on a busy camera Skip is wrong
+  on, it skips in short runs between frames it lets through) the next frame the network would
+  skip goes to the model instead (a *probe*, an ``infer`` decision of this policy), so at
+  least 1 in `max_run` + 1 would-skip frames is checked; until a stream has `window` checks, probes come twice as
   often (every `CHECK_SPACING` skips), so a camera Skip is wrong on is found out in seconds;
 - every frame the network would have skipped and the model answered anyway (a probe, an
   audited skip, a frame Skip let through while distrusted) is a *check*; a check in which the
@@ -158,7 +159,7 @@ class SkipStats:
     """What Skip's self-check did, over all streams (counters only grow)."""
 
     skipped: int = 0
-    probes: int = 0              # would-skip frames sent to the model after max_run skips in a row
+    probes: int = 0              # would-skip frames sent to the model after max_run skips
     checked: int = 0             # would-skip frames the model answered (probes, audits, distrusted)
     misses: int = 0              # ... in which the model found a vehicle
     held_back: int = 0           # would-skip frames let through because the stream distrusted Skip
@@ -170,7 +171,7 @@ class SkipStats:
 
 @dataclass
 class _StreamWatch:
-    run: int = 0                             # skips in a row
+    run: int = 0                             # skips since the last probe (or since distrust)
     checks: deque = field(default_factory=deque)   # the last `window` checks: True for a miss
     misses: int = 0                          # True values in `checks`
     last_check: int = -(1 << 62)             # seq of the last check counted
@@ -181,8 +182,8 @@ class _StreamWatch:
 class SkipPolicy(LearnedFramePolicy):
     """Skips a frame whose P(model needed) is below `threshold`; no opinion otherwise.
 
-    Options: ``target`` or ``threshold``; ``max_run`` (at most this many skips in a row per
-    stream before a would-skip frame goes to the model, 50; 0: never probe); ``window`` and
+    Options: ``target`` or ``threshold``; ``max_run`` (at most this many skips per stream, in a
+    row or not, before a would-skip frame goes to the model, 50; 0: never probe); ``window`` and
     ``max_misses`` (skip only while at most `max_misses` of the last `window` checks found a
     vehicle, 1 of 20). 50 frames are two seconds of 25 fps video: on an empty scene the probes
     cost 1 frame in 51. 1 in 20 is the 5 % error a 0.95 target allows, measured on the frames
@@ -226,9 +227,10 @@ class SkipPolicy(LearnedFramePolicy):
     def decide_prepared(self, stream: str, seq: int, features: np.ndarray) -> Decision | None:
         """`features`: [P(model needed)] (`prepare`)."""
         if features[0] >= self.threshold:
-            watch = self._streams.get(stream)
-            if watch is not None:
-                watch.run = 0
+            # No reset of the stream's skips here: on a busy camera Skip wrongly calls empty, it
+            # skips in short runs between frames it lets through, and a probe only after skips
+            # in a row would never come (a dense highway held out of training: 254 skips, all
+            # wrong, not one probe).
             return None
         watch = self._watch(stream)
         watch.unchecked.append(seq)
