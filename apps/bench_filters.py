@@ -31,6 +31,7 @@ LOCO, ahead of every baseline on every clip; filter cost <= 3 % of YOLO's; end t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -355,6 +356,9 @@ def main() -> int:
     parser.add_argument("--loco-reuse", nargs="+", default=[""], metavar="OPTIONS",
                         help="LOCO: Reuse variants to compare on the same trained networks, as Reuse options "
                              "('' for the default, refer=agree, ...); the first is the headline (default: '')")
+    parser.add_argument("--loco-keep", type=Path, default=None, metavar="DIR",
+                        help="keep each LOCO fold's trained and calibrated filter sets under DIR "
+                             "(default: a temporary directory, removed at the end)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "filters.json")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "filters", help="PNGs and tables")
     args = parser.parse_args()
@@ -400,7 +404,9 @@ def main() -> int:
         results["end_to_end"] = bench_end_to_end(video, args.runs, args.filters, args.target, args.e2e_frames)
         save()
     if args.loco:
-        with tempfile.TemporaryDirectory(prefix="bench-loco-") as work:
+        with contextlib.nullcontext(str(args.loco_keep)) if args.loco_keep else \
+                tempfile.TemporaryDirectory(prefix="bench-loco-") as work:
+            Path(work).mkdir(parents=True, exist_ok=True)
             from models.reuse import checked_reuse_options
             for variant in args.loco_reuse:            # refused before hours of training, not after
                 checked_reuse_options(variant)
