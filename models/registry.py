@@ -47,7 +47,7 @@ POLICIES: dict[str, PolicyEntry] = {
                         "stops skipping a stream where YOLO finds vehicles it would have skipped"),
     "reuse": PolicyEntry("models.reuse:ReusePolicy",
                          "reuse[:target=T|threshold=P,k=5,k_min=1,homogeneity=1,capacity=256,"
-                         "replacement=lfu|lru|fifo,reset=0,max_run=25,pending=0,refer=nearest|latest|agree]",
+                         "replacement=lfu|lru|fifo,reset=0,max_run=25,pending=0,refer=nearest|latest|agree,check=0]",
                          "the shipped InFi-Reuse filter: answer a frame with an earlier inferred frame's "
                          "answer when its k nearest cached frames (learned distance) agree"),
     "cascade": PolicyEntry("models.registry:ShippedCascade", "cascade[:target=T,task=vehicles|speech]",

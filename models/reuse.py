@@ -48,8 +48,9 @@ streams are tracked (the least recently seen is dropped, counted). Counters in `
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from dataclasses import asdict, dataclass
+import zlib
+from collections import OrderedDict, deque
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,7 @@ REUSE_OPTIONS: dict[str, Option] = {
     "target": number(0, 1), "threshold": number(0, 1), "k": whole(1, 64), "k_min": whole(1, 64),
     "homogeneity": number(0, 1), "capacity": whole(1, 65536), "replacement": choice(*REPLACEMENTS),
     "reset": whole(0), "max_run": whole(0), "pending": whole(0, 64), "refer": choice(*REFERENCES),
+    "check": whole(0, 1000),
 }
 
 
@@ -101,6 +103,46 @@ class CacheStats:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+@dataclass
+class CheckStats:
+    """What Reuse's self-check (``check=N``) did, over all streams (counters only grow)."""
+
+    probes: int = 0              # would-reuse frames sent to the model to check the reuse
+    checked: int = 0             # ... whose answer came back
+    misses: int = 0              # ... in which the model's count was not the one the reuse would have given
+    tightened: int = 0           # a stream's threshold halved: its misses spent more than the error budget
+    relaxed: int = 0             # a stream's threshold raised back a step (never above the calibrated one)
+    streams_dropped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class _ReuseWatch:
+    """One stream's self-check: how far its threshold is lowered, its recent checks and reuses."""
+
+    rng: np.random.Generator
+    level: int = 0                                   # the threshold is the calibrated one * FACTOR ** level
+    checks: deque = field(default_factory=deque)     # the last CHECK_WINDOW checks at this level: True for a miss
+    probes: dict = field(default_factory=dict)       # probed seq -> the count its reuse would have given
+    # The last SHARE_WINDOW inputs: True where the cache vouched for a reuse (probed or not, and
+    # also where reuse is off), so the share is what the stream's reuses would answer at this level.
+    recent: deque = field(default_factory=deque)
+    reused: int = 0                                  # True values in `recent`
+
+
+def wilson_interval(misses: int, checks: int, z: float) -> tuple[float, float]:
+    """Wilson score interval of a miss rate (z: 1.5 for about 87 % two-sided)."""
+    if checks == 0:
+        return 0.0, 1.0
+    rate = misses / checks
+    scale = 1.0 + z * z / checks
+    centre = rate + z * z / (2 * checks)
+    spread = z * math.sqrt(rate * (1.0 - rate) / checks + z * z / (4.0 * checks * checks))
+    return max(0.0, (centre - spread) / scale), min(1.0, (centre + spread) / scale)
 
 
 def _logit(p: float) -> float:
@@ -195,6 +237,14 @@ class ReuseCache:
             return {"seqs": np.zeros(0, np.int64), "answers": np.zeros(0, np.int64), "hits": np.zeros(0, np.int64)}
         n = state.size
         return {"seqs": state.seqs[:n].copy(), "answers": state.answers[:n].copy(), "hits": state.hits[:n].copy()}
+
+    def answer_of(self, stream: str, seq: int) -> int | None:
+        """The cached answer of frame `seq`, or None when it is not in the cache (on its way, gone)."""
+        state = self._streams.get(stream)
+        if state is None:
+            return None
+        rows = np.flatnonzero(state.seqs[:state.size] == seq)
+        return int(state.answers[rows[0]]) if len(rows) else None
 
     def pending(self, stream: str) -> list[int]:
         state = self._streams.get(stream)
@@ -397,15 +447,51 @@ class ReusePolicy(LearnedFramePolicy):
     Forcing a fresh answer after a run keeps the cache learning and bounds how stale a reused
     answer can be, for at most 1 frame in 26 inferred. 25 is a design bound (about a second of
     video), not tuned on the test halves.
+
+    ``check=N`` turns on Reuse's self-check (0, the default: off). A threshold calibrated on some
+    cameras can be far too lax on a new one (leave-one-camera-out: 0.58-0.68 agreement on busy
+    cameras calibrated without any), and a reused frame never reaches the model, so nothing would
+    say so. With the check, per stream:
+
+    - 1 in N of the frames the cache would answer, drawn at random (1 in N/2 until the stream has
+      `CHECK_WINDOW` checks), goes to the model instead (a *probe*, an ``infer`` decision of this
+      policy), remembering the count the reuse would have given; its answer is a *check*, a
+      *miss* when the counts differ. Random, not at the end of a run (`max_run`): a frame after
+      25 reuses in a row is staler than the average reused frame and would overstate the misses;
+    - the stream's reuses spend (share of its recent inputs the cache vouched for) x (miss rate) of the
+      error budget (1 - target, 0.05 by default), both counted since the stream's last change of
+      level. When, after at least `CHECK_MIN` checks, the Wilson interval (z = `CHECK_Z`) of the
+      miss rate over its last `CHECK_WINDOW` checks says, even at its lower end, that this is
+      more than the budget, the stream's threshold is halved and its checks start over; after
+      `CHECK_LEVELS` - 1 halvings the next step turns reuse off for the stream, and then every
+      frame the cache would answer goes to the model and is a check, at no extra cost; when a
+      full window's misses spend less than half the budget, the threshold goes back up a step,
+      never above the calibrated one (tightening on the interval's lower end and relaxing on
+      the observed rate leaves a band between them where the level stays).
+
+    The probes cost 1 in N of the reused frames; what it buys was measured under leave-one-
+    camera-out (docs/filters.md, "Reuse checks itself").
     """
 
     options = REUSE_OPTIONS
     kind = "reuse"
     uses_feedback = True   # the cache holds only answers heard back from the aggregator
     defaults = {"k": 5, "k_min": 1, "homogeneity": 1.0, "capacity": 256, "replacement": "lfu", "reset": 0,
-                "max_run": 25, "pending": 0, "refer": "nearest"}
+                "max_run": 25, "pending": 0, "refer": "nearest", "check": 0}
+    #: The self-check (``check``): checks per verdict, the interval's z, how far a threshold falls.
+    CHECK_WINDOW = 20
+    CHECK_MIN = 5               # checks at a level before it may be lowered (one early miss says little)
+    CHECK_Z = 1.5
+    CHECK_FACTOR = 0.5
+    CHECK_LEVELS = 6
+    #: Inputs over which a stream's share of reused frames is measured.
+    SHARE_WINDOW = 250
+    #: The error budget when the policy was given a threshold rather than a target.
+    DEFAULT_BUDGET = 0.05
     #: Streams whose current run of reuses is counted (the least recently seen are forgotten).
     MAX_RUN_STREAMS = 1024
+    #: Probes per stream waiting for their answers (the oldest is forgotten).
+    MAX_PROBES = 64
 
     def __init__(self, directory: FilterDir, threshold: float, name: str = "reuse", **settings: Any):
         super().__init__(directory, threshold, name, directory.embedding, settings)
@@ -417,12 +503,16 @@ class ReusePolicy(LearnedFramePolicy):
         self.max_run = self.settings["max_run"]
         self._runs: OrderedDict[str, int] = OrderedDict()   # stream -> inputs reused in a row
         self.forced = 0                                      # inputs sent to the model by max_run
+        self.check = int(self.settings["check"])
+        self.check_stats = CheckStats()
+        self._watches: OrderedDict[str, _ReuseWatch] = OrderedDict()
+        self._probe = Decision("infer", policy=name)
 
     def open(self) -> None:
         self.model.open()
         if self.cache is None:
             self.cache = ReuseCache(self.directory.load_head(),
-                                    **{key: value for key, value in self.settings.items() if key != "max_run"})
+                                    **{key: value for key, value in self.settings.items() if key not in ("max_run", "check")})
             self.stats = self.cache.stats          # still readable after close()
 
     def close(self) -> None:
@@ -433,25 +523,117 @@ class ReusePolicy(LearnedFramePolicy):
         """`features`: the frame's embedding ([E] float32, `prepare`)."""
         if self.cache is None:
             raise RuntimeError(f"{self.name}: open() the policy before deciding")
+        watch = self._watch(stream) if self.check else None
+        threshold = self.threshold if watch is None else self._lowered(watch.level)
         run = self._runs.pop(stream, 0)
+        probe = vouched = False
         if self.max_run and run >= self.max_run:
             ref = None
             self.forced += 1
         else:
-            ref = self.cache.lookup(stream, seq, features, self.threshold)
+            ref = self.cache.lookup(stream, seq, features, threshold)
+            vouched = ref is not None
+            if vouched and watch is not None:
+                probe = self._maybe_probe(watch, stream, seq, ref)
+                if probe:
+                    ref = None
         self._runs[stream] = 0 if ref is None else run + 1   # re-inserted: most recently seen last
         if len(self._runs) > self.MAX_RUN_STREAMS:
             self._runs.popitem(last=False)
+        if watch is not None:
+            watch.recent.append(vouched)
+            watch.reused += vouched
+            if len(watch.recent) > self.SHARE_WINDOW:
+                watch.reused -= watch.recent.popleft()
         if ref is None:
             self.cache.hold(stream, seq, features)
-            return None
+            return self._probe if probe else None
         return Decision("reuse", ref_seq=ref, policy=self.name)
+
+    def _watch(self, stream: str) -> _ReuseWatch:
+        watch = self._watches.pop(stream, None)
+        if watch is None:
+            # Seeded by the stream's name: the same stream probes the same frames in every run.
+            watch = _ReuseWatch(np.random.default_rng(zlib.crc32(stream.encode())))
+            if len(self._watches) >= self.MAX_RUN_STREAMS:
+                self._watches.popitem(last=False)
+                self.check_stats.streams_dropped += 1
+        self._watches[stream] = watch                  # most recently seen last
+        return watch
+
+    def _maybe_probe(self, watch: _ReuseWatch, stream: str, seq: int, ref: int) -> bool:
+        """Whether the would-reuse frame `seq` goes to the model as a probe of the reuse of `ref`."""
+        if watch.level >= self.CHECK_LEVELS:
+            every = 1                       # reuse is off here: every would-reuse frame is a check, for free
+        else:
+            every = self.check if len(watch.checks) >= self.CHECK_WINDOW else max(1, self.check // 2)
+        if every > 1 and watch.rng.random() >= 1.0 / every:
+            return False
+        would = self.cache.answer_of(stream, ref)
+        if would is None:                   # pointing at an answer on its way: nothing to compare yet
+            return False
+        if len(watch.probes) >= self.MAX_PROBES:
+            watch.probes.pop(next(iter(watch.probes)))     # its answer never came back
+        watch.probes[seq] = would
+        self.check_stats.probes += 1
+        return True
+
+    def _checked(self, watch: _ReuseWatch, seq: int, result: dict[str, Any]) -> None:
+        """The model's answer to a probe: a check of the stream's reuses, and perhaps a new level."""
+        would = watch.probes.pop(seq)
+        count = result.get("count")
+        if result.get("decision") != "infer" or type(count) is not int:
+            return
+        miss = count != would
+        stats = self.check_stats
+        stats.checked += 1
+        stats.misses += miss
+        watch.checks.append(miss)
+        if len(watch.checks) > self.CHECK_WINDOW:
+            watch.checks.popleft()
+        misses, checks = sum(watch.checks), len(watch.checks)
+        low, _ = wilson_interval(misses, checks, self.CHECK_Z)
+        share = watch.reused / max(1, len(watch.recent))
+        if checks >= self.CHECK_MIN and low * share > self.budget and watch.level < self.CHECK_LEVELS:
+            watch.level += 1
+            stats.tightened += 1
+        elif checks >= self.CHECK_WINDOW and misses / checks * share < self.budget / 2 and watch.level > 0:
+            watch.level -= 1
+            stats.relaxed += 1
+        else:
+            return
+        # A new level: its checks and its share of vouched inputs are counted afresh.
+        watch.checks.clear()
+        watch.recent.clear()
+        watch.reused = 0
+
+    @property
+    def budget(self) -> float:
+        """The share of frames the reuses may get wrong: 1 - the target the threshold was picked for."""
+        return 1.0 - self.target if self.target is not None else self.DEFAULT_BUDGET
+
+    def _lowered(self, level: int) -> float:
+        """The threshold at a self-check level; at the last level the stream's frames are still
+        looked up at the level before, but every would-reuse goes to the model (reuse is off)."""
+        return self.threshold * self.CHECK_FACTOR ** min(level, self.CHECK_LEVELS - 1)
+
+    def threshold_of(self, stream: str) -> float:
+        """The threshold the stream reuses at now: the calibrated one, lower after the self-check
+        found its reuses too often wrong, 0 where it turned reuse off."""
+        watch = self._watches.get(stream) if self.check else None
+        if watch is None:
+            return self.threshold
+        return 0.0 if watch.level >= self.CHECK_LEVELS else self._lowered(watch.level)
 
     def feedback(self, stream: str, seq: int, result: dict[str, Any]) -> None:
         if self.cache is not None:
             self.cache.feedback(stream, seq, result)
+        watch = self._watches.get(stream) if self.check else None
+        if watch is not None and seq in watch.probes:
+            self._checked(watch, seq, result)
 
     def end_stream(self, stream: str) -> None:
         self._runs.pop(stream, None)
+        self._watches.pop(stream, None)
         if self.cache is not None:
             self.cache.end_stream(stream)

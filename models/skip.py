@@ -90,6 +90,7 @@ class LearnedFramePolicy(FramePolicy):
     kind: str = ""                          # "skip" or "reuse": the filter directory's kind
     options: dict[str, Option] = {}
     defaults: dict[str, Any] = {}           # the options besides target/threshold, with their defaults
+    target: float | None = None             # the agreement target the threshold was calibrated for, when named
 
     def __init__(self, directory: FilterDir, threshold: float, name: str, outputs: int, settings: dict[str, Any]):
         unknown = set(settings) - set(self.defaults)
@@ -116,7 +117,9 @@ class LearnedFramePolicy(FramePolicy):
         options = parse_options(name, argument, cls.options)
         threshold = resolve_threshold(directory, options, name)
         settings = {key: value for key, value in options.items() if key not in ("target", "threshold")}
-        return cls(directory, threshold, name, **settings)
+        policy = cls(directory, threshold, name, **settings)
+        policy.target = options.get("target")
+        return policy
 
     def open(self) -> None:
         self.model.open()

@@ -274,6 +274,9 @@ class Filter(Stage):
             stats = getattr(policy, "stats", None)          # Skip's self-check, Reuse's cache
             if stats is not None and hasattr(stats, "as_dict"):
                 log.info("[%s] %s: %s", self.name, policy.name, stats.as_dict())
+            checks = getattr(policy, "check_stats", None)   # Reuse's self-check, when on
+            if checks is not None and getattr(policy, "check", 0):
+                log.info("[%s] %s self-check: %s", self.name, policy.name, checks.as_dict())
         if self.audit:
             log.info("[%s] audit: %d inputs the filter answered were sent to the model as well", self.name,
                      self.audited)

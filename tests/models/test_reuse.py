@@ -265,7 +265,7 @@ def test_reuse_options_are_checked(tmp_path):
     policy = ReusePolicy.from_directory(directory, "k=7,k_min=2,homogeneity=0.8,capacity=32,replacement=lru,reset=100,"
                                                    "max_run=3,pending=4,refer=latest")
     assert policy.settings == {"k": 7, "k_min": 2, "homogeneity": 0.8, "capacity": 32, "replacement": "lru", "reset": 100,
-                               "max_run": 3, "pending": 4, "refer": "latest"}
+                               "max_run": 3, "pending": 4, "refer": "latest", "check": 0}
     with policy:
         assert (policy.cache.k, policy.cache.capacity, policy.cache.replacement, policy.cache.pending_candidates,
                 policy.cache.refer) == (7, 32, "lru", 4, "latest")
@@ -312,3 +312,92 @@ def test_a_run_of_reuses_ends_with_a_fresh_answer_after_max_run(tmp_path):
                     policy.feedback("cam", seq, {"decision": INFER, "count": 1})
         assert actions == expected, (max_run, actions)
         assert policy.forced == actions.count("infer") - 1
+
+
+def _checked_policy(tmp_path, options: str) -> ReusePolicy:
+    """A Reuse policy over the test head (2-d embeddings, p_differ as above), opened."""
+    policy = ReusePolicy.from_directory(make_filter_dir(tmp_path, "reuse"), options)
+    policy.open()
+    settings = {key: value for key, value in policy.settings.items() if key not in ("max_run", "check")}
+    policy.cache = ReuseCache(HEAD, **settings)
+    policy.stats = policy.cache.stats
+    return policy
+
+
+def _run_stream(policy: ReusePolicy, stream: str, counts: list[int], rng: np.random.Generator,
+                spread: float = 0.3) -> list[tuple[str, int]]:
+    """Frames that all look alike (embeddings within `spread`), answered at once when they go to
+    the model; per frame, the action and the answer it got."""
+    out = []
+    answers: dict[int, int] = {}
+    for seq, count in enumerate(counts):
+        decision = policy.decide_prepared(stream, seq, e(rng.uniform(0, spread)))
+        if decision is None or decision.action == INFER:
+            answers[seq] = count
+            policy.feedback(stream, seq, {"decision": INFER, "count": count})
+            out.append((INFER if decision is None else "probe", count))
+        else:
+            answers[seq] = answers[decision.ref_seq]
+            out.append(("reuse", answers[seq]))
+    return out
+
+
+def test_the_self_check_lowers_the_threshold_of_a_stream_whose_reuses_are_wrong(tmp_path):
+    """A scene whose count changes every frame although the frames look alike (what a busy camera
+    is to a cache calibrated on quiet ones): without the check nearly every frame reuses a wrong
+    count; with it, probes find the misses and the stream's threshold falls until the reuses it
+    still makes fit the error budget. A calm stream through the same policy keeps its threshold."""
+    busy = np.random.default_rng(7).integers(0, 3, 600).tolist()
+    calm = [2] * 600
+    results = {}
+    # k=1: the nearest entry alone vouches, so the H-kNN's homogeneity test cannot refuse
+    for options in ("threshold=0.5,max_run=0,k=1", "threshold=0.5,max_run=0,k=1,check=10"):
+        policy = _checked_policy(tmp_path, options)
+        rng = np.random.default_rng(0)
+        got = _run_stream(policy, "busy", busy, rng), _run_stream(policy, "calm", calm, rng)
+        agreement = [np.mean([answer == truth for (_, answer), truth in zip(run, counts)])
+                     for run, counts in zip(got, (busy, calm))]
+        kept = [np.mean([action == "reuse" for action, _ in run]) for run in got]
+        results[options] = agreement, kept, policy
+    (plain_agreement, plain_kept, plain), (agreement, kept, checked) = results.values()
+    assert plain.check_stats.probes == 0 and plain_agreement[0] < 0.4       # off: reuses wrong counts
+    assert checked.check_stats.tightened >= 2 and checked.check_stats.misses > 0
+    assert checked.threshold_of("busy") < checked.threshold / 2
+    assert agreement[0] > 0.85 and kept[0] < 0.2
+    # The calm stream: every check agrees, so its threshold stays; the probes cost about 1 in 10.
+    assert checked.threshold_of("calm") == checked.threshold
+    assert agreement[1] == 1.0 and 0.8 < kept[1] < plain_kept[1] == pytest.approx(599 / 600)
+    probes = sum(action == "probe" for action, _ in _run_stream(checked, "calm2", calm, np.random.default_rng(1)))
+    assert 20 < probes < 120
+
+
+def test_the_self_check_raises_a_lowered_threshold_back_when_the_scene_calms(tmp_path):
+    policy = _checked_policy(tmp_path, "threshold=0.5,max_run=0,k=1,check=10")
+    rng = np.random.default_rng(0)
+    seen = []
+    counts = np.random.default_rng(7).integers(0, 3, 400).tolist() + [1] * 3000
+    for seq, count in enumerate(counts):
+        decision = policy.decide_prepared("cam", seq, e(rng.uniform(0, 0.3)))
+        seen.append(policy.threshold_of("cam"))
+        if decision is None or decision.action == INFER:
+            policy.feedback("cam", seq, {"decision": INFER, "count": count})
+    assert min(seen[:400]) < 0.5 * policy.threshold                  # lowered while the count jumped
+    assert max(seen) == policy.threshold                               # never above the calibrated one
+    assert seen[-1] == policy.threshold and policy.check_stats.relaxed >= 1
+
+
+def test_the_self_check_stays_bounded(tmp_path):
+    """Probes whose answers never come back, and many streams: both tables stay at their bounds."""
+    policy = _checked_policy(tmp_path, "threshold=0.5,max_run=0,check=2")
+    policy.MAX_RUN_STREAMS = 4
+    for seq in range(3):
+        policy.decide_prepared("cam", seq, e(0))
+    policy.feedback("cam", 0, {"decision": INFER, "count": 1})            # one answer; then none again
+    for seq in range(3, 2000):
+        policy.decide_prepared("cam", seq, e(0))
+    assert 0 < len(policy._watches["cam"].probes) <= ReusePolicy.MAX_PROBES
+    for n in range(10):
+        policy.decide_prepared(f"cam{n}", 0, e(0))
+    assert len(policy._watches) == 4 and policy.check_stats.streams_dropped >= 7
+    policy.end_stream("cam9")
+    assert "cam9" not in policy._watches
