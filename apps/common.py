@@ -45,9 +45,10 @@ from stages.filter import Filter
 
 def add_run_options(parser: argparse.ArgumentParser, default_out: str, default_filter: str = "none") -> None:
     parser.add_argument("--filter", default=default_filter, metavar="POLICY",
-                        help=f"which inputs skip the heavy model (default {default_filter}): "
-                             + "; ".join(f"{e.usage}: {e.summary}" for e in POLICIES.values())
-                             + "; A+B: a cascade, the first policy that decides answers")
+                        # argparse formats help with %: a summary's "1 %" would print its whole dict
+                        help=(f"which inputs skip the heavy model (default {default_filter}): "
+                              + "; ".join(f"{e.usage}: {e.summary}" for e in POLICIES.values())
+                              + "; A+B: a cascade, the first policy that decides answers").replace("%", "%%"))
     parser.add_argument("--audit", type=float, default=0.0, metavar="SHARE",
                         help="live accuracy audit: send this random share (e.g. 0.02) of the inputs the filter "
                              "answered to the model as well; the summary and the results estimate the live "

@@ -387,3 +387,18 @@ def test_make_demo_counts_the_sample_behind_the_learned_filter_and_audits_it(ass
     assert "audit:" in done.stdout and "estimated agreement of all answers" in done.stdout
     summary = json.loads((tmp_path / "demo-results" / "summary.json").read_text())
     assert summary["total"]["produced"] == 377 and summary["total"]["filtering_rate"] > 0
+
+
+def test_the_filter_help_prints_every_policy_and_nothing_else():
+    """argparse formats help text with %: a policy summary saying "1 %" once printed the whole
+    argument's dict in the middle of --help."""
+    import argparse
+
+    from apps.common import add_run_options
+    from models.registry import POLICIES
+    parser = argparse.ArgumentParser()
+    add_run_options(parser, default_out="out.jsonl", default_filter="cascade")
+    text = " ".join(parser.format_help().split())
+    assert "option_strings" not in text and "default 1 % and 24 px" in text
+    unwrapped = "".join(text.split())          # argparse also breaks lines after hyphens (audio-skip)
+    assert all(name in unwrapped for name in POLICIES)
