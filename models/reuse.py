@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ConfigError
+from pipeline.metrics import wilson_interval
 from models.base import REUSE_HORIZON, Decision
 from models.filterdir import DistanceHead, FilterDir
 from models.options import Option, choice, number, parse_options, whole
@@ -132,17 +133,6 @@ class _ReuseWatch:
     # also where reuse is off), so the share is what the stream's reuses would answer at this level.
     recent: deque = field(default_factory=deque)
     reused: int = 0                                  # True values in `recent`
-
-
-def wilson_interval(misses: int, checks: int, z: float) -> tuple[float, float]:
-    """Wilson score interval of a miss rate (z: 1.5 for about 87 % two-sided)."""
-    if checks == 0:
-        return 0.0, 1.0
-    rate = misses / checks
-    scale = 1.0 + z * z / checks
-    centre = rate + z * z / (2 * checks)
-    spread = z * math.sqrt(rate * (1.0 - rate) / checks + z * z / (4.0 * checks * checks))
-    return max(0.0, (centre - spread) / scale), min(1.0, (centre + spread) / scale)
 
 
 def _logit(p: float) -> float:

@@ -1,19 +1,36 @@
 """Per-stage metrics: counts, rates, latencies and drops, in bounded memory.
 
 Latencies keep the last `window` samples (for percentiles) plus running totals, so a stage
-that runs for a month uses the same memory as one that runs for a minute.
+that runs for a month uses the same memory as one that runs for a minute. `wilson_interval`
+bounds a proportion seen in a sample (the aggregator's audit, Reuse's self-check).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+#: z of a two-sided 95 % normal interval.
+Z95 = 1.959964
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion seen as `successes` of `n` trials ((0, 1) when n is 0)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:

@@ -24,12 +24,11 @@ model would have said (`audit_estimate`; docs/results.md, "Audit").
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.metrics import LatencyWindow, percentile
+from pipeline.metrics import LatencyWindow, percentile, wilson_interval
 
 DECISIONS = ("infer", "skip", "reuse", "exit")
 #: Failed sources listed by name and error in a summary (the rest are counted).
@@ -40,21 +39,6 @@ _MAX_ERROR_CHARS = 500
 #: Policies named per stream in its accounting (decisions are input from the network).
 _MAX_POLICIES = 16
 _MAX_POLICY_CHARS = 64
-
-
-#: z of a two-sided 95 % normal interval.
-Z95 = 1.959964
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion seen as `successes` of `n` trials ((0, 1) when n is 0)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def audit_estimate(audited: int, agreed: int, filtered: int, answered: int) -> dict[str, Any]:

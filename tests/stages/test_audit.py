@@ -13,10 +13,11 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.message import Message, eos
+from pipeline.metrics import wilson_interval
 from models.base import REUSE_HORIZON, Answers, Decision, FramePolicy, ResultError
 from stages.filter import Filter
 from stages.results import Detections, Transcript
-from stages.savings import audit_estimate, wilson_interval
+from stages.savings import audit_estimate
 from stages.tasks import SpeechTask, VehicleTask
 from tests.stages.test_aggregate import make_aggregator, run_messages as run
 
