@@ -115,7 +115,7 @@ class CheckStats:
     misses: int = 0              # ... in which the model's count was not the one the reuse would have given
     tightened: int = 0           # a stream's threshold halved: its misses spent more than the error budget
     relaxed: int = 0             # a stream's threshold raised back a step (never above the calibrated one)
-    streams_dropped: int = 0
+    streams_dropped: int = 0     # the least recently seen stream's state (its run too), when too many were open
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -123,9 +123,11 @@ class CheckStats:
 
 @dataclass
 class _ReuseWatch:
-    """One stream's self-check: how far its threshold is lowered, its recent checks and reuses."""
+    """One stream's state in the policy: its run of reuses, and its self-check when on (how far
+    its threshold is lowered, its recent checks and reuses)."""
 
-    rng: np.random.Generator
+    run: int = 0                                     # inputs reused in a row (`max_run`)
+    rng: np.random.Generator | None = None           # the probes' draws (only with the self-check)
     level: int = 0                                   # the threshold is the calibrated one * FACTOR ** level
     checks: deque = field(default_factory=deque)     # the last CHECK_WINDOW checks at this level: True for a miss
     probes: dict = field(default_factory=dict)       # probed seq -> the count its reuse would have given
@@ -478,8 +480,8 @@ class ReusePolicy(LearnedFramePolicy):
     SHARE_WINDOW = 250
     #: The error budget when the policy was given a threshold rather than a target.
     DEFAULT_BUDGET = 0.05
-    #: Streams whose current run of reuses is counted (the least recently seen are forgotten).
-    MAX_RUN_STREAMS = 1024
+    #: Streams whose state (run of reuses, self-check) is kept (the least recently seen are forgotten).
+    MAX_STREAMS = 1024
     #: Probes per stream waiting for their answers (the oldest is forgotten).
     MAX_PROBES = 64
 
@@ -491,7 +493,6 @@ class ReusePolicy(LearnedFramePolicy):
         self.cache: ReuseCache | None = None
         self.stats = CacheStats()
         self.max_run = self.settings["max_run"]
-        self._runs: OrderedDict[str, int] = OrderedDict()   # stream -> inputs reused in a row
         self.forced = 0                                      # inputs sent to the model by max_run
         self.check = int(self.settings["check"])
         self.check_stats = CheckStats()
@@ -513,24 +514,21 @@ class ReusePolicy(LearnedFramePolicy):
         """`features`: the frame's embedding ([E] float32, `prepare`)."""
         if self.cache is None:
             raise RuntimeError(f"{self.name}: open() the policy before deciding")
-        watch = self._watch(stream) if self.check else None
-        threshold = self.threshold if watch is None else self._lowered(watch.level)
-        run = self._runs.pop(stream, 0)
+        watch = self._watch(stream)
+        threshold = self._lowered(watch.level) if self.check else self.threshold
         probe = vouched = False
-        if self.max_run and run >= self.max_run:
+        if self.max_run and watch.run >= self.max_run:
             ref = None
             self.forced += 1
         else:
             ref = self.cache.lookup(stream, seq, features, threshold)
             vouched = ref is not None
-            if vouched and watch is not None:
+            if vouched and self.check:
                 probe = self._maybe_probe(watch, stream, seq, ref)
                 if probe:
                     ref = None
-        self._runs[stream] = 0 if ref is None else run + 1   # re-inserted: most recently seen last
-        if len(self._runs) > self.MAX_RUN_STREAMS:
-            self._runs.popitem(last=False)
-        if watch is not None:
+        watch.run = 0 if ref is None else watch.run + 1
+        if self.check:
             watch.recent.append(vouched)
             watch.reused += vouched
             if len(watch.recent) > self.SHARE_WINDOW:
@@ -544,8 +542,8 @@ class ReusePolicy(LearnedFramePolicy):
         watch = self._watches.pop(stream, None)
         if watch is None:
             # Seeded by the stream's name: the same stream probes the same frames in every run.
-            watch = _ReuseWatch(np.random.default_rng(zlib.crc32(stream.encode())))
-            if len(self._watches) >= self.MAX_RUN_STREAMS:
+            watch = _ReuseWatch(rng=np.random.default_rng(zlib.crc32(stream.encode())) if self.check else None)
+            if len(self._watches) >= self.MAX_STREAMS:
                 self._watches.popitem(last=False)
                 self.check_stats.streams_dropped += 1
         self._watches[stream] = watch                  # most recently seen last
@@ -623,7 +621,6 @@ class ReusePolicy(LearnedFramePolicy):
             self._checked(watch, seq, result)
 
     def end_stream(self, stream: str) -> None:
-        self._runs.pop(stream, None)
         self._watches.pop(stream, None)
         if self.cache is not None:
             self.cache.end_stream(stream)

@@ -389,7 +389,7 @@ def test_the_self_check_raises_a_lowered_threshold_back_when_the_scene_calms(tmp
 def test_the_self_check_stays_bounded(tmp_path):
     """Probes whose answers never come back, and many streams: both tables stay at their bounds."""
     policy = _checked_policy(tmp_path, "threshold=0.5,max_run=0,check=2")
-    policy.MAX_RUN_STREAMS = 4
+    policy.MAX_STREAMS = 4
     for seq in range(3):
         policy.decide_prepared("cam", seq, e(0))
     policy.feedback("cam", 0, {"decision": INFER, "count": 1})            # one answer; then none again
