@@ -23,8 +23,9 @@ reaches the model, nothing would ever say so. So, per stream:
 - after `max_run` skips since the last probe (in a row or not: on a busy camera Skip is wrong
   on, it skips in short runs between frames it lets through) the next frame the network would
   skip goes to the model instead (a *probe*, an ``infer`` decision of this policy), so at
-  least 1 in `max_run` + 1 would-skip frames is checked; until a stream has `window` checks, probes come twice as
-  often (every `CHECK_SPACING` skips), so a camera Skip is wrong on is found out in seconds;
+  least 1 in `max_run` + 1 would-skip frames is checked; until a stream has `window` checks,
+  probes come twice as often (every `CHECK_SPACING` skips), so a camera Skip is wrong on is
+  found out in seconds;
 - every frame the network would have skipped and the model answered anyway (a probe, an
   audited skip, a frame Skip let through while distrusted) is a *check*; a check in which the
   model found a vehicle is a *miss*. Skip skips on a stream only while at most `max_misses` of
