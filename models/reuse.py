@@ -482,6 +482,8 @@ class ReusePolicy(LearnedFramePolicy):
     DEFAULT_BUDGET = 0.05
     #: Streams whose state (run of reuses, self-check) is kept (the least recently seen are forgotten).
     MAX_STREAMS = 1024
+    #: Options the policy applies itself; the others configure its ReuseCache.
+    POLICY_SETTINGS = ("max_run", "check")
     #: Probes per stream waiting for their answers (the oldest is forgotten).
     MAX_PROBES = 64
 
@@ -502,9 +504,12 @@ class ReusePolicy(LearnedFramePolicy):
     def open(self) -> None:
         self.model.open()
         if self.cache is None:
-            self.cache = ReuseCache(self.directory.load_head(),
-                                    **{key: value for key, value in self.settings.items() if key not in ("max_run", "check")})
+            self.cache = ReuseCache(self.directory.load_head(), **self.cache_settings())
             self.stats = self.cache.stats          # still readable after close()
+
+    def cache_settings(self) -> dict[str, Any]:
+        """The options that are the cache's (all but the policy's own `POLICY_SETTINGS`)."""
+        return {key: value for key, value in self.settings.items() if key not in self.POLICY_SETTINGS}
 
     def close(self) -> None:
         self.model.close()

@@ -318,8 +318,7 @@ def _checked_policy(tmp_path, options: str) -> ReusePolicy:
     """A Reuse policy over the test head (2-d embeddings, p_differ as above), opened."""
     policy = ReusePolicy.from_directory(make_filter_dir(tmp_path, "reuse"), options)
     policy.open()
-    settings = {key: value for key, value in policy.settings.items() if key not in ("max_run", "check")}
-    policy.cache = ReuseCache(HEAD, **settings)
+    policy.cache = ReuseCache(HEAD, **policy.cache_settings())
     policy.stats = policy.cache.stats
     return policy
 
