@@ -244,6 +244,9 @@ class FramePolicy(Policy):
     """
 
     threshold: float = 0.0
+    #: The target accuracy the threshold was picked for (None: given as a threshold). Only a
+    #: policy whose decisions depend on it (`target_dependent`) reads it.
+    target: float | None = None
     #: The kind of message it decides on (``video`` frames; ``audio`` windows for the audio gates);
     #: any other gets no opinion.
     input_kind: str = "video"
@@ -257,6 +260,13 @@ class FramePolicy(Policy):
     def threshold_grid(self) -> np.ndarray:
         """Thresholds worth trying when calibrating, increasing (more filtering along the grid)."""
         return np.linspace(0.0, 1.0, 101)
+
+    @property
+    def target_dependent(self) -> bool:
+        """Whether its decisions at a threshold depend on `target` too (Reuse's self-check spends
+        an error budget of 1 - target): then calibration replays it once per target, with
+        `target` set, and evaluation at the target it evaluates."""
+        return False
 
     def decide(self, message: Message) -> Decision | None:
         if message.kind != self.input_kind or not message.arrays:

@@ -187,13 +187,63 @@ def search(policies: Sequence[FramePolicy], clips: Sequence[PreparedClip], coars
     return points + score_grid(policies, clips, finer, lag, progress) if finer else points
 
 
+def search_targets(policies: Sequence[FramePolicy], clips: Sequence[PreparedClip], coarse_sizes: Sequence[int],
+                   targets: Sequence[float], lag: int = DEFAULT_LAG, progress: Any = None,
+                   also: Iterable[Sequence[float]] = ()) -> dict[float, list[GridPoint]]:
+    """`search`'s points for each target: one search for all of them, unless a policy's
+    decisions depend on the target (`FramePolicy.target_dependent`: Reuse's self-check spends
+    1 - target), which is then searched once per target with its `target` set to it, so that
+    the 0.9 threshold is picked with the self-check the 0.9 filter runs with."""
+    dependent = [policy for policy in policies if policy.target_dependent]
+    if not dependent:
+        points = search(policies, clips, coarse_sizes, targets, lag, progress, also)
+        return {target: points for target in targets}
+    before = [policy.target for policy in dependent]
+    found = {}
+    try:
+        for target in targets:
+            for policy in dependent:
+                policy.target = target
+            found[target] = search(policies, clips, coarse_sizes, [target], lag, progress, also)
+    finally:
+        for policy, target in zip(dependent, before):
+            policy.target = target
+    return found
+
+
+def _pick_each(found: dict[float, list[GridPoint]], keys: Sequence[str], directions: Sequence[int]) -> dict[str, Any]:
+    picked: dict[str, Any] = {"targets": {}, "unmet": {}}
+    for target, points in found.items():
+        one = pick_targets(points, [target], keys, directions)
+        picked["targets"].update(one["targets"])
+        picked["unmet"].update(one["unmet"])
+    return picked
+
+
+def _tried_points(found: dict[float, list[GridPoint]]) -> list[GridPoint]:
+    """The points a document lists: the default target's search (all targets share one when no
+    policy depends on the target)."""
+    return found.get(DEFAULT_TARGET) or next(iter(found.values()))
+
+
+def _per_target_note(found: dict[float, list[GridPoint]]) -> dict[str, Any]:
+    searches = {id(points) for points in found.values()}
+    if len(searches) == 1:
+        return {}
+    listed = _tried_points(found)
+    shown = next(target for target, points in found.items() if points is listed)
+    return {"searched_per_target": True, "listed_target": shown}
+
+
 def calibrate_policy(policy: FramePolicy, clips: Sequence[PreparedClip], targets: Sequence[float] = TARGETS,
                      thresholds: int = SINGLE_GRID, lag: int = DEFAULT_LAG, progress: Any = None) -> dict[str, Any]:
-    """The content of a filter's calibration.json, for `clips` prepared for `policy`."""
-    points = search([policy], clips, [thresholds], targets, lag, progress)
-    picked = pick_targets(points, targets, ["threshold"], grid_directions([policy]))
-    points = sorted(points, key=lambda p: p.thresholds)
-    return {"format": CALIBRATION_FORMAT, "metric": "count-agreement", **picked,
+    """The content of a filter's calibration.json, for `clips` prepared for `policy`. Its
+    "curve" lists the points of the default target's search when each target had its own
+    (``searched_per_target``, ``listed_target``)."""
+    found = search_targets([policy], clips, [thresholds], targets, lag, progress)
+    picked = _pick_each(found, ["threshold"], grid_directions([policy]))
+    points = sorted(_tried_points(found), key=lambda p: p.thresholds)
+    return {"format": CALIBRATION_FORMAT, "metric": "count-agreement", **picked, **_per_target_note(found),
             "curve": [{"threshold": round(p.thresholds[0], 6), "agreement": round(p.agreement, 4),
                        "clip_mean": round(p.clip_mean, 4), "filtered": round(p.filtered, 4)} for p in points],
             **_provenance(clips, lag)}
@@ -212,12 +262,13 @@ def calibrate_cascade(skip: FramePolicy, reuse: FramePolicy, clips: Sequence[Pre
     also = [(t, reuse_off) for t in skip_grid] + [(skip_off, t) for t in reuse_grid]     # each alone
     if alone:
         also += [(t, reuse_off) for t in alone.get("skip", ())] + [(skip_off, t) for t in alone.get("reuse", ())]
-    points = search([skip, reuse], clips, grid_sizes, targets, lag, progress, also)
-    picked = pick_targets(points, targets, ["skip", "reuse"], grid_directions([skip, reuse]))
+    found = search_targets([skip, reuse], clips, grid_sizes, targets, lag, progress, also)
+    picked = _pick_each(found, ["skip", "reuse"], grid_directions([skip, reuse]))
     return {"format": CALIBRATION_FORMAT, "metric": "count-agreement", "order": ["skip", "reuse"], **picked,
+            **_per_target_note(found),
             # [skip, reuse, pooled agreement, filtered, per-clip mean agreement]
             "tried": [[round(p.thresholds[0], 6), round(p.thresholds[1], 6), round(p.agreement, 4), round(p.filtered, 4),
-                       round(p.clip_mean, 4)] for p in sorted(points, key=lambda p: p.thresholds)],
+                       round(p.clip_mean, 4)] for p in sorted(_tried_points(found), key=lambda p: p.thresholds)],
             **_provenance(clips, lag)}
 
 
@@ -348,7 +399,8 @@ def calibrate_directory(directory: Path, targets: Sequence[float] = TARGETS, cli
         for policy, member in zip(policies, members):
             clips_for = [PreparedClip(c.name, c.seq, c.truth, {policy.name: c.features[policy.name]}, c.warmup)
                          for c in prepared]
-            bar = _bar(SINGLE_GRID + FINE * len(targets), f"calibrate {member.name}", progress)
+            searches = len(targets) if policy.target_dependent else 1
+            bar = _bar(searches * SINGLE_GRID + FINE * len(targets), f"calibrate {member.name}", progress)
             document = calibrate_policy(policy, clips_for, targets, lag=lag, progress=bar)
             if bar is not None:
                 bar.close()
@@ -357,7 +409,9 @@ def calibrate_directory(directory: Path, targets: Sequence[float] = TARGETS, cli
             written[str(member)] = write_json(member / CALIBRATION_FILE, document)
             alone[member.name] = [entry["threshold"] for entry in document["targets"].values()]
         if len(members) == 2:
-            bar = _bar(CASCADE_GRID[0] * CASCADE_GRID[1] + FINE * FINE * len(targets), "calibrate the cascade", progress)
+            searches = len(targets) if any(policy.target_dependent for policy in policies) else 1
+            bar = _bar(searches * CASCADE_GRID[0] * CASCADE_GRID[1] + FINE * FINE * len(targets), "calibrate the cascade",
+                       progress)
             document = calibrate_cascade(policies[0], policies[1], prepared, targets, lag=lag, progress=bar, alone=alone)
             if reuse_options:
                 document["reuse_options"] = reuse_options

@@ -345,6 +345,9 @@ def contenders_for(built: ClipPolicies, filters: Path | None, target: float, str
     frame = built.frame
     if filters is not None:
         skip, reuse = frame["skip"], frame["reuse"]
+        for policy in (skip, reuse):
+            if policy.target_dependent:
+                policy.target = target      # as it runs at this target (Reuse's self-check budget)
         for name, policy in (("skip", skip), ("reuse", reuse)):
             t = calibrated_threshold(filters / name, target)
             contenders.append(Contender.sweep(name, [policy], [(v,) for v in thin_grid(policy.threshold_grid(), grid)],

@@ -601,6 +601,10 @@ class ReusePolicy(LearnedFramePolicy):
         watch.reused = 0
 
     @property
+    def target_dependent(self) -> bool:
+        return self.check > 0             # the self-check's budget is 1 - target
+
+    @property
     def budget(self) -> float:
         """The share of frames the reuses may get wrong: 1 - the target the threshold was picked for."""
         return 1.0 - self.target if self.target is not None else self.DEFAULT_BUDGET

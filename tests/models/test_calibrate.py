@@ -148,6 +148,60 @@ def test_the_cascade_thresholds_are_picked_jointly_and_meet_the_target():
     assert filtered >= max(entry_["validation"]["filtered"] for entry_ in alone.values())
 
 
+class BudgetReuser(ScoreReuser):
+    """A reuser whose decisions depend on the target, as Reuse's with its self-check on: it
+    reuses more freely the larger the error budget (1 - target)."""
+
+    target_dependent = True
+
+    def __init__(self):
+        super().__init__()
+        self.target = None
+        self.seen: set = set()
+
+    def decide_prepared(self, stream, seq, features):
+        self.seen.add(self.target)
+        budget = 1 - self.target if self.target is not None else 0.05
+        if self.last is not None and features[0] < self.threshold * budget / 0.05:
+            return Decision("reuse", ref_seq=self.last)
+        return None
+
+
+def test_a_policy_whose_decisions_depend_on_the_target_is_calibrated_for_each_target_with_it_set():
+    """Calibrated for 0.9 with the 0.95 budget, a self-checking Reuse would run live with another
+    budget than the one its threshold was picked with."""
+    clips = toy_clips(seed=4)
+    policy = BudgetReuser()
+    document = calibrate_policy(policy, clips, targets=[0.9, 0.98], thresholds=21)
+    assert policy.seen == {0.9, 0.98} and policy.target is None          # each target searched, then restored
+    assert document["searched_per_target"] is True
+    for target in (0.9, 0.98):
+        entry = document["targets"][f"{target:g}"]
+        policy.target = target                                            # as it runs at that target
+        agreement, filtered = pooled([policy], clips, (entry["threshold"],))
+        assert agreement >= target
+        assert (entry["validation"]["agreement"], entry["validation"]["filtered"]) == pytest.approx(
+            (agreement, filtered), abs=1e-4)
+    # the same policy calibrated for one target alone gets the same pick
+    alone = BudgetReuser()
+    alone.target = 0.9
+    assert calibrate_policy(alone, clips, targets=[0.9], thresholds=21)["targets"]["0.9"]["threshold"] == \
+        document["targets"]["0.9"]["threshold"]
+    skip, reuse = ScoreSkipper(), BudgetReuser()
+    cascade = calibrate_cascade(skip, reuse, clips, targets=[0.9, 0.95], grid_sizes=(4, 6))
+    assert reuse.seen == {0.9, 0.95} and cascade["listed_target"] == 0.95
+    for target in (0.9, 0.95):
+        entry = cascade["targets"][f"{target:g}"]
+        reuse.target = target
+        assert pooled([skip, reuse], clips, (entry["skip"], entry["reuse"]))[1] == pytest.approx(
+            entry["validation"]["filtered"], abs=1e-4)
+
+
+def test_a_policy_that_does_not_depend_on_the_target_is_searched_once_for_all_targets():
+    document = calibrate_policy(ScoreReuser(), toy_clips(seed=4), targets=[0.9, 0.98], thresholds=21)
+    assert "searched_per_target" not in document and set(document["targets"]) == {"0.9", "0.98"}
+
+
 def test_calibrating_what_is_not_a_filter_directory_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no such filter directory"):
         calibrate_directory(tmp_path / "absent")

@@ -400,3 +400,12 @@ def test_the_self_check_stays_bounded(tmp_path):
     assert len(policy._watches) == 4 and policy.check_stats.streams_dropped >= 7
     policy.end_stream("cam9")
     assert "cam9" not in policy._watches
+
+
+def test_the_self_check_budget_follows_the_target_so_calibration_searches_each_target(tmp_path):
+    plain = _checked_policy(tmp_path, "threshold=0.5")
+    checked = _checked_policy(tmp_path, "threshold=0.5,check=20")
+    assert not plain.target_dependent and checked.target_dependent
+    assert checked.budget == pytest.approx(0.05)                    # given a threshold: the default budget
+    checked.target = 0.9
+    assert checked.budget == pytest.approx(0.1)
