@@ -28,7 +28,10 @@ reaches the model, nothing would ever say so. So, per stream:
   found out in seconds;
 - every frame the network would have skipped and the model answered anyway (a probe, an
   audited skip, a frame Skip let through while distrusted) is a *check*; a check in which the
-  model found a vehicle is a *miss*. Skip skips on a stream only while at most `max_misses` of
+  model found a vehicle is a *miss*. Checks count at most once per `CHECK_SPACING` frames,
+  except a miss right after a miss: after a miss the next probe comes after `CONFIRM_AFTER`
+  skips, and a vehicle still there and still called empty counts at once (in fog a second
+  miss otherwise took another 25 wrong skips to come). Skip skips on a stream only while at most `max_misses` of
   its last `window` checks there were misses. Distrusted, it lets would-skip frames through
   (to Reuse in a cascade, else to the model), and those answers are the checks that restore
   trust once the scene is empty again.
@@ -203,6 +206,11 @@ class SkipPolicy(LearnedFramePolicy):
     #: the same picture: twenty checks in a row on an empty second of a busy foggy road would
     #: otherwise restore the trust that one probe a few seconds later takes away again.
     CHECK_SPACING = 25
+    #: After a miss, the next probe comes after this many skips (not a whole spacing), and a
+    #: miss there counts although close to the last check: it confirms the vehicle Skip is
+    #: wrong about is still there. A clean check that close still does not count (the car may
+    #: have just left; trust comes back only from spaced checks). 0: off.
+    CONFIRM_AFTER = 5
     #: Would-skip seqs remembered per stream while their answers are on the way.
     MAX_UNCHECKED = 64
 
@@ -242,8 +250,10 @@ class SkipPolicy(LearnedFramePolicy):
             watch.run = 0
             self.stats.held_back += 1
             return None
-        if self.max_run and watch.run >= (self.max_run if len(watch.checks) >= self.window
-                                          else min(self.max_run, self.CHECK_SPACING)):
+        spacing = self.max_run if len(watch.checks) >= self.window else min(self.max_run, self.CHECK_SPACING)
+        if watch.checks and watch.checks[-1] and self.CONFIRM_AFTER:
+            spacing = min(spacing, self.CONFIRM_AFTER)
+        if self.max_run and watch.run >= spacing:
             watch.run = 0
             self.stats.probes += 1
             return self._probe
@@ -264,7 +274,8 @@ class SkipPolicy(LearnedFramePolicy):
         miss = count > 0
         self.stats.checked += 1
         self.stats.misses += miss
-        if seq - watch.last_check < self.CHECK_SPACING:
+        confirms = bool(self.CONFIRM_AFTER and miss and watch.checks and watch.checks[-1])
+        if seq - watch.last_check < self.CHECK_SPACING and not confirms:
             return                  # the frame next to the last check says little more than it did
         watch.last_check = seq
         watch.checks.append(miss)

@@ -280,3 +280,42 @@ def test_skips_in_short_runs_between_busy_frames_are_probed_and_found_out(skip_d
             policy.feedback("cam", seq, infer(4))                       # YOLO sees four vehicles every time
     assert policy.stats.probes >= 1 and policy.stats.misses >= 1
     assert seen[100:].count("skip") == 0                                 # distrusted for good
+
+
+def test_after_a_miss_skip_probes_again_soon_and_a_second_miss_stops_it_at_once(skip_dir, monkeypatch):
+    """Fog: Skip calls frames with vehicles empty. One miss alone is within the budget (1 of 20
+    checks), so Skip goes on; but it probes again after CONFIRM_AFTER skips instead of after a
+    whole spacing, and that check counts although it is close to the last: a vehicle still there
+    and still called empty stops the skipping after a handful of wrong skips, not another 25."""
+    confirm = SkipPolicy.CONFIRM_AFTER
+    assert 0 < confirm < SkipPolicy.CHECK_SPACING
+
+    def wrong_skips_before_distrust(policy):
+        wrong = 0
+        for seq in range(300):
+            decision = policy.decide_prepared("cam", seq, EMPTY)
+            if decision is None:
+                return wrong
+            if decision.action == "skip":
+                wrong += 1
+            else:
+                policy.feedback("cam", seq, infer(2))                      # every frame holds two cars
+        raise AssertionError("never distrusted")
+
+    soon = wrong_skips_before_distrust(SkipPolicy.from_directory(skip_dir, "max_run=50"))
+    monkeypatch.setattr(SkipPolicy, "CONFIRM_AFTER", 0)
+    late = wrong_skips_before_distrust(SkipPolicy.from_directory(skip_dir, "max_run=50"))
+    assert soon == SkipPolicy.CHECK_SPACING + confirm
+    assert late == 2 * SkipPolicy.CHECK_SPACING
+
+
+def test_a_clean_check_right_after_a_miss_does_not_count_but_a_second_miss_does(skip_dir):
+    policy = SkipPolicy.from_directory(skip_dir, "max_run=50,window=20,max_misses=1")
+    actions(policy, range(10))
+    policy.feedback("cam", 2, infer(1))                                   # a miss
+    policy.feedback("cam", 4, infer(0))                                   # the car left: too close to count
+    assert list(policy._streams["cam"].checks) == [True]
+    policy.feedback("cam", 6, infer(0))
+    policy.feedback("cam", 8, infer(3))                                   # still there: confirms the miss
+    assert list(policy._streams["cam"].checks) == [True, True]
+    assert actions(policy, [10]) == [None]                                # 2 misses > max_misses: distrusted
