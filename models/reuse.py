@@ -131,10 +131,21 @@ class _ReuseWatch:
     level: int = 0                                   # the threshold is the calibrated one * FACTOR ** level
     checks: deque = field(default_factory=deque)     # the last CHECK_WINDOW checks at this level: True for a miss
     probes: dict = field(default_factory=dict)       # probed seq -> the count its reuse would have given
-    # The last SHARE_WINDOW inputs: True where the cache vouched for a reuse (probed or not, and
-    # also where reuse is off), so the share is what the stream's reuses would answer at this level.
+    # The last SHARE_WINDOW inputs Reuse decided on, as (seq, vouched): vouched where the cache
+    # vouched for a reuse (probed or not, and also where reuse is off), so the share is what the
+    # stream's reuses would answer at this level.
     recent: deque = field(default_factory=deque)
-    reused: int = 0                                  # True values in `recent`
+    reused: int = 0                                  # vouched inputs in `recent`
+
+    def share(self) -> float:
+        """The share of the stream's frames the cache vouched for, over the seqs `recent` spans:
+        in a cascade Reuse never sees the frames Skip answered, and its misses are spread over
+        all of the stream's frames, not only over those it saw (a quiet camera whose frames Skip
+        mostly skips would otherwise look as if Reuse spent its budget many times over)."""
+        if not self.recent:
+            return 0.0
+        span = self.recent[-1][0] - self.recent[0][0] + 1
+        return self.reused / max(len(self.recent), span)
 
 
 def _logit(p: float) -> float:
@@ -248,8 +259,17 @@ class ReuseCache:
 
     # ---------------------------------------------------------------- decisions
 
-    def lookup(self, stream: str, seq: int, embedding: np.ndarray, threshold: float) -> int | None:
-        """The seq whose answer frame `seq` may reuse, or None (then `hold` it for its answer)."""
+    def lookup(self, stream: str, seq: int, embedding: np.ndarray, threshold: float,
+               vote_threshold: float | None = None) -> int | None:
+        """The seq whose answer frame `seq` may reuse, or None (then `hold` it for its answer).
+
+        `vote_threshold` (above `threshold`): the neighbours within it vote (the homogeneity
+        test), and the reuse needs an agreeing one within `threshold`. Reuse's self-check lowers
+        the threshold this way, so that a lowered level reuses a subset of what the calibrated
+        one would: lowering the threshold alone shrinks the vote too, and on a scene whose
+        counts jitter among look-alike frames a vote of one or two near neighbours is unanimous
+        more often than the calibrated vote, so it reused MORE (the tunnel portal: 4 % -> 16 %
+        of frames, wrong on half of the extra ones)."""
         state = self._stream(stream)
         stats = self.stats
         stats.lookups += 1
@@ -268,6 +288,7 @@ class ReuseCache:
                 stats.evicted_horizon += state.keep(~stale)
                 n = state.size
         limit = _logit(threshold)
+        vote_limit = _logit(vote_threshold) if vote_threshold is not None and vote_threshold > threshold else limit
         waiting, waiting_distance = self._nearest_pending(state, seq, embedding)
         if waiting is not None and waiting_distance >= limit:
             waiting = None
@@ -280,7 +301,7 @@ class ReuseCache:
             np.abs(differences, out=differences)
             distance = self.head.logits(differences)
             nearest = np.argpartition(distance, self.k - 1)[:self.k] if n > self.k else np.arange(n)
-            close = nearest[distance[nearest] < limit]
+            close = nearest[distance[nearest] < vote_limit]
         else:
             distance = close = np.zeros(0, np.int64)
         if len(close) + (waiting is not None) < self.k_min:
@@ -297,6 +318,11 @@ class ReuseCache:
                 return None
             winners = values[votes == best]
             agreeing = close[(answers[:, None] == winners[None, :]).any(axis=1)]
+        if vote_limit != limit:
+            agreeing = agreeing[distance[agreeing] < limit]
+            if len(agreeing) + (waiting is not None) < self.k_min:
+                stats.miss_far += 1
+                return None
         if self.refer == "latest":
             return self._latest_reference(state, seq)
         if self.refer == "agree":
@@ -450,7 +476,8 @@ class ReusePolicy(LearnedFramePolicy):
       policy), remembering the count the reuse would have given; its answer is a *check*, a
       *miss* when the counts differ. Random, not at the end of a run (`max_run`): a frame after
       25 reuses in a row is staler than the average reused frame and would overstate the misses;
-    - the stream's reuses spend (share of its recent inputs the cache vouched for) x (miss rate) of the
+    - the stream's reuses spend (share of its recent frames the cache vouched for, counted over
+      the seqs they span, so frames an earlier policy answered count too) x (miss rate) of the
       error budget (1 - target, 0.05 by default), both counted since the stream's last change of
       level. When, after at least `CHECK_MIN` checks, the Wilson interval (z = `CHECK_Z`) of the
       miss rate over its last `CHECK_WINDOW` checks says, even at its lower end, that this is
@@ -526,7 +553,8 @@ class ReusePolicy(LearnedFramePolicy):
             ref = None
             self.forced += 1
         else:
-            ref = self.cache.lookup(stream, seq, features, threshold)
+            ref = self.cache.lookup(stream, seq, features, threshold,
+                                    vote_threshold=self.threshold if threshold < self.threshold else None)
             vouched = ref is not None
             if vouched and self.check:
                 probe = self._maybe_probe(watch, stream, seq, ref)
@@ -534,10 +562,10 @@ class ReusePolicy(LearnedFramePolicy):
                     ref = None
         watch.run = 0 if ref is None else watch.run + 1
         if self.check:
-            watch.recent.append(vouched)
+            watch.recent.append((seq, vouched))
             watch.reused += vouched
             if len(watch.recent) > self.SHARE_WINDOW:
-                watch.reused -= watch.recent.popleft()
+                watch.reused -= watch.recent.popleft()[1]
         if ref is None:
             self.cache.hold(stream, seq, features)
             return self._probe if probe else None
@@ -586,7 +614,7 @@ class ReusePolicy(LearnedFramePolicy):
             watch.checks.popleft()
         misses, checks = sum(watch.checks), len(watch.checks)
         low, _ = wilson_interval(misses, checks, self.CHECK_Z)
-        share = watch.reused / max(1, len(watch.recent))
+        share = watch.share()
         if checks >= self.CHECK_MIN and low * share > self.budget and watch.level < self.CHECK_LEVELS:
             watch.level += 1
             stats.tightened += 1

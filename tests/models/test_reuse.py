@@ -409,3 +409,43 @@ def test_the_self_check_budget_follows_the_target_so_calibration_searches_each_t
     assert checked.budget == pytest.approx(0.05)                    # given a threshold: the default budget
     checked.target = 0.9
     assert checked.budget == pytest.approx(0.1)
+
+
+def test_a_lowered_threshold_reuses_a_subset_of_what_the_calibrated_vote_allows():
+    """The self-check lowers the threshold with the calibrated neighbours still voting: a lower
+    threshold alone narrows the vote to the one nearest entry, which then agrees with itself
+    where the calibrated vote was mixed, and reuses more, not less."""
+    cache = ReuseCache(HEAD, k=3)
+    answered(cache, "cam", 0, e(0.00), 1)
+    answered(cache, "cam", 1, e(0.45), 2)           # close at 0.5 (sum |diff| < 0.5), not at 0.25 (< 0.39)
+    assert cache.lookup("cam", 2, e(0.02), 0.5) is None                          # calibrated: mixed vote
+    assert cache.lookup("cam", 3, e(0.02), 0.25) == 0                            # narrowed vote: reuses
+    assert cache.lookup("cam", 4, e(0.02), 0.25, vote_threshold=0.5) is None     # lowered: still refuses
+    calm = ReuseCache(HEAD, k=3)
+    answered(calm, "cam", 0, e(0.00), 1)
+    answered(calm, "cam", 1, e(0.45), 1)
+    assert calm.lookup("cam", 2, e(0.02), 0.25, vote_threshold=0.5) == 0         # agreed, and near enough
+    assert calm.lookup("cam", 3, e(0.42), 0.25, vote_threshold=0.5) == 1
+    assert calm.lookup("cam", 4, e(0.0, 0.45), 0.25, vote_threshold=0.5) is None  # voted for, but not near enough
+    assert calm.lookup("cam", 5, e(0.0, 0.45), 0.5) == 0
+    # A vote threshold at or below the threshold changes nothing.
+    assert calm.lookup("cam", 6, e(0.02), 0.25, vote_threshold=0.1) == 0
+
+
+def test_the_self_check_counts_its_share_over_all_of_the_streams_frames(tmp_path):
+    """In a cascade Reuse sees only the frames Skip left; its misses spend the budget of all of
+    the stream's frames. The same reuses, wrong about 1 time in 6, spend more than 5 % when
+    Reuse answers every frame, and about a quarter of that when it sees every 4th frame."""
+    counts = np.where(np.random.default_rng(3).random(2400) < 0.9, 2, 3).tolist()
+    tightened = {}
+    for step in (1, 4):
+        policy = _checked_policy(tmp_path, "threshold=0.5,max_run=0,k=1,check=10")
+        rng = np.random.default_rng(0)
+        for seq in range(0, 2400, step):
+            decision = policy.decide_prepared("cam", seq, e(rng.uniform(0, 0.3)))
+            if decision is None or decision.action == INFER:
+                policy.feedback("cam", seq, {"decision": INFER, "count": counts[seq]})
+        tightened[step] = policy.check_stats.tightened
+        watch = policy._watches["cam"]
+        assert watch.share() <= 1.0 / step + 0.01
+    assert tightened[1] >= 1 and tightened[4] == 0, tightened
