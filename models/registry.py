@@ -50,9 +50,10 @@ POLICIES: dict[str, PolicyEntry] = {
                          "replacement=lfu|lru|fifo,reset=0,max_run=25,pending=0,refer=nearest|latest|agree,check=0]",
                          "the shipped InFi-Reuse filter: answer a frame with an earlier inferred frame's "
                          "answer when its k nearest cached frames (learned distance) agree"),
-    "cascade": PolicyEntry("models.registry:ShippedCascade", "cascade[:target=T,task=vehicles|speech]",
+    "cascade": PolicyEntry("models.registry:ShippedCascade", "cascade[:target=T,task=vehicles|speech,check=N]",
                            "the shipped best cascade for the task: for vehicles skip then reuse, thresholds "
-                           "calibrated together for per-frame count agreement T (default 0.95); for speech "
+                           "calibrated together for per-frame count agreement T (default 0.95), check=N turning "
+                           "on Reuse's self-check (1 in N would-reuse frames probed, 0: off); for speech "
                            "the audio gates calibrated for InFi accuracy T (the speech apps pick task=speech)"),
     "line": PolicyEntry("models.line_guard:LineGuard", "line:x1,y1,x2,y2[,band=PX,threshold=S,hold=N]",
                         "send every frame in which something moves across the counting line to the model "
@@ -109,16 +110,22 @@ class ShippedCascade(Cascade):
     @classmethod
     def from_spec(cls, argument: str) -> ShippedCascade:
         from models.filterdir import DEFAULT_TARGET, cascade_thresholds, open_filter_dir, shipped_dir
-        from models.options import choice, number, parse_options
+        from models.options import choice, number, parse_options, whole
         from models.reuse import ReusePolicy
         from models.skip import SkipPolicy
-        options = parse_options("cascade", argument, {"target": number(0, 1), "task": choice(*CASCADE_TASKS)})
+        options = parse_options("cascade", argument, {"target": number(0, 1), "task": choice(*CASCADE_TASKS),
+                                                      "check": whole(0, 1000)})
+        target = options.get("target", DEFAULT_TARGET)
         if options.get("task", "vehicles") == "speech":
-            return cls(speech_cascade_policies(options.get("target", DEFAULT_TARGET)))
+            if "check" in options:
+                raise ConfigError("--filter cascade: check= is Reuse's self-check, for the vehicle cascade only")
+            return cls(speech_cascade_policies(target))
         skip_dir = open_filter_dir(shipped_dir("skip"), "skip")
         reuse_dir = open_filter_dir(shipped_dir("reuse"), "reuse")
-        skip_threshold, reuse_threshold = cascade_thresholds(options.get("target", DEFAULT_TARGET))
-        return cls([SkipPolicy(skip_dir, skip_threshold, "skip"), ReusePolicy(reuse_dir, reuse_threshold, "reuse")])
+        skip_threshold, reuse_threshold = cascade_thresholds(target)
+        reuse = ReusePolicy(reuse_dir, reuse_threshold, "reuse", **({"check": options["check"]} if "check" in options else {}))
+        reuse.target = target          # the self-check's error budget is 1 - target
+        return cls([SkipPolicy(skip_dir, skip_threshold, "skip"), reuse])
 
 
 CASCADE_TASKS = ("vehicles", "speech")

@@ -115,6 +115,8 @@ class CheckStats:
     misses: int = 0              # ... in which the model's count was not the one the reuse would have given
     tightened: int = 0           # a stream's threshold halved: its misses spent more than the error budget
     relaxed: int = 0             # a stream's threshold raised back a step (never above the calibrated one)
+    shadow_checked: int = 0      # frames the level above would have reused, answered by the model anyway
+    shadow_misses: int = 0       # ... in which that reuse would have been wrong
     streams_dropped: int = 0     # the least recently seen stream's state (its run too), when too many were open
 
     def as_dict(self) -> dict[str, int]:
@@ -136,6 +138,12 @@ class _ReuseWatch:
     # stream's reuses would answer at this level.
     recent: deque = field(default_factory=deque)
     reused: int = 0                                  # vouched inputs in `recent`
+    # Below the calibrated level: frames the level above would have reused (shadowed), sent to
+    # the model anyway, so their answers check the level above for free.
+    shadows: dict = field(default_factory=dict)      # shadowed seq -> the count the reuse above would have given
+    shadow_checks: deque = field(default_factory=deque)   # the last CHECK_WINDOW such checks: True for a miss
+    shadowed: int = 0                                # shadowed inputs in `recent`
+    last_shadow_check: int = -(1 << 62)
 
     def share(self) -> float:
         """The share of the stream's frames the cache vouched for, over the seqs `recent` spans:
@@ -144,8 +152,14 @@ class _ReuseWatch:
         mostly skips would otherwise look as if Reuse spent its budget many times over)."""
         if not self.recent:
             return 0.0
-        span = self.recent[-1][0] - self.recent[0][0] + 1
-        return self.reused / max(len(self.recent), span)
+        return self.reused / self._span()
+
+    def shadow_share(self) -> float:
+        """The share of the stream's frames the level above would have reused and this one did not."""
+        return self.shadowed / self._span() if self.recent else 0.0
+
+    def _span(self) -> int:
+        return max(len(self.recent), self.recent[-1][0] - self.recent[0][0] + 1)
 
 
 def _logit(p: float) -> float:
@@ -215,6 +229,9 @@ class ReuseCache:
         self.pending_candidates = pending
         self.refer = refer
         self.stats = CacheStats()
+        #: After a lookup that found nothing within `threshold` but would have at `shadow_threshold`:
+        #: the seq that reuse would have pointed at (None otherwise). Read by Reuse's self-check.
+        self.last_shadow: int | None = None
         self._streams: OrderedDict[str, _StreamCache] = OrderedDict()
 
     # ---------------------------------------------------------------- streams
@@ -260,7 +277,7 @@ class ReuseCache:
     # ---------------------------------------------------------------- decisions
 
     def lookup(self, stream: str, seq: int, embedding: np.ndarray, threshold: float,
-               vote_threshold: float | None = None) -> int | None:
+               vote_threshold: float | None = None, shadow_threshold: float | None = None) -> int | None:
         """The seq whose answer frame `seq` may reuse, or None (then `hold` it for its answer).
 
         `vote_threshold` (above `threshold`): the neighbours within it vote (the homogeneity
@@ -269,7 +286,12 @@ class ReuseCache:
         one would: lowering the threshold alone shrinks the vote too, and on a scene whose
         counts jitter among look-alike frames a vote of one or two near neighbours is unanimous
         more often than the calibrated vote, so it reused MORE (the tunnel portal: 4 % -> 16 %
-        of frames, wrong on half of the extra ones)."""
+        of frames, wrong on half of the extra ones).
+
+        `shadow_threshold` (between the two, with `refer=nearest` only): when nothing agreeing is
+        within `threshold` but something is within it, `last_shadow` says which entry a reuse at
+        that threshold would have pointed at, without counting it as a reuse anywhere."""
+        self.last_shadow = None
         state = self._stream(stream)
         stats = self.stats
         stats.lookups += 1
@@ -319,10 +341,17 @@ class ReuseCache:
             winners = values[votes == best]
             agreeing = close[(answers[:, None] == winners[None, :]).any(axis=1)]
         if vote_limit != limit:
-            agreeing = agreeing[distance[agreeing] < limit]
-            if len(agreeing) + (waiting is not None) < self.k_min:
+            within = agreeing[distance[agreeing] < limit]
+            if len(within) + (waiting is not None) < self.k_min:
+                if shadow_threshold is not None and waiting is None and self.refer == "nearest":
+                    reach = agreeing[distance[agreeing] < _logit(shadow_threshold)]
+                    if len(reach) and len(reach) >= self.k_min:
+                        near = distance[reach]
+                        candidates = reach[near == near.min()]
+                        self.last_shadow = int(state.seqs[candidates[np.argmax(state.seqs[candidates])]])
                 stats.miss_far += 1
                 return None
+            agreeing = within
         if self.refer == "latest":
             return self._latest_reference(state, seq)
         if self.refer == "agree":
@@ -486,10 +515,16 @@ class ReusePolicy(LearnedFramePolicy):
       frame the cache would answer goes to the model and is a check, at no extra cost; when a
       full window's misses spend less than half the budget, the threshold goes back up a step,
       never above the calibrated one (tightening on the interval's lower end and relaxing on
-      the observed rate leaves a band between them where the level stays).
+      the observed rate leaves a band between them where the level stays);
+    - a lowered level reuses a subset of what the calibrated one would (the calibrated
+      neighbours vote; `ReuseCache.lookup`'s `vote_threshold`), and the frames the level above
+      would have reused, which now go to the model, check it for free (*shadow* checks, at most
+      one per `SHADOW_SPACING` frames): a full window of them that, with the level's own misses,
+      spends under half the budget raises the threshold a step.
 
-    The probes cost 1 in N of the reused frames; what it buys was measured under leave-one-
-    camera-out (docs/filters.md, "Reuse checks itself").
+    The probes cost 1 in N of the reused frames. Calibrate without it and run with it, as Skip
+    is (``cascade:check=20``); what it buys was measured on the test halves and under leave-one-
+    camera-out (docs/filters.md, "The self-checks on a new camera").
     """
 
     options = REUSE_OPTIONS
@@ -503,6 +538,8 @@ class ReusePolicy(LearnedFramePolicy):
     CHECK_Z = 1.5
     CHECK_FACTOR = 0.5
     CHECK_LEVELS = 6
+    #: Shadow checks (free checks of the level above) count at most once per this many frames.
+    SHADOW_SPACING = 2
     #: Inputs over which a stream's share of reused frames is measured.
     SHARE_WINDOW = 250
     #: The error budget when the policy was given a threshold rather than a target.
@@ -548,24 +585,31 @@ class ReusePolicy(LearnedFramePolicy):
             raise RuntimeError(f"{self.name}: open() the policy before deciding")
         watch = self._watch(stream)
         threshold = self._lowered(watch.level) if self.check else self.threshold
-        probe = vouched = False
+        probe = vouched = shadowed = False
         if self.max_run and watch.run >= self.max_run:
             ref = None
             self.forced += 1
         else:
+            lowered = self.check and 0 < watch.level < self.CHECK_LEVELS
             ref = self.cache.lookup(stream, seq, features, threshold,
-                                    vote_threshold=self.threshold if threshold < self.threshold else None)
+                                    vote_threshold=self.threshold if threshold < self.threshold else None,
+                                    shadow_threshold=self._lowered(watch.level - 1) if lowered else None)
             vouched = ref is not None
+            if not vouched and self.cache.last_shadow is not None:
+                shadowed = self._shadow(watch, seq, self.cache.answer_of(stream, self.cache.last_shadow))
             if vouched and self.check:
                 probe = self._maybe_probe(watch, stream, seq, ref)
                 if probe:
                     ref = None
         watch.run = 0 if ref is None else watch.run + 1
         if self.check:
-            watch.recent.append((seq, vouched))
+            watch.recent.append((seq, vouched, shadowed))
             watch.reused += vouched
+            watch.shadowed += shadowed
             if len(watch.recent) > self.SHARE_WINDOW:
-                watch.reused -= watch.recent.popleft()[1]
+                _, was_vouched, was_shadowed = watch.recent.popleft()
+                watch.reused -= was_vouched
+                watch.shadowed -= was_shadowed
         if ref is None:
             self.cache.hold(stream, seq, features)
             return self._probe if probe else None
@@ -599,6 +643,50 @@ class ReusePolicy(LearnedFramePolicy):
         self.check_stats.probes += 1
         return True
 
+    def _shadow(self, watch: _ReuseWatch, seq: int, would: int | None) -> bool:
+        """Frame `seq`, which the level above would have reused (answer `would`), goes to the
+        model at this level anyway: remember what the reuse would have said, to check it."""
+        if would is None:
+            return False
+        if len(watch.shadows) >= self.MAX_PROBES:
+            watch.shadows.pop(next(iter(watch.shadows)))     # its answer never came back
+        watch.shadows[seq] = would
+        return True
+
+    def _shadow_checked(self, watch: _ReuseWatch, seq: int, result: dict[str, Any]) -> None:
+        """The model's answer to a shadowed frame: a free check of the level above. A full window
+        of them (at most one per `SHADOW_SPACING` frames: neighbours are one picture) whose misses,
+        with this level's own, would spend under half the budget raises the threshold a step."""
+        would = watch.shadows.pop(seq)
+        count = result.get("count")
+        if result.get("decision") != "infer" or type(count) is not int or seq - watch.last_shadow_check < self.SHADOW_SPACING:
+            return
+        watch.last_shadow_check = seq
+        miss = count != would
+        self.check_stats.shadow_checked += 1
+        self.check_stats.shadow_misses += miss
+        watch.shadow_checks.append(miss)
+        if len(watch.shadow_checks) > self.CHECK_WINDOW:
+            watch.shadow_checks.popleft()
+        if len(watch.shadow_checks) < self.CHECK_WINDOW:
+            return
+        spend = sum(watch.shadow_checks) / len(watch.shadow_checks) * watch.shadow_share()
+        if len(watch.checks) >= self.CHECK_MIN:
+            spend += sum(watch.checks) / len(watch.checks) * watch.share()
+        if spend < self.budget / 2:
+            watch.level -= 1
+            self.check_stats.relaxed += 1
+            self._new_level(watch)
+
+    def _new_level(self, watch: _ReuseWatch) -> None:
+        """A new level: its checks and its shares of vouched and shadowed inputs are counted afresh."""
+        watch.checks.clear()
+        watch.recent.clear()
+        watch.reused = 0
+        watch.shadow_checks.clear()
+        watch.shadows.clear()
+        watch.shadowed = 0
+
     def _checked(self, watch: _ReuseWatch, seq: int, result: dict[str, Any]) -> None:
         """The model's answer to a probe: a check of the stream's reuses, and perhaps a new level."""
         would = watch.probes.pop(seq)
@@ -623,10 +711,7 @@ class ReusePolicy(LearnedFramePolicy):
             stats.relaxed += 1
         else:
             return
-        # A new level: its checks and its share of vouched inputs are counted afresh.
-        watch.checks.clear()
-        watch.recent.clear()
-        watch.reused = 0
+        self._new_level(watch)
 
     @property
     def target_dependent(self) -> bool:
@@ -656,6 +741,8 @@ class ReusePolicy(LearnedFramePolicy):
         watch = self._watches.get(stream) if self.check else None
         if watch is not None and seq in watch.probes:
             self._checked(watch, seq, result)
+        elif watch is not None and seq in watch.shadows:
+            self._shadow_checked(watch, seq, result)
 
     def end_stream(self, stream: str) -> None:
         self._watches.pop(stream, None)

@@ -80,6 +80,20 @@ def test_shipped_names_build_without_loading_weights(shipped):
         parse_policy("skip+skip")
 
 
+def test_the_shipped_cascade_takes_reuses_self_check_with_the_budget_of_its_target(shipped):
+    reuse = parse_policy("cascade").policies[1]
+    assert reuse.check == 0 and reuse.target == 0.95                  # off unless asked for
+    reuse = parse_policy("cascade:check=20").policies[1]
+    assert reuse.check == 20 and reuse.threshold == 0.3 and reuse.budget == pytest.approx(0.05)
+    table = json.loads((shipped / "cascade.json").read_text())
+    table["targets"]["0.9"] = {"skip": 0.25, "reuse": 0.5, "validation": {}}
+    (shipped / "cascade.json").write_text(json.dumps(table))
+    reuse = parse_policy("cascade:target=0.9,check=20").policies[1]
+    assert reuse.threshold == 0.5 and reuse.budget == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="for the vehicle cascade only"):
+        parse_policy("cascade:task=speech,check=20")
+
+
 def test_a_filter_directory_is_a_policy_of_the_kind_its_metadata_says(tmp_path, monkeypatch):
     skip = make_filter_dir(tmp_path, "skip", threshold=0.2)
     reuse = make_filter_dir(tmp_path, "reuse", threshold=None)

@@ -449,3 +449,28 @@ def test_the_self_check_counts_its_share_over_all_of_the_streams_frames(tmp_path
         watch = policy._watches["cam"]
         assert watch.share() <= 1.0 / step + 0.01
     assert tightened[1] >= 1 and tightened[4] == 0, tightened
+
+
+def test_frames_the_level_above_would_have_reused_check_it_for_free_and_raise_the_threshold_back(tmp_path):
+    """A lowered stream sends to the model frames its calibrated level would have reused; their
+    answers say whether that reuse would have been right. Right ones bring the threshold back up
+    within a few dozen frames (not a full window of 1-in-N probes); wrong ones keep it down."""
+    outcomes = {}
+    for name, count_of in (("right", lambda i: 2), ("wrong", lambda i: i % 2)):
+        policy = _checked_policy(tmp_path, "threshold=0.5,max_run=0,k=1,check=10")
+        policy._watch("cam").level = 1                    # as after a tightening
+        actions = []
+        for seq in range(120):
+            # each frame 0.45 from the one before: close at 0.5 (the level above), not at 0.25
+            decision = policy.decide_prepared("cam", seq, e(0.45 * seq))
+            actions.append("infer" if decision is None or decision.action == INFER else "reuse")
+            if decision is None or decision.action == INFER:
+                policy.feedback("cam", seq, {"decision": INFER, "count": count_of(seq)})
+        outcomes[name] = policy, actions
+    right, right_actions = outcomes["right"]
+    assert right.check_stats.shadow_checked >= ReusePolicy.CHECK_WINDOW and right.check_stats.shadow_misses == 0
+    assert right.check_stats.relaxed == 1 and right.threshold_of("cam") == right.threshold
+    assert "reuse" in right_actions[60:]                 # back at the calibrated level, it reuses again
+    wrong, wrong_actions = outcomes["wrong"]
+    assert wrong.check_stats.shadow_misses > 0 and wrong.check_stats.relaxed == 0
+    assert wrong.threshold_of("cam") < wrong.threshold and "reuse" not in wrong_actions
