@@ -25,7 +25,6 @@ It writes the JSON and a PNG beside it (per clip: blind reuse, the cascade, fram
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import clip_parser, save_figure  # noqa: E402
 from models import metrics  # noqa: E402
 from models.dataset import default_clips  # noqa: E402
 from models.evaluate import blind_entry  # noqa: E402
@@ -97,19 +97,13 @@ def plot(rows: Sequence[dict[str, Any]], target: float, out: Path) -> Path:
     ax.set_xlabel(f"share of the clip's ceiling kept from YOLO at {target:.0%} per-frame agreement (test half, best threshold)")
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("What looking at the frames buys over spending the error budget blindly", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clips", type=Path, nargs="+", default=None, help="default: every clip under $INFI_ASSETS/traffic")
-    parser.add_argument("--target", type=float, default=0.95)
+    parser = clip_parser(__doc__, "blind_reuse.json")
     parser.add_argument("--seeds", type=int, default=8, help="random draws per share (default 8)")
     parser.add_argument("--compare", type=Path, default=ROOT / "bench" / "results" / "filters.json")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "blind_reuse.json")
     args = parser.parse_args(argv)
     from tqdm import tqdm
     rows = [blind_on_clip(test_part(path), args.target, args.seeds) for path in tqdm(args.clips or default_clips(),

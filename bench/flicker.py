@@ -27,7 +27,6 @@ bracket reference's rate, the flicker share).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import clip_parser, save_figure  # noqa: E402
 from models import metrics  # noqa: E402
 from models.dataset import default_clips  # noqa: E402
 from models.simulate import WARMUP, labelled_clip, prepare_part  # noqa: E402
@@ -136,17 +136,11 @@ def plot(rows: Sequence[dict[str, Any]], target: float, out: Path) -> Path:
     ax.set_xlabel(f"share of the test half's frames (dotted: the {1 - target:.0%} error budget)")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(f"YOLO's one-frame flicker against the ceiling at {target:.0%} agreement", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clips", type=Path, nargs="+", default=None, help="default: every clip under $INFI_ASSETS/traffic")
-    parser.add_argument("--target", type=float, default=0.95)
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "flicker.json")
+    parser = clip_parser(__doc__, "flicker.json")
     args = parser.parse_args(argv)
     from tqdm import tqdm
     rows = [clip_row(path.stem, scored_truth(path), args.target)
