@@ -220,19 +220,16 @@ def _pick_each(found: dict[float, list[GridPoint]], keys: Sequence[str], directi
     return picked
 
 
-def _tried_points(found: dict[float, list[GridPoint]]) -> list[GridPoint]:
-    """The points a document lists: the default target's search (all targets share one when no
-    policy depends on the target)."""
-    return found.get(DEFAULT_TARGET) or next(iter(found.values()))
+def _listed_target(found: dict[float, list[GridPoint]]) -> float:
+    """The target whose search a document lists: the default one when calibrated for it (all
+    targets share one search when no policy depends on the target)."""
+    return DEFAULT_TARGET if DEFAULT_TARGET in found else next(iter(found))
 
 
-def _per_target_note(found: dict[float, list[GridPoint]]) -> dict[str, Any]:
-    searches = {id(points) for points in found.values()}
-    if len(searches) == 1:
+def _per_target_note(policies: Sequence[FramePolicy], found: dict[float, list[GridPoint]]) -> dict[str, Any]:
+    if not any(policy.target_dependent for policy in policies):
         return {}
-    listed = _tried_points(found)
-    shown = next(target for target, points in found.items() if points is listed)
-    return {"searched_per_target": True, "listed_target": shown}
+    return {"searched_per_target": True, "listed_target": _listed_target(found)}
 
 
 def calibrate_policy(policy: FramePolicy, clips: Sequence[PreparedClip], targets: Sequence[float] = TARGETS,
@@ -242,8 +239,8 @@ def calibrate_policy(policy: FramePolicy, clips: Sequence[PreparedClip], targets
     (``searched_per_target``, ``listed_target``)."""
     found = search_targets([policy], clips, [thresholds], targets, lag, progress)
     picked = _pick_each(found, ["threshold"], grid_directions([policy]))
-    points = sorted(_tried_points(found), key=lambda p: p.thresholds)
-    return {"format": CALIBRATION_FORMAT, "metric": "count-agreement", **picked, **_per_target_note(found),
+    points = sorted(found[_listed_target(found)], key=lambda p: p.thresholds)
+    return {"format": CALIBRATION_FORMAT, "metric": "count-agreement", **picked, **_per_target_note([policy], found),
             "curve": [{"threshold": round(p.thresholds[0], 6), "agreement": round(p.agreement, 4),
                        "clip_mean": round(p.clip_mean, 4), "filtered": round(p.filtered, 4)} for p in points],
             **_provenance(clips, lag)}
@@ -265,10 +262,10 @@ def calibrate_cascade(skip: FramePolicy, reuse: FramePolicy, clips: Sequence[Pre
     found = search_targets([skip, reuse], clips, grid_sizes, targets, lag, progress, also)
     picked = _pick_each(found, ["skip", "reuse"], grid_directions([skip, reuse]))
     return {"format": CALIBRATION_FORMAT, "metric": "count-agreement", "order": ["skip", "reuse"], **picked,
-            **_per_target_note(found),
+            **_per_target_note([skip, reuse], found),
             # [skip, reuse, pooled agreement, filtered, per-clip mean agreement]
             "tried": [[round(p.thresholds[0], 6), round(p.thresholds[1], 6), round(p.agreement, 4), round(p.filtered, 4),
-                       round(p.clip_mean, 4)] for p in sorted(_tried_points(found), key=lambda p: p.thresholds)],
+                       round(p.clip_mean, 4)] for p in sorted(found[_listed_target(found)], key=lambda p: p.thresholds)],
             **_provenance(clips, lag)}
 
 

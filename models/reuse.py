@@ -150,15 +150,16 @@ class _ReuseWatch:
         in a cascade Reuse never sees the frames Skip answered, and its misses are spread over
         all of the stream's frames, not only over those it saw (a quiet camera whose frames Skip
         mostly skips would otherwise look as if Reuse spent its budget many times over)."""
-        if not self.recent:
-            return 0.0
         return self.reused / self._span()
 
     def shadow_share(self) -> float:
         """The share of the stream's frames the level above would have reused and this one did not."""
-        return self.shadowed / self._span() if self.recent else 0.0
+        return self.shadowed / self._span()
 
     def _span(self) -> int:
+        """The seqs `recent` spans (1 when empty, where both shares are 0)."""
+        if not self.recent:
+            return 1
         return max(len(self.recent), self.recent[-1][0] - self.recent[0][0] + 1)
 
 
@@ -345,7 +346,7 @@ class ReuseCache:
             if len(within) + (waiting is not None) < self.k_min:
                 if shadow_threshold is not None and waiting is None and self.refer == "nearest":
                     reach = agreeing[distance[agreeing] < _logit(shadow_threshold)]
-                    if len(reach) and len(reach) >= self.k_min:
+                    if len(reach) >= self.k_min:                   # k_min >= 1
                         near = distance[reach]
                         candidates = reach[near == near.min()]
                         self.last_shadow = int(state.seqs[candidates[np.argmax(state.seqs[candidates])]])
@@ -596,7 +597,8 @@ class ReusePolicy(LearnedFramePolicy):
                                     shadow_threshold=self._lowered(watch.level - 1) if lowered else None)
             vouched = ref is not None
             if not vouched and self.cache.last_shadow is not None:
-                shadowed = self._shadow(watch, seq, self.cache.answer_of(stream, self.cache.last_shadow))
+                # the level above would have reused it: its answer checks that level for free
+                shadowed = self._await_check(watch.shadows, seq, self.cache.answer_of(stream, self.cache.last_shadow))
             if vouched and self.check:
                 probe = self._maybe_probe(watch, stream, seq, ref)
                 if probe:
@@ -634,23 +636,19 @@ class ReusePolicy(LearnedFramePolicy):
             every = self.check if len(watch.checks) >= self.CHECK_WINDOW else max(1, self.check // 2)
         if every > 1 and watch.rng.random() >= 1.0 / every:
             return False
-        would = self.cache.answer_of(stream, ref)
-        if would is None:                   # pointing at an answer on its way: nothing to compare yet
-            return False
-        if len(watch.probes) >= self.MAX_PROBES:
-            watch.probes.pop(next(iter(watch.probes)))     # its answer never came back
-        watch.probes[seq] = would
+        if not self._await_check(watch.probes, seq, self.cache.answer_of(stream, ref)):
+            return False                    # pointing at an answer on its way: nothing to compare yet
         self.check_stats.probes += 1
         return True
 
-    def _shadow(self, watch: _ReuseWatch, seq: int, would: int | None) -> bool:
-        """Frame `seq`, which the level above would have reused (answer `would`), goes to the
-        model at this level anyway: remember what the reuse would have said, to check it."""
+    def _await_check(self, waiting: dict, seq: int, would: int | None) -> bool:
+        """Remember in `waiting` (a stream's probes or shadows) the count `would` the reuse would
+        have given frame `seq`, to compare with the model's answer; False when it is not known."""
         if would is None:
             return False
-        if len(watch.shadows) >= self.MAX_PROBES:
-            watch.shadows.pop(next(iter(watch.shadows)))     # its answer never came back
-        watch.shadows[seq] = would
+        if len(waiting) >= self.MAX_PROBES:
+            waiting.pop(next(iter(waiting)))        # its answer never came back
+        waiting[seq] = would
         return True
 
     def _shadow_checked(self, watch: _ReuseWatch, seq: int, result: dict[str, Any]) -> None:

@@ -94,7 +94,6 @@ class LearnedFramePolicy(FramePolicy):
     kind: str = ""                          # "skip" or "reuse": the filter directory's kind
     options: dict[str, Option] = {}
     defaults: dict[str, Any] = {}           # the options besides target/threshold, with their defaults
-    target: float | None = None             # the agreement target the threshold was calibrated for, when named
 
     def __init__(self, directory: FilterDir, threshold: float, name: str, outputs: int, settings: dict[str, Any]):
         unknown = set(settings) - set(self.defaults)
@@ -185,6 +184,11 @@ class _StreamWatch:
     # Would-skip seqs whose answers may still come back (the feedback runs a few inputs behind).
     unchecked: deque = field(default_factory=lambda: deque(maxlen=SkipPolicy.MAX_UNCHECKED))
 
+    @property
+    def after_miss(self) -> bool:
+        """The last check counted was a miss (`SkipPolicy.CONFIRM_AFTER` follows it up)."""
+        return bool(self.checks) and self.checks[-1]
+
 
 class SkipPolicy(LearnedFramePolicy):
     """Skips a frame whose P(model needed) is below `threshold`; no opinion otherwise.
@@ -251,7 +255,7 @@ class SkipPolicy(LearnedFramePolicy):
             self.stats.held_back += 1
             return None
         spacing = self.max_run if len(watch.checks) >= self.window else min(self.max_run, self.CHECK_SPACING)
-        if watch.checks and watch.checks[-1] and self.CONFIRM_AFTER:
+        if self.CONFIRM_AFTER and watch.after_miss:
             spacing = min(spacing, self.CONFIRM_AFTER)
         if self.max_run and watch.run >= spacing:
             watch.run = 0
@@ -274,7 +278,7 @@ class SkipPolicy(LearnedFramePolicy):
         miss = count > 0
         self.stats.checked += 1
         self.stats.misses += miss
-        confirms = bool(self.CONFIRM_AFTER and miss and watch.checks and watch.checks[-1])
+        confirms = bool(self.CONFIRM_AFTER and miss and watch.after_miss)
         if seq - watch.last_check < self.CHECK_SPACING and not confirms:
             return                  # the frame next to the last check says little more than it did
         watch.last_check = seq
