@@ -398,7 +398,8 @@ def add_evaluate(tools: argparse._SubParsersAction) -> None:
                           help="leave out framediff, motion, stride and the blind reference")
     evaluate.add_argument("--reuse-options", default="", metavar="OPTIONS",
                           help="evaluate a variant of the Reuse filter (e.g. refer=agree); the set must have been "
-                               "calibrated with the same options (calibrate --reuse-options)")
+                               "calibrated with the same options (calibrate --reuse-options), but for check=N "
+                               "(Reuse's self-check), which runs on thresholds calibrated without it")
     evaluate.add_argument("--labels", type=Path, default=None, help=f"label directory (default {default_label_dir()})")
     evaluate.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     evaluate.set_defaults(handler=run_evaluate)

@@ -38,6 +38,8 @@ from pipeline.errors import ConfigError
 from models import metrics
 from models.base import FramePolicy, Policy
 from models.calibrate import CALIBRATION_FILE, CASCADE_FILE, DEFAULT_TARGET, is_filter_set, open_filter
+from models.options import parse_options
+from models.reuse import REUSE_OPTIONS
 from models.simulate import DEFAULT_LAG, WARMUP, PreparedClip, labelled_clip, prepare_part, replay, thin_grid
 
 log = logging.getLogger(__name__)
@@ -381,7 +383,13 @@ def check_filters(filters: Path | None, reuse_options: str = "") -> None:
     path = Path(filters) / "reuse" / CALIBRATION_FILE if filters is not None else None
     if path is not None and path.is_file():
         calibrated_with = json.loads(path.read_text()).get("options", "")
-        if calibrated_with != reuse_options:
+        # Reuse's self-check runs on thresholds calibrated without it, as Skip's does
+        # (docs/filters.md): `check=N` may be added to what the set was calibrated with.
+        requested = parse_options("reuse", reuse_options, REUSE_OPTIONS)
+        calibrated = parse_options("reuse", calibrated_with, REUSE_OPTIONS)
+        if "check" not in calibrated:
+            requested.pop("check", None)
+        if calibrated != requested:
             raise ConfigError(f"{path.parent} was calibrated with Reuse options {calibrated_with or '(none)'!r}, "
                               f"not {reuse_options or '(none)'!r}: calibrate a copy with the same options first")
 

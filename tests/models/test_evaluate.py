@@ -161,6 +161,14 @@ def test_a_reuse_variant_is_calibrated_and_evaluated_with_its_own_options(tmp_pa
     table = evaluate_clips([clip], filters, tmp_path / "out", target=0.5, baselines=False, strides=(),
                            label_dir=label_dir, progress=False, reuse_options="refer=agree")
     assert table["clips"][0]["frames"] == 20 and set(table["clips"][0]["policies"]) == {"skip", "reuse", "cascade"}
+    # Reuse's self-check runs on thresholds calibrated without it; a set calibrated with it is not
+    # evaluated without it
+    table = evaluate_clips([clip], filters, tmp_path / "out", target=0.5, baselines=False, strides=(),
+                           label_dir=label_dir, progress=False, reuse_options="check=20,refer=agree")
+    assert table["clips"][0]["frames"] == 20
+    calibrate_directory(filters, targets=[0.5], clips=[clip], label_dir=label_dir, reuse_options="check=20")
+    with pytest.raises(ConfigError, match="calibrated with Reuse options 'check=20', not '\\(none\\)'"):
+        evaluate_clips([clip], filters, tmp_path / "out", target=0.5, label_dir=label_dir, progress=False)
 
 
 def test_calibrate_then_evaluate_a_filter_set_end_to_end(tmp_path, monkeypatch):
