@@ -73,7 +73,9 @@ def valid_message(rng: random.Random) -> Message:
 
 
 def as_bytes(message: Message) -> Parts:
-    return [bytes(part) for part in encode(message)]
+    """The bytes a socket would send for `message`. Through memoryview, as zmq reads a buffer:
+    `bytes()` of a 0-d array is its *value's* count of zero bytes (bytes(np.array(0)) == b'')."""
+    return [bytes(memoryview(part)) for part in encode(message)]
 
 
 def mutate(parts: Parts, rng: random.Random) -> Parts:
