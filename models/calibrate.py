@@ -294,14 +294,19 @@ def open_filter(directory: Path, self_check: bool = False, options: str = "") ->
     """The frame policy of a trained filter directory, at an explicit threshold (calibration
     must not need a calibration), through the registry as ``--filter DIR:threshold=0``.
 
-    A Skip filter's self-check (models/skip.py) is off unless `self_check`: calibration picks
-    the threshold the network itself earns. With the check on, a threshold that skips nearly
-    every frame can pass on short validation parts, the check switching Skip off on busy
-    cameras during the unscored warm-up; live, that would mean two seconds of wrong answers
-    each time a quiet camera gets busy. The check stays a safety net, on when the filter runs
-    (and in evaluation, which measures what runs). `options`: more of the policy's options
-    (``refer=agree``), for calibrating or evaluating a variant of the filter."""
+    A learned filter's self-check (Skip's probes, models/skip.py; Reuse's ``check``,
+    models/reuse.py) is off unless `self_check`: calibration picks the threshold the network
+    itself earns. With the check on, a threshold that skips nearly every frame can pass on short
+    validation parts, the check switching Skip off on busy cameras during the unscored warm-up;
+    live, that would mean two seconds of wrong answers each time a quiet camera gets busy; and
+    Reuse's thresholds came out laxer, leaning on probes that come too late for a short burst of
+    traffic. The checks stay a safety net, on when the filter runs (and in evaluation, which
+    measures what runs). `options`: more of the policy's options (``refer=agree``), for
+    calibrating or evaluating a variant of the filter; a ``check=N`` there calibrates Reuse with
+    its check on, at N."""
+    from models.options import parse_options
     from models.registry import parse_policy
+    from models.reuse import REUSE_OPTIONS
     metadata = read_metadata(Path(directory))
     if metadata.get("kind") == "early-exit" and metadata.get("task") != "vehicles":
         raise ConfigError(f"{directory} is an early-exit filter for {metadata.get('task')}, not for video frames; "
@@ -309,6 +314,8 @@ def open_filter(directory: Path, self_check: bool = False, options: str = "") ->
     extra = f",{options}" if options else ""
     if not self_check and metadata.get("kind") == "skip":
         policy = parse_policy(f"{directory}:threshold=0,max_run=0{extra}")
+    elif not self_check and metadata.get("kind") == "reuse" and "check" not in parse_options("reuse", options, REUSE_OPTIONS):
+        policy = parse_policy(f"{directory}:threshold=0,check=0{extra}")
     else:
         policy = parse_policy(f"{directory}:threshold=0{extra}")
     if not isinstance(policy, FramePolicy):

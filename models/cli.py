@@ -339,7 +339,8 @@ def add_calibrate(tools: argparse._SubParsersAction) -> None:
                         help="also write the spec to ship per target, chosen on val (models/shipped/speech/cascade.json)")
     calibrate.add_argument("--reuse-options", default="", metavar="OPTIONS",
                            help="video: calibrate a variant of the Reuse filter (its options, e.g. refer=agree); "
-                                "recorded with its thresholds, run it with the same options")
+                                "recorded with its thresholds, run it with the same options. Reuse's self-check "
+                                "(check=N) is off while calibrating unless named here")
     calibrate.add_argument("--lag", type=int, default=DEFAULT_LAG,
                            help=f"frames between a decision and its feedback (default {DEFAULT_LAG})")
     calibrate.add_argument("--labels", type=Path, default=None, help=f"label directory (default {default_label_dir()})")
@@ -399,7 +400,8 @@ def add_evaluate(tools: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--reuse-options", default="", metavar="OPTIONS",
                           help="evaluate a variant of the Reuse filter (e.g. refer=agree); the set must have been "
                                "calibrated with the same options (calibrate --reuse-options), but for check=N "
-                               "(Reuse's self-check), which runs on thresholds calibrated without it")
+                               "(Reuse's self-check, on by default, check=0: off), which runs on thresholds "
+                               "calibrated without it")
     evaluate.add_argument("--labels", type=Path, default=None, help=f"label directory (default {default_label_dir()})")
     evaluate.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     evaluate.set_defaults(handler=run_evaluate)

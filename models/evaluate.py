@@ -39,7 +39,7 @@ from models import metrics
 from models.base import FramePolicy, Policy
 from models.calibrate import CALIBRATION_FILE, CASCADE_FILE, DEFAULT_TARGET, is_filter_set, open_filter
 from models.options import parse_options
-from models.reuse import REUSE_OPTIONS
+from models.reuse import REUSE_OPTIONS, ReusePolicy
 from models.simulate import DEFAULT_LAG, WARMUP, PreparedClip, labelled_clip, prepare_part, replay, thin_grid
 
 log = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ def build_policies(filters: Path | None, baselines: bool, reuse_options: str = "
     try:
         if filters is not None:
             built.frame["skip"] = open_filter(filters / "skip", self_check=True)    # as it runs
-            built.frame["reuse"] = open_filter(filters / "reuse", options=reuse_options)
+            built.frame["reuse"] = open_filter(filters / "reuse", self_check=True, options=reuse_options)
         if baselines:
             for name in ("framediff", "motion"):
                 policy = _baseline(name)
@@ -384,12 +384,13 @@ def check_filters(filters: Path | None, reuse_options: str = "") -> None:
     if path is not None and path.is_file():
         calibrated_with = json.loads(path.read_text()).get("options", "")
         # Reuse's self-check runs on thresholds calibrated without it, as Skip's does
-        # (docs/filters.md): `check=N` may be added to what the set was calibrated with.
+        # (docs/filters.md): a set calibrated without it runs with any `check=N` (the default
+        # one when not named); one calibrated with it, with the same N.
         requested = parse_options("reuse", reuse_options, REUSE_OPTIONS)
         calibrated = parse_options("reuse", calibrated_with, REUSE_OPTIONS)
-        if "check" not in calibrated:
-            requested.pop("check", None)
-        if calibrated != requested:
+        calibrated_check = calibrated.pop("check", 0)
+        requested_check = requested.pop("check", ReusePolicy.defaults["check"])
+        if calibrated != requested or calibrated_check not in (0, requested_check):
             raise ConfigError(f"{path.parent} was calibrated with Reuse options {calibrated_with or '(none)'!r}, "
                               f"not {reuse_options or '(none)'!r}: calibrate a copy with the same options first")
 

@@ -47,13 +47,16 @@ POLICIES: dict[str, PolicyEntry] = {
                         "stops skipping a stream where YOLO finds vehicles it would have skipped"),
     "reuse": PolicyEntry("models.reuse:ReusePolicy",
                          "reuse[:target=T|threshold=P,k=5,k_min=1,homogeneity=1,capacity=256,"
-                         "replacement=lfu|lru|fifo,reset=0,max_run=25,pending=0,refer=nearest|latest|agree,check=0]",
+                         "replacement=lfu|lru|fifo,reset=0,max_run=25,pending=0,refer=nearest|latest|agree,check=20]",
                          "the shipped InFi-Reuse filter: answer a frame with an earlier inferred frame's "
-                         "answer when its k nearest cached frames (learned distance) agree"),
+                         "answer when its k nearest cached frames (learned distance) agree; it checks itself "
+                         "(1 in check=N would-reuse frames probed, 0: off) and lowers its threshold on a "
+                         "stream where its reuses are too often wrong"),
     "cascade": PolicyEntry("models.registry:ShippedCascade", "cascade[:target=T,task=vehicles|speech,check=N]",
                            "the shipped best cascade for the task: for vehicles skip then reuse, thresholds "
-                           "calibrated together for per-frame count agreement T (default 0.95), check=N turning "
-                           "on Reuse's self-check (1 in N would-reuse frames probed, 0: off); for speech "
+                           "calibrated together for per-frame count agreement T (default 0.95), both checking "
+                           "themselves (check=N: Reuse's self-check, 1 in N would-reuse frames probed, "
+                           "default 20, 0: off); for speech "
                            "the audio gates calibrated for InFi accuracy T (the speech apps pick task=speech)"),
     "line": PolicyEntry("models.line_guard:LineGuard", "line:x1,y1,x2,y2[,band=PX,threshold=S,hold=N]",
                         "send every frame in which something moves across the counting line to the model "

@@ -144,6 +144,7 @@ class _ReuseWatch:
     shadow_checks: deque = field(default_factory=deque)   # the last CHECK_WINDOW such checks: True for a miss
     shadowed: int = 0                                # shadowed inputs in `recent`
     last_shadow_check: int = -(1 << 62)
+    last_probe: int = -(1 << 62)                     # seq of the stream's last probe
 
     def share(self) -> float:
         """The share of the stream's frames the cache vouched for, over the seqs `recent` spans:
@@ -496,14 +497,14 @@ class ReusePolicy(LearnedFramePolicy):
     answer can be, for at most 1 frame in 26 inferred. 25 is a design bound (about a second of
     video), not tuned on the test halves.
 
-    ``check=N`` turns on Reuse's self-check (0, the default: off). A threshold calibrated on some
+    ``check=N`` sets Reuse's self-check (20, the default; 0: off). A threshold calibrated on some
     cameras can be far too lax on a new one (leave-one-camera-out: 0.58-0.68 agreement on busy
     cameras calibrated without any), and a reused frame never reaches the model, so nothing would
     say so. With the check, per stream:
 
     - 1 in N of the frames the cache would answer, drawn at random (1 in N/2 until the stream has
-      `CHECK_WINDOW` checks), goes to the model instead (a *probe*, an ``infer`` decision of this
-      policy), remembering the count the reuse would have given; its answer is a *check*, a
+      `CHECK_WINDOW` checks), and never within `PROBE_SPACING` seqs of the last probe, goes to
+      the model instead (a *probe*, an ``infer`` decision of this policy), remembering the count the reuse would have given; its answer is a *check*, a
       *miss* when the counts differ. Random, not at the end of a run (`max_run`): a frame after
       25 reuses in a row is staler than the average reused frame and would overstate the misses;
     - the stream's reuses spend (share of its recent frames the cache vouched for, counted over
@@ -523,22 +524,30 @@ class ReusePolicy(LearnedFramePolicy):
       one per `SHADOW_SPACING` frames): a full window of them that, with the level's own misses,
       spends under half the budget raises the threshold a step.
 
-    The probes cost 1 in N of the reused frames. Calibrate without it and run with it, as Skip
-    is (``cascade:check=20``); what it buys was measured on the test halves and under leave-one-
-    camera-out (docs/filters.md, "The self-checks on a new camera").
+    The probes cost at most 1 in N of the reused frames. Like Skip's, the check is calibrated
+    without (`models.calibrate.open_filter` turns it off: calibrated with it, thresholds came out
+    laxer, leaning on a check whose probes come too late for a short burst of traffic) and runs
+    with it; ``check=0`` turns it off. What it buys and costs, on the test halves and under
+    leave-one-camera-out: docs/filters.md, "The self-checks on a new camera".
     """
 
     options = REUSE_OPTIONS
     kind = "reuse"
     uses_feedback = True   # the cache holds only answers heard back from the aggregator
     defaults = {"k": 5, "k_min": 1, "homogeneity": 1.0, "capacity": 256, "replacement": "lfu", "reset": 0,
-                "max_run": 25, "pending": 0, "refer": "nearest", "check": 0}
+                "max_run": 25, "pending": 0, "refer": "nearest", "check": 20}
     #: The self-check (``check``): checks per verdict, the interval's z, how far a threshold falls.
     CHECK_WINDOW = 20
     CHECK_MIN = 5               # checks at a level before it may be lowered (one early miss says little)
     CHECK_Z = 1.5
     CHECK_FACTOR = 0.5
     CHECK_LEVELS = 6
+    #: Probes come at least this many seqs apart. Neighbouring frames are one picture: probes
+    #: drawn close together (1 in 10 at random makes runs of them) repeat one verdict, and two
+    #: misses on one passing car were enough to halve a quiet camera's threshold (the shipped
+    #: filters on highway_topdown's test half: 2 misses in 7 checks, 75 % of frames kept from
+    #: YOLO instead of 96 %; 94 % with the spacing).
+    PROBE_SPACING = 10
     #: Shadow checks (free checks of the level above) count at most once per this many frames.
     SHADOW_SPACING = 2
     #: Inputs over which a stream's share of reused frames is measured.
@@ -632,12 +641,15 @@ class ReusePolicy(LearnedFramePolicy):
         """Whether the would-reuse frame `seq` goes to the model as a probe of the reuse of `ref`."""
         if watch.level >= self.CHECK_LEVELS:
             every = 1                       # reuse is off here: every would-reuse frame is a check, for free
+        elif seq - watch.last_probe < self.PROBE_SPACING:
+            return False                    # a frame next to the last probe is the same picture, the same verdict
         else:
             every = self.check if len(watch.checks) >= self.CHECK_WINDOW else max(1, self.check // 2)
         if every > 1 and watch.rng.random() >= 1.0 / every:
             return False
         if not self._await_check(watch.probes, seq, self.cache.answer_of(stream, ref)):
             return False                    # pointing at an answer on its way: nothing to compare yet
+        watch.last_probe = seq
         self.check_stats.probes += 1
         return True
 

@@ -219,10 +219,11 @@ def test_the_command_refuses_missing_inputs_before_any_work(tmp_path):
     assert run.returncode == 2 and "no such clip" in run.stderr
 
 
-def test_calibration_judges_the_skip_network_without_its_self_check(tmp_path):
+def test_calibration_judges_the_networks_without_their_self_checks(tmp_path):
     """Calibrated with its self-check on, Skip could pass at a threshold that skips nearly
     everything, the check switching it off on busy clips during the unscored warm-up."""
     from models.calibrate import open_filter
+    from models.reuse import ReusePolicy
     from tests.models.fixtures import make_filter_dir
     skip_dir = make_filter_dir(tmp_path, "skip", threshold=None)
     assert open_filter(skip_dir).max_run == 0
@@ -230,6 +231,11 @@ def test_calibration_judges_the_skip_network_without_its_self_check(tmp_path):
     reuse_dir = make_filter_dir(tmp_path, "reuse", threshold=None)
     assert open_filter(reuse_dir).threshold == 0
     assert open_filter(reuse_dir, options="refer=agree").settings["refer"] == "agree"    # a variant
+    # Reuse's self-check too is off while calibrating, unless asked for (calibrated with it)
+    assert open_filter(reuse_dir).check == 0
+    assert open_filter(reuse_dir, self_check=True).check == ReusePolicy.defaults["check"] == 20
+    assert open_filter(reuse_dir, options="check=10").check == 10
+    assert ReusePolicy.from_directory(reuse_dir, "threshold=0.5").check == 20          # on when it runs
 
 
 def test_of_thresholds_doing_the_same_on_validation_the_most_cautious_is_picked_whichever_way_the_grid_runs():

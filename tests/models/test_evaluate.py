@@ -144,7 +144,7 @@ def test_a_reuse_variant_is_calibrated_and_evaluated_with_its_own_options(tmp_pa
     """`refer=agree` calibrated on a copy of the set: its options are recorded with its
     thresholds, and evaluating the set with other options than it was calibrated with is refused."""
     from models.calibrate import calibrate_directory
-    from models.evaluate import evaluate_clips
+    from models.evaluate import check_filters, evaluate_clips
     from pipeline.errors import ConfigError
     from tests.models.fixtures import make_filter_dir
     filters = tmp_path / "set"
@@ -161,14 +161,18 @@ def test_a_reuse_variant_is_calibrated_and_evaluated_with_its_own_options(tmp_pa
     table = evaluate_clips([clip], filters, tmp_path / "out", target=0.5, baselines=False, strides=(),
                            label_dir=label_dir, progress=False, reuse_options="refer=agree")
     assert table["clips"][0]["frames"] == 20 and set(table["clips"][0]["policies"]) == {"skip", "reuse", "cascade"}
-    # Reuse's self-check runs on thresholds calibrated without it; a set calibrated with it is not
-    # evaluated without it
-    table = evaluate_clips([clip], filters, tmp_path / "out", target=0.5, baselines=False, strides=(),
-                           label_dir=label_dir, progress=False, reuse_options="check=20,refer=agree")
-    assert table["clips"][0]["frames"] == 20
+    # Reuse's self-check runs on thresholds calibrated without it, at any N (or off); a set
+    # calibrated with it runs with the same N (the default one when none is named), never without
+    for options in ("check=10,refer=agree", "refer=agree,check=0"):
+        table = evaluate_clips([clip], filters, tmp_path / "out", target=0.5, baselines=False, strides=(),
+                               label_dir=label_dir, progress=False, reuse_options=options)
+        assert table["clips"][0]["frames"] == 20
     calibrate_directory(filters, targets=[0.5], clips=[clip], label_dir=label_dir, reuse_options="check=20")
-    with pytest.raises(ConfigError, match="calibrated with Reuse options 'check=20', not '\\(none\\)'"):
-        evaluate_clips([clip], filters, tmp_path / "out", target=0.5, label_dir=label_dir, progress=False)
+    check_filters(filters, "")                     # 20 is the default check
+    for options in ("check=0", "check=10"):
+        with pytest.raises(ConfigError, match=f"calibrated with Reuse options 'check=20', not '{options}'"):
+            evaluate_clips([clip], filters, tmp_path / "out", target=0.5, label_dir=label_dir, progress=False,
+                           reuse_options=options)
 
 
 def test_calibrate_then_evaluate_a_filter_set_end_to_end(tmp_path, monkeypatch):

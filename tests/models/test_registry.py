@@ -82,9 +82,9 @@ def test_shipped_names_build_without_loading_weights(shipped):
 
 def test_the_shipped_cascade_takes_reuses_self_check_with_the_budget_of_its_target(shipped):
     reuse = parse_policy("cascade").policies[1]
-    assert reuse.check == 0 and reuse.target == 0.95                  # off unless asked for
-    reuse = parse_policy("cascade:check=20").policies[1]
-    assert reuse.check == 20 and reuse.threshold == 0.3 and reuse.budget == pytest.approx(0.05)
+    assert reuse.check == 20 and reuse.target == 0.95                 # on by default
+    assert reuse.threshold == 0.3 and reuse.budget == pytest.approx(0.05)
+    assert parse_policy("cascade:check=0").policies[1].check == 0      # off when asked
     table = json.loads((shipped / "cascade.json").read_text())
     table["targets"]["0.9"] = {"skip": 0.25, "reuse": 0.5, "validation": {}}
     (shipped / "cascade.json").write_text(json.dumps(table))
