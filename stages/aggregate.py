@@ -320,7 +320,7 @@ class Aggregator(Stage):
                 if decision in ("infer", "skip", "reuse", "exit"):
                     account.decisions[decision] += 1
                     policy = record.get("policy")
-                    account.count_policy(policy if isinstance(policy, str) else "")
+                    account.count_policy(policy if isinstance(policy, str) else "", to_model=decision == "infer")
                     infer_ms = record.get("infer_ms", 0.0)
                     account.model_ms += infer_ms if isinstance(infer_ms, (int, float)) else 0.0
                     latency = record.get("latency_ms")

@@ -98,10 +98,13 @@ class StreamAccount:
     agreed: int = 0                   # ... whose filter answer agreed with the model's
     model_ms: float = 0.0             # heavy-model time spent, summed over workers
     filter_ms: float = 0.0
-    # Per policy that answered (its name from the decision; "" when none was named): inputs,
-    # and the filter time of those inputs (the whole cascade's, up to that policy's answer).
+    # Per policy that decided (its name from the decision; "" when none was named): inputs, the
+    # filter time of those inputs (the whole cascade's, up to that policy's decision), and how
+    # many of them it sent to the model itself (its ``infer`` decisions: a self-check's probe, the
+    # line guard's frames) instead of answering them.
     by_policy: Counter = field(default_factory=Counter)
     policy_ms: Counter = field(default_factory=Counter)
+    policy_to_model: Counter = field(default_factory=Counter)
     first_capture: float | None = None
     first_done: float | None = None
     last_done: float | None = None
@@ -160,14 +163,15 @@ class StreamAccount:
         self.decisions[action] += 1
         self.model_ms += model_ms
         self.filter_ms += filter_ms
-        self.count_policy(policy, filter_ms)
+        self.count_policy(policy, filter_ms, to_model=action == "infer")
         self.first_capture = t_capture if self.first_capture is None else min(self.first_capture, t_capture)
         self.first_done = now if self.first_done is None else self.first_done
         self.last_done = now
         self.latency.add(now - t_capture)
 
-    def count_policy(self, policy: str, filter_ms: float = 0.0) -> None:
-        """One input answered by `policy` (a name from the wire: bounded in length and in number)."""
+    def count_policy(self, policy: str, filter_ms: float = 0.0, to_model: bool = False) -> None:
+        """One input decided by `policy` (a name from the wire: bounded in length and in number);
+        `to_model`: the decision sent it to the model rather than answering it."""
         if not policy:
             return
         policy = policy[:_MAX_POLICY_CHARS]
@@ -175,6 +179,7 @@ class StreamAccount:
             policy = "(other)"
         self.by_policy[policy] += 1
         self.policy_ms[policy] += filter_ms
+        self.policy_to_model[policy] += to_model
 
     def audit(self, agrees: bool) -> dict[str, Any]:
         """One audited input compared; the stream's running estimate after it (`audit_estimate`)."""
@@ -210,12 +215,13 @@ def summarize(accounts: list[StreamAccount]) -> dict[str, Any]:
     # the source already decodes) is in wall_s, not in the steady rate.
     steady_s = (max(ends) - min(firsts)) if firsts and ends else 0.0
     latencies = sorted(sample for account in accounts for sample in account.latency.recent)
-    by_reason, uncounted, by_policy, policy_ms = Counter(), Counter(), Counter(), Counter()
+    by_reason, uncounted, by_policy, policy_ms, policy_to_model = Counter(), Counter(), Counter(), Counter(), Counter()
     for account in accounts:
         by_reason.update(account.dropped_by_reason)
         uncounted.update(account.uncounted)
         by_policy.update(account.by_policy)
         policy_ms.update(account.policy_ms)
+        policy_to_model.update(account.policy_to_model)
     failed = [a for a in accounts if a.error is not None]
     audited = sum(a.audited for a in accounts)
     agreed = sum(a.agreed for a in accounts)
@@ -247,8 +253,9 @@ def summarize(accounts: list[StreamAccount]) -> dict[str, Any]:
         # Estimated: the inputs the filter answered would each have cost a mean inference.
         "model_ms_avoided": round(not_inferred * mean_model_ms, 1) if mean_model_ms is not None else None,
         "filter_ms_spent": round(filter_ms, 1),
-        # Which policy answered how many inputs, and the filter time of those inputs.
-        "by_policy": {name: {"inputs": n, "filter_ms": round(policy_ms[name], 1)}
+        # Which policy decided how many inputs, how many of those it sent to the model itself,
+        # and the filter time of those inputs.
+        "by_policy": {name: {"inputs": n, "to_model": policy_to_model[name], "filter_ms": round(policy_ms[name], 1)}
                       for name, n in sorted(by_policy.items(), key=lambda item: -item[1])},
         "wall_s": round(wall_s, 3),
         "end_to_end_fps": round((answered - 1) / steady_s, 2) if steady_s > 0 and answered > 1 else None,
@@ -282,6 +289,22 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
+def _policy_line(name: str, entry: dict[str, Any]) -> str:
+    """``skip 235 (226 answered, 9 to the model; 0.12 s)``. A cascade's own name (``skip+reuse``:
+    no "+" is in a policy's name) counts the inputs none of its policies decided, which went to
+    the model: say so, it reads like a policy otherwise. A policy's own ``infer`` decisions (a
+    self-check's probes, the line guard) went to the model too: never counted as answered."""
+    inputs, seconds = entry["inputs"], entry["filter_ms"] / 1000
+    if "+" in name:
+        return f"{name} (none decided: the model ran) {inputs:,} ({seconds:,.2f} s)"
+    to_model = entry.get("to_model")
+    if to_model is None:                     # a summary written before the split was counted
+        return f"{name} {inputs:,} ({seconds:,.2f} s)"
+    if to_model == inputs:
+        return f"{name} {inputs:,} (all to the model; {seconds:,.2f} s)"
+    return f"{name} {inputs:,} ({inputs - to_model:,} answered, {to_model:,} to the model; {seconds:,.2f} s)"
+
+
 def format_summary(summary: dict[str, Any], title: str = "savings") -> str:
     """A few human lines: inputs by decision, model time spent and avoided, throughput."""
     produced = summary["produced"] or 0
@@ -304,11 +327,7 @@ def format_summary(summary: dict[str, Any], title: str = "savings") -> str:
                      f"({summary['model_ms_per_inference']:.1f} ms per input), "
                      f"~{summary['model_ms_avoided'] / 1000:,.1f} s avoided; filter {summary['filter_ms_spent'] / 1000:,.2f} s")
     if summary.get("by_policy"):
-        # A cascade's own name (``skip+reuse``: no "+" is in a policy's name) counts the inputs none
-        # of its policies decided, which went to the model: say so, it reads like a policy otherwise.
-        lines.append("  answered by: " + ", ".join(
-            f"{name}{' (none decided: the model ran)' if '+' in name else ''} {entry['inputs']:,} "
-            f"({entry['filter_ms'] / 1000:,.2f} s)" for name, entry in summary["by_policy"].items()))
+        lines.append("  decided by: " + ", ".join(_policy_line(name, entry) for name, entry in summary["by_policy"].items()))
     audit = summary.get("audit")
     if audit:
         rate = audit["audit_agreement"]

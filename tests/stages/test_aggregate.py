@@ -416,7 +416,9 @@ def test_forged_duplicate_and_hostile_results_on_the_workers_port_are_rejected_a
     assert summary["produced"] == 6 and summary["balanced"] and summary["lost"] == 0
 
 
-def test_the_summary_says_which_policy_answered_each_input_and_what_the_filter_cost(tmp_path):
+def test_the_summary_says_which_policy_decided_each_input_what_it_sent_to_the_model_and_the_filter_cost(tmp_path):
+    """A policy's own ``infer`` decisions (a self-check's probe, the line guard) went to the model:
+    the summary counts them apart from what the policy answered, never as answered."""
     aggregator = make_aggregator(tmp_path)
     messages = [
         frame(0, result=vehicles(1), policy="skip+reuse", filter_ms=1.0),   # no policy decided: the model ran
@@ -424,19 +426,25 @@ def test_the_summary_says_which_policy_answered_each_input_and_what_the_filter_c
         frame(2, "reuse", ref_seq=0, policy="reuse", filter_ms=0.75),
         frame(3, "reuse", ref_seq=0, policy="reuse", filter_ms=0.25),
         frame(4, result=vehicles(1)),                                          # a run with no filter names none
-        eos("cam", 5, final=True),
+        frame(5, result=vehicles(0), policy="skip", filter_ms=0.5),            # Skip's probe: YOLO answered
+        frame(6, result=vehicles(2), policy="line:0,5,10,5", filter_ms=0.5),  # the line guard sends every one
+        eos("cam", 7, final=True),
     ]
     run_messages(aggregator, messages)
     aggregator.teardown()
     per_input = [r.get("policy") for r in records(tmp_path) if "seq" in r]
-    assert per_input == ["skip+reuse", "skip", "reuse", "reuse", None]
+    assert per_input == ["skip+reuse", "skip", "reuse", "reuse", None, "skip", "line:0,5,10,5"]
     total = json.loads((tmp_path / "summary.json").read_text())["total"]
-    assert total["by_policy"] == {"reuse": {"inputs": 2, "filter_ms": 1.0}, "skip+reuse": {"inputs": 1, "filter_ms": 1.0},
-                                  "skip": {"inputs": 1, "filter_ms": 0.5}}
-    assert total["balanced"]
+    assert total["by_policy"] == {"reuse": {"inputs": 2, "to_model": 0, "filter_ms": 1.0},
+                                  "skip+reuse": {"inputs": 1, "to_model": 1, "filter_ms": 1.0},
+                                  "skip": {"inputs": 2, "to_model": 1, "filter_ms": 1.0},
+                                  "line:0,5,10,5": {"inputs": 1, "to_model": 1, "filter_ms": 0.5}}
+    assert total["balanced"] and total["inferred"] == 4 and total["skipped"] == 1
     from stages.savings import format_summary
-    answered = next(line for line in format_summary(total).splitlines() if "answered by" in line)
-    assert "skip+reuse (none decided: the model ran) 1" in answered and "skip 1 (0.00 s)" in answered
+    decided = next(line for line in format_summary(total).splitlines() if "decided by" in line)
+    assert "skip+reuse (none decided: the model ran) 1" in decided
+    assert "skip 2 (1 answered, 1 to the model; 0.00 s)" in decided
+    assert "reuse 2 (2 answered, 0 to the model" in decided and "line:0,5,10,5 1 (all to the model" in decided
 
 
 def test_policy_names_from_the_wire_are_bounded(tmp_path):
