@@ -91,15 +91,35 @@ def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
 
 _authenticators: dict[int, ThreadAuthenticator] = {}
 _authenticators_lock = threading.Lock()
+#: How long a new ZAP handler waits for the endpoint of a stopped one to be released (see below).
+ZAP_BIND_WAIT_S = 2.0
 
 
 def _authenticator(context: zmq.Context, clients_dir: Path) -> None:
     with _authenticators_lock:
         if id(context) not in _authenticators:
-            authenticator = ThreadAuthenticator(context)
-            authenticator.start()
-            _authenticators[id(context)] = authenticator
+            _authenticators[id(context)] = _started_authenticator(context)
         _authenticators[id(context)].configure_curve(domain="*", location=str(clients_dir))
+
+
+def _started_authenticator(context: zmq.Context) -> ThreadAuthenticator:
+    """A started ZAP handler for `context`. A handler stopped just before (`stop_authenticators`,
+    then a new secured socket on the same context) closes its socket, but libzmq releases the
+    socket's ``inproc://zeromq.zap.01`` endpoint only when its reaper thread gets to it, so
+    binding it again at once can fail with "Address already in use" (a test run met it once in
+    1,227 tests). Retry for up to `ZAP_BIND_WAIT_S`; another handler that stays bound is still
+    an error."""
+    deadline = time.monotonic() + ZAP_BIND_WAIT_S
+    while True:
+        authenticator = ThreadAuthenticator(context)
+        try:
+            authenticator.start()
+            return authenticator
+        except zmq.ZMQError as error:
+            authenticator.stop()              # closes its unbound ZAP socket
+            if error.errno != zmq.EADDRINUSE or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def secure(socket: zmq.Socket, config: CurveConfig, bind: bool) -> None:

@@ -61,6 +61,32 @@ def test_peers_without_the_right_keys_get_nothing_through(keys, case):
     assert deliver(server, client) is None
 
 
+def test_a_new_zap_handler_waits_for_the_endpoint_a_stopped_one_still_holds(keys, monkeypatch):
+    """libzmq releases a closed socket's inproc endpoint only when its reaper gets to it: a ZAP
+    handler started right after another stopped could find "Address already in use" (a CI run
+    did, once). Here a plain socket holds the endpoint: while it stays, starting a handler is
+    still an error, after the wait; released 0.2 s later, the handler starts once it is free."""
+    import threading
+    import zmq
+    from pipeline import security
+    context = zmq.Context()
+    holder = context.socket(zmq.REP)
+    holder.bind("inproc://zeromq.zap.01")
+    release = threading.Timer(0.2, holder.close)
+    try:
+        monkeypatch.setattr(security, "ZAP_BIND_WAIT_S", 0.05, raising=False)
+        with pytest.raises(zmq.ZMQError, match="Address already in use"):
+            security._authenticator(context, keys["clients"])
+        monkeypatch.setattr(security, "ZAP_BIND_WAIT_S", 5.0, raising=False)
+        release.start()
+        security._authenticator(context, keys["clients"])
+        assert id(context) in security._authenticators
+    finally:
+        release.cancel()
+        stop_authenticators()
+        context.destroy(linger=0)          # closes whatever a failed start left open
+
+
 def test_without_a_clients_dir_any_client_knowing_the_server_key_may_connect(keys):
     server = CurveConfig(keys["server"]["secret"])
     client = CurveConfig(keys["stranger"]["secret"], server_public=keys["server"]["public"])
