@@ -504,8 +504,8 @@ class ReusePolicy(LearnedFramePolicy):
 
     - 1 in N of the frames the cache would answer, drawn at random (1 in N/2 until the stream has
       `CHECK_WINDOW` checks), and never within `PROBE_SPACING` seqs of the last probe, goes to
-      the model instead (a *probe*, an ``infer`` decision of this policy), remembering the count the reuse would have given; its answer is a *check*, a
-      *miss* when the counts differ. Random, not at the end of a run (`max_run`): a frame after
+      the model instead (a *probe*, an ``infer`` decision of this policy), remembering the
+      count the reuse would have given; its answer is a *check*, a *miss* when the counts differ. Random, not at the end of a run (`max_run`): a frame after
       25 reuses in a row is staler than the average reused frame and would overstate the misses;
     - the stream's reuses spend (share of its recent frames the cache vouched for, counted over
       the seqs they span, so frames an earlier policy answered count too) x (miss rate) of the

@@ -297,9 +297,7 @@ def _policy_line(name: str, entry: dict[str, Any]) -> str:
     inputs, seconds = entry["inputs"], entry["filter_ms"] / 1000
     if "+" in name:
         return f"{name} (none decided: the model ran) {inputs:,} ({seconds:,.2f} s)"
-    to_model = entry.get("to_model")
-    if to_model is None:                     # a summary written before the split was counted
-        return f"{name} {inputs:,} ({seconds:,.2f} s)"
+    to_model = entry["to_model"]
     if to_model == inputs:
         return f"{name} {inputs:,} (all to the model; {seconds:,.2f} s)"
     return f"{name} {inputs:,} ({inputs - to_model:,} answered, {to_model:,} to the model; {seconds:,.2f} s)"
